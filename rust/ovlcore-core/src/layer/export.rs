@@ -1,0 +1,486 @@
+//! Layer directory → OCI layer tar, produced as it is read (bounded memory whatever the layer's size).
+//!
+//! A layer imported from an archive is replayed from its tar-split records: the same bytes, the same
+//! diff_id. Any other directory (a committed layer, a writable layer) is walked in sorted order and written
+//! in one fixed format (PAX where needed, numeric ids, empty user/group names, whole-second mtimes, `dir/`
+//! names, hard links by inode), so the same content always gives the same bytes. Whiteout devices become
+//! `.wh.NAME`; an opaque directory that exists below gets `dir/.wh..wh..opq` after its own entry.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{Mode, OFlags};
+use tar::EntryType;
+
+use crate::attrs::{self, Kind, Meta, Privilege};
+use crate::digest::Hasher;
+use crate::error::{Error, Result};
+use crate::layer::import::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use crate::layer::tarsplit::{Record, SplitReader};
+use crate::sys;
+use crate::union::lower::Node;
+use crate::union::Lower;
+
+/// One tar entry about to be written: its header blocks and, for regular files, the content to follow.
+struct Item {
+    header: Vec<u8>,
+    body: Option<(File, u64)>,
+}
+
+enum Source {
+    Split { records: SplitReader, root: OwnedFd },
+    Walk(Box<Walker>),
+}
+
+/// A readable OCI layer tar stream. The sha256 of everything read so far is kept, so the diff_id is known
+/// once the stream ends.
+pub struct LayerTar {
+    source: Source,
+    buf: Vec<u8>,
+    pos: usize,
+    body: Option<(File, u64, u64)>,
+    hasher: Hasher,
+    done: bool,
+}
+
+impl LayerTar {
+    /// Replay an imported layer from its tar-split file.
+    pub fn from_split(layer_dir: &Path, split: File) -> Result<LayerTar> {
+        let source = Source::Split { records: SplitReader::open(split)?, root: sys::open_dir(layer_dir)? };
+        Ok(LayerTar::new(source))
+    }
+
+    /// Walk a layer (or writable layer) directory; `lower` is the stack below it, which decides where
+    /// whiteouts and opaque markers mean something.
+    pub fn walk(dir: &Path, privilege: Privilege, lower: Option<Arc<Lower>>) -> Result<LayerTar> {
+        Ok(LayerTar::new(Source::Walk(Box::new(Walker::new(dir, privilege, lower)?))))
+    }
+
+    fn new(source: Source) -> LayerTar {
+        LayerTar { source, buf: Vec::new(), pos: 0, body: None, hasher: Hasher::default(), done: false }
+    }
+
+    /// `sha256:<hex>` of the bytes read so far (the diff_id once the stream is exhausted).
+    pub fn digest(&self) -> String {
+        self.hasher.digest()
+    }
+
+    pub fn bytes_read(&self) -> u64 {
+        self.hasher.count
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done && self.pos >= self.buf.len() && self.body.is_none()
+    }
+
+    fn next_item(&mut self) -> Result<Option<Item>> {
+        match &mut self.source {
+            Source::Walk(w) => w.next_item(),
+            Source::Split { records, root } => match records.next_record()? {
+                None => Ok(None),
+                Some(Record::Segment(bytes)) => Ok(Some(Item { header: bytes, body: None })),
+                Some(Record::File { path, size }) => {
+                    let rel = Path::new(OsStr::from_bytes(&path));
+                    let fd = sys::open_beneath(root.as_fd(), rel, OFlags::RDONLY)?;
+                    let file = File::from(fd);
+                    let actual = file.metadata()?.len();
+                    if actual != size {
+                        return Err(Error::archive(format!(
+                            "layer content changed: {} is {actual} bytes, recorded {size}",
+                            rel.display()
+                        )));
+                    }
+                    // Segments carry the padding themselves.
+                    Ok(Some(Item { header: Vec::new(), body: Some((file, size)) }))
+                }
+            },
+        }
+    }
+
+    fn padded(&self) -> bool {
+        matches!(self.source, Source::Walk(_))
+    }
+}
+
+impl Read for LayerTar {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.pos < self.buf.len() {
+                let n = out.len().min(self.buf.len() - self.pos);
+                out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+                self.pos += n;
+                self.hasher.update(&out[..n]);
+                return Ok(n);
+            }
+            if let Some((file, remaining, total)) = self.body.as_mut() {
+                if *remaining > 0 {
+                    let want = out.len().min(*remaining as usize);
+                    let n = file.read(&mut out[..want])?;
+                    if n == 0 {
+                        return Err(io::Error::other(Error::archive("a layer file shrank while being read")));
+                    }
+                    *remaining -= n as u64;
+                    self.hasher.update(&out[..n]);
+                    return Ok(n);
+                }
+                let pad = padding(*total);
+                self.body = None;
+                self.buf.clear();
+                self.pos = 0;
+                if self.padded() {
+                    self.buf.resize(pad, 0);
+                }
+                continue;
+            }
+            if self.done {
+                return Ok(0);
+            }
+            self.buf.clear();
+            self.pos = 0;
+            match self.next_item().map_err(io::Error::from)? {
+                Some(item) => {
+                    self.buf = item.header;
+                    self.body = item.body.map(|(f, n)| (f, n, n));
+                }
+                None => {
+                    self.done = true;
+                    if self.padded() {
+                        // End of archive: two zero blocks.
+                        self.buf.resize(1024, 0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn padding(size: u64) -> usize {
+    ((512 - (size % 512)) % 512) as usize
+}
+
+struct Frame {
+    rel: PathBuf,
+    fd: OwnedFd,
+    /// Remaining names, sorted descending so `pop` yields them in order.
+    names: Vec<OsString>,
+    /// The merged lower directory this one overlays (None: nothing below, or hidden by opacity).
+    below: Option<Arc<Node>>,
+}
+
+struct Walker {
+    privilege: Privilege,
+    lower: Option<Arc<Lower>>,
+    stack: Vec<Frame>,
+    links: HashMap<(u64, u64), Vec<u8>>,
+    pending: Vec<Item>,
+}
+
+impl Walker {
+    fn new(dir: &Path, privilege: Privilege, lower: Option<Arc<Lower>>) -> Result<Walker> {
+        let fd = sys::open_dir(dir)?;
+        let below = lower.as_ref().filter(|l| !l.is_empty()).map(|l| l.root().clone());
+        let names = sorted_names(&fd)?;
+        Ok(Walker { privilege, lower, stack: vec![Frame { rel: PathBuf::new(), fd, names, below }], links: HashMap::new(), pending: Vec::new() })
+    }
+
+    fn next_item(&mut self) -> Result<Option<Item>> {
+        loop {
+            if let Some(item) = self.pending.pop() {
+                return Ok(Some(item));
+            }
+            let frame = match self.stack.last_mut() {
+                Some(f) => f,
+                None => return Ok(None),
+            };
+            let name = match frame.names.pop() {
+                Some(n) => n,
+                None => {
+                    self.stack.pop();
+                    continue;
+                }
+            };
+            if let Some(item) = self.entry(name)? {
+                return Ok(Some(item));
+            }
+        }
+    }
+
+    fn entry(&mut self, name: OsString) -> Result<Option<Item>> {
+        let frame = self.stack.last().expect("called with a frame");
+        let dfd = frame.fd.as_fd();
+        let rel = frame.rel.join(&name);
+        let raw = Meta::from_stat(&sys::lstat_at(dfd, &name)?);
+        if raw.is_whiteout() {
+            // A whiteout only means something where the directory merges with a lower one.
+            if frame.below.is_none() {
+                return Ok(None);
+            }
+            let mut wname = frame.rel.as_os_str().as_bytes().to_vec();
+            if !wname.is_empty() {
+                wname.push(b'/');
+            }
+            wname.extend_from_slice(WHITEOUT_PREFIX);
+            wname.extend_from_slice(name.as_bytes());
+            return Ok(Some(Item { header: marker_header(&wname)?, body: None }));
+        }
+        let meta = sys::logical_meta(dfd, &name, raw, self.privilege);
+        let kind = meta.kind();
+        if kind == Kind::Socket {
+            return Ok(None);
+        }
+        let xattrs = if kind == Kind::Symlink && self.privilege == Privilege::Rootless {
+            Vec::new()
+        } else {
+            sys::content_xattrs(dfd, &name)?
+        };
+        let rel_bytes = rel.as_os_str().as_bytes().to_vec();
+        match kind {
+            Kind::Dir => {
+                let mut tar_name = rel_bytes.clone();
+                tar_name.push(b'/');
+                let header = entry_header(&tar_name, &meta, EntryType::Directory, 0, None, &xattrs)?;
+                let sub = rustix::fs::openat(dfd, &name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+                let opaque = sys::is_opaque(dfd, &name, self.privilege);
+                let lower_child = match (&frame.below, &self.lower) {
+                    (Some(node), Some(lower)) => match lower.child(node, &name)? {
+                        Some(c) if c.kind == Kind::Dir => Some(lower.node(node, &name, &c)),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let names = sorted_names(&sub)?;
+                if opaque && lower_child.is_some() {
+                    let mut m = rel_bytes;
+                    m.push(b'/');
+                    m.extend_from_slice(OPAQUE_MARKER);
+                    self.pending.push(Item { header: marker_header(&m)?, body: None });
+                }
+                let below = if opaque { None } else { lower_child };
+                self.stack.push(Frame { rel, fd: sub, names, below });
+                Ok(Some(Item { header, body: None }))
+            }
+            Kind::Symlink => {
+                let target = sys::readlink_at(dfd, &name)?;
+                let header = entry_header(&rel_bytes, &meta, EntryType::Symlink, 0, Some(target.as_bytes()), &xattrs)?;
+                Ok(Some(Item { header, body: None }))
+            }
+            Kind::File => {
+                if raw.nlink > 1 {
+                    if let Some(first) = self.links.get(&(raw.dev, raw.ino)) {
+                        let first = first.clone();
+                        let header = entry_header(&rel_bytes, &meta, EntryType::Link, 0, Some(&first), &xattrs)?;
+                        return Ok(Some(Item { header, body: None }));
+                    }
+                    self.links.insert((raw.dev, raw.ino), rel_bytes.clone());
+                }
+                let fd = rustix::fs::openat(dfd, &name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+                let header = entry_header(&rel_bytes, &meta, EntryType::Regular, meta.size, None, &xattrs)?;
+                let body = if meta.size > 0 { Some((File::from(fd), meta.size)) } else { None };
+                Ok(Some(Item { header, body }))
+            }
+            Kind::Fifo => Ok(Some(Item { header: entry_header(&rel_bytes, &meta, EntryType::Fifo, 0, None, &xattrs)?, body: None })),
+            Kind::Char => Ok(Some(Item { header: entry_header(&rel_bytes, &meta, EntryType::Char, 0, None, &xattrs)?, body: None })),
+            Kind::Block => Ok(Some(Item { header: entry_header(&rel_bytes, &meta, EntryType::Block, 0, None, &xattrs)?, body: None })),
+            Kind::Socket => Ok(None),
+        }
+    }
+}
+
+fn sorted_names(fd: &OwnedFd) -> Result<Vec<OsString>> {
+    let mut names: Vec<OsString> = sys::read_dir(fd.as_fd())?.into_iter().map(|(n, _)| n).collect();
+    names.sort_unstable_by(|a, b| b.as_bytes().cmp(a.as_bytes()));
+    Ok(names)
+}
+
+/// The header of a `.wh.` marker: an empty regular file, mode 0600, root-owned, time 0.
+fn marker_header(name: &[u8]) -> Result<Vec<u8>> {
+    let meta = Meta {
+        mode: libc::S_IFREG | 0o600,
+        ino: 0,
+        dev: 0,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        size: 0,
+        blksize: 0,
+        blocks: 0,
+        atime: (0, 0),
+        mtime: (0, 0),
+        ctime: (0, 0),
+    };
+    entry_header(name, &meta, EntryType::Regular, 0, None, &[])
+}
+
+const USTAR_MAX_ID: u64 = 0o7777777;
+const USTAR_MAX_SIZE: u64 = 0o77777777777;
+
+/// Header blocks for one entry: a PAX extended header when a value does not fit ustar, then the ustar
+/// header. Always the same bytes for the same input.
+pub fn entry_header(
+    name: &[u8],
+    meta: &Meta,
+    ty: EntryType,
+    size: u64,
+    link: Option<&[u8]>,
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+) -> Result<Vec<u8>> {
+    let mut pax: Vec<(&[u8], Vec<u8>)> = Vec::new();
+    let mut h = tar::Header::new_ustar();
+    let (prefix, short) = split_ustar_name(name);
+    {
+        let u = h.as_ustar_mut().expect("ustar header");
+        match short {
+            Some(short) => {
+                u.name[..short.len()].copy_from_slice(short);
+                u.prefix[..prefix.len()].copy_from_slice(prefix);
+            }
+            None => {
+                let cut = name.len().min(100);
+                u.name[..cut].copy_from_slice(&name[..cut]);
+                pax.push((b"path", name.to_vec()));
+            }
+        }
+        if let Some(link) = link {
+            if link.len() <= 100 {
+                u.linkname[..link.len()].copy_from_slice(link);
+            } else {
+                u.linkname.copy_from_slice(&link[..100]);
+                pax.push((b"linkpath", link.to_vec()));
+            }
+        }
+    }
+    h.set_entry_type(ty);
+    h.set_mode(meta.perm());
+    if size > USTAR_MAX_SIZE {
+        pax.push((b"size", size.to_string().into_bytes()));
+        h.set_size(0);
+    } else {
+        h.set_size(size);
+    }
+    for (key, id, set) in [(&b"uid"[..], meta.uid, 0), (&b"gid"[..], meta.gid, 1)] {
+        let id = id as u64;
+        let stored = if id > USTAR_MAX_ID {
+            pax.push((key, id.to_string().into_bytes()));
+            0
+        } else {
+            id
+        };
+        if set == 0 {
+            h.set_uid(stored);
+        } else {
+            h.set_gid(stored);
+        }
+    }
+    let secs = meta.mtime.0;
+    if !(0..=USTAR_MAX_SIZE as i64).contains(&secs) {
+        pax.push((b"mtime", secs.to_string().into_bytes()));
+        h.set_mtime(0);
+    } else {
+        h.set_mtime(secs as u64);
+    }
+    if matches!(ty, EntryType::Char | EntryType::Block) {
+        h.set_device_major(attrs::major(meta.rdev)).map_err(Error::from)?;
+        h.set_device_minor(attrs::minor(meta.rdev)).map_err(Error::from)?;
+    }
+    let mut xkeys: Vec<Vec<u8>> = Vec::new();
+    for (k, _) in xattrs {
+        let mut key = b"SCHILY.xattr.".to_vec();
+        key.extend_from_slice(k);
+        xkeys.push(key);
+    }
+    for (key, (_, v)) in xkeys.iter().zip(xattrs) {
+        pax.push((key, v.clone()));
+    }
+    h.set_cksum();
+
+    let mut out = Vec::with_capacity(if pax.is_empty() { 512 } else { 2048 });
+    if !pax.is_empty() {
+        let mut records = Vec::new();
+        for (k, v) in &pax {
+            pax_record(&mut records, k, v);
+        }
+        let mut ph = tar::Header::new_ustar();
+        {
+            let u = ph.as_ustar_mut().expect("ustar header");
+            let n = b"././@PaxHeader";
+            u.name[..n.len()].copy_from_slice(n);
+        }
+        ph.set_entry_type(EntryType::XHeader);
+        ph.set_mode(0o644);
+        ph.set_uid(0);
+        ph.set_gid(0);
+        ph.set_size(records.len() as u64);
+        ph.set_cksum();
+        out.extend_from_slice(ph.as_bytes());
+        out.extend_from_slice(&records);
+        out.resize(out.len() + padding(records.len() as u64), 0);
+    }
+    out.extend_from_slice(h.as_bytes());
+    Ok(out)
+}
+
+/// `"%d %s=%s\n"` where the length counts itself.
+fn pax_record(out: &mut Vec<u8>, key: &[u8], value: &[u8]) {
+    let base = key.len() + value.len() + 3;
+    let mut len = base + base.to_string().len();
+    if len.to_string().len() + base != len {
+        len = base + len.to_string().len();
+    }
+    out.extend_from_slice(len.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+}
+
+/// Split a name into ustar (prefix, name) fields, or `None` when it needs a PAX path.
+fn split_ustar_name(name: &[u8]) -> (&[u8], Option<&[u8]>) {
+    if name.len() <= 100 {
+        return (&[], Some(name));
+    }
+    // Split at a '/' so that the prefix fits 155 bytes and the rest 100 (a trailing '/' stays in name).
+    let search_end = name.len().saturating_sub(1);
+    for i in (0..search_end).rev() {
+        if name[i] == b'/' && i <= 155 && name.len() - i - 1 <= 100 && name.len() - i - 1 > 0 {
+            return (&name[..i], Some(&name[i + 1..]));
+        }
+    }
+    (&[], None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_record_lengths_count_themselves() {
+        let mut v = Vec::new();
+        pax_record(&mut v, b"path", b"x");
+        assert_eq!(v, b"9 path=x\n");
+        let mut w = Vec::new();
+        pax_record(&mut w, b"path", &[b'a'; 93]);
+        let s = String::from_utf8(w.clone()).unwrap();
+        let n: usize = s.split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(n, w.len());
+    }
+
+    #[test]
+    fn long_names_split_or_go_pax() {
+        let long = [b"d".repeat(120), b"/".to_vec(), b"f".repeat(50)].concat();
+        let (p, n) = split_ustar_name(&long);
+        assert_eq!(p.len(), 120);
+        assert_eq!(n.unwrap().len(), 50);
+        assert!(split_ustar_name(&b"x".repeat(300)).1.is_none());
+    }
+}

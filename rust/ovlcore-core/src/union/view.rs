@@ -1,0 +1,527 @@
+//! A container's (or an image's) merged file system: an optional writable layer over an immutable stack,
+//! with volumes and bind mounts routed at their targets.
+//!
+//! Paths resolve as under `chroot`: absolute symlink targets start at the container's `/`, `..` stops there,
+//! and a walk into the writable layer or a mount goes one component at a time with `O_NOFOLLOW`, so nothing
+//! outside the layers and mount sources is ever reached.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::attrs::{Kind, Meta, Privilege};
+use crate::error::{Error, Result};
+use crate::sys;
+use crate::union::lower::{Child, Lower, Node};
+
+const MAX_SYMLINKS: u32 = 40;
+
+/// A volume or bind mount as the view sees it.
+pub struct MountPoint {
+    /// Absolute, normalized container path.
+    pub target: PathBuf,
+    pub source: PathBuf,
+    pub read_only: bool,
+    /// The directory holding the source and the source's name in it ("." for a directory source).
+    parent: Arc<OwnedFd>,
+    name: OsString,
+    /// The source itself when it is a directory.
+    dir: Option<Arc<OwnedFd>>,
+}
+
+impl MountPoint {
+    pub fn new(target: &Path, source: &Path, read_only: bool) -> Result<MountPoint> {
+        let target = normalize(target);
+        let meta = Meta::from_stat(&rustix::fs::stat(source).map_err(|e| Error::from(e).at(source.as_os_str()))?);
+        if meta.is_dir() {
+            let fd = Arc::new(open_path_dir(source)?);
+            Ok(MountPoint { target, source: source.into(), read_only, parent: fd.clone(), name: ".".into(), dir: Some(fd) })
+        } else {
+            let (parent, name) = match (source.parent(), source.file_name()) {
+                (Some(p), Some(n)) => (p, n),
+                _ => return Err(Error::os(libc::EINVAL, source.as_os_str())),
+            };
+            let parent = Arc::new(open_path_dir(parent)?);
+            Ok(MountPoint { target, source: source.into(), read_only, parent, name: name.into(), dir: None })
+        }
+    }
+}
+
+/// The writable layer of a container.
+pub struct Upper {
+    pub path: PathBuf,
+    pub fd: Arc<OwnedFd>,
+}
+
+/// The merged view.
+pub struct View {
+    pub lower: Arc<Lower>,
+    pub upper: Option<Upper>,
+    pub mounts: Vec<MountPoint>,
+    mount_at: HashMap<PathBuf, usize>,
+    pub privilege: Privilege,
+}
+
+/// A directory reached during a walk.
+#[derive(Clone)]
+pub enum Dir {
+    Union { upper: Option<Arc<OwnedFd>>, lower: Option<Arc<Node>> },
+    Mount { idx: usize, fd: Arc<OwnedFd> },
+}
+
+/// What a path names.
+#[derive(Clone)]
+pub enum Found {
+    /// Nothing there; `whiteout` when the writable layer hides a lower entry by that name.
+    Missing { whiteout: bool },
+    /// The container's `/`.
+    Root,
+    /// An entry of the writable layer (it may merge with a lower directory).
+    Upper { kind: Kind },
+    /// An entry of the image layers, not (yet) in the writable layer.
+    Lower { node: Arc<Node>, child: Arc<Child> },
+    /// An entry inside a mount source.
+    InMount { idx: usize, kind: Kind },
+    /// A mount target itself.
+    MountRoot { idx: usize, kind: Kind },
+}
+
+impl Found {
+    pub fn kind(&self) -> Option<Kind> {
+        match self {
+            Found::Missing { .. } => None,
+            Found::Root => Some(Kind::Dir),
+            Found::Upper { kind } | Found::InMount { kind, .. } | Found::MountRoot { kind, .. } => Some(*kind),
+            Found::Lower { child, .. } => Some(child.kind),
+        }
+    }
+
+    pub fn exists(&self) -> bool {
+        !matches!(self, Found::Missing { .. })
+    }
+}
+
+/// A resolved path: its canonical container path, its parent directory and what it names.
+#[derive(Clone)]
+pub struct Resolved {
+    pub path: PathBuf,
+    pub parent: Option<Dir>,
+    pub name: OsString,
+    pub found: Found,
+}
+
+impl Resolved {
+    /// The mount the entry lives in (or is the root of), if any.
+    pub fn mount(&self) -> Option<usize> {
+        match &self.found {
+            Found::InMount { idx, .. } | Found::MountRoot { idx, .. } => Some(*idx),
+            _ => match &self.parent {
+                Some(Dir::Mount { idx, .. }) => Some(*idx),
+                _ => None,
+            },
+        }
+    }
+
+    pub fn kind(&self) -> Option<Kind> {
+        self.found.kind()
+    }
+
+    /// The error for a path that names nothing.
+    pub fn require(self) -> Result<Resolved> {
+        if self.found.exists() {
+            Ok(self)
+        } else {
+            Err(Error::os(libc::ENOENT, self.path.as_os_str()))
+        }
+    }
+}
+
+/// A normalized absolute container path (lexically: `.` and `..` folded, never above `/`).
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in path.as_os_str().as_bytes().split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                out.pop();
+            }
+            name => out.push(OsStr::from_bytes(name)),
+        }
+    }
+    out
+}
+
+fn open_path_dir(path: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| Error::from(e).at(path.as_os_str()))
+}
+
+/// Open a subdirectory as an `O_PATH` handle without following a symlink.
+pub(crate) fn open_subdir(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Result<OwnedFd, Errno> {
+    rustix::fs::openat(dir, name, OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+}
+
+impl View {
+    pub fn new(lower: Arc<Lower>, upper: Option<&Path>, mounts: Vec<MountPoint>) -> Result<View> {
+        let privilege = lower.privilege;
+        let upper = match upper {
+            Some(p) => Some(Upper { path: p.into(), fd: Arc::new(open_path_dir(p)?) }),
+            None => None,
+        };
+        let mount_at = mounts.iter().enumerate().map(|(i, m)| (m.target.clone(), i)).collect();
+        Ok(View { lower, upper, mounts, mount_at, privilege })
+    }
+
+    pub fn root_dir(&self) -> Dir {
+        Dir::Union { upper: self.upper.as_ref().map(|u| u.fd.clone()), lower: Some(self.lower.root().clone()) }
+    }
+
+    /// Resolve `path` inside the container. Every component but the last must exist and be a directory
+    /// (after symlinks); the last is followed when `follow` and may be missing.
+    pub fn resolve(&self, path: &Path, follow: bool) -> Result<Resolved> {
+        let raw = path.as_os_str().as_bytes();
+        let must_be_dir = raw.len() > 1 && raw.ends_with(b"/");
+        let follow = follow || must_be_dir;
+        let mut todo: VecDeque<OsString> = split(raw);
+        let mut stack: Vec<(OsString, Dir)> = vec![(OsString::new(), self.root_dir())];
+        let mut links = 0;
+        let err = |errno: i32| Error::os(errno, path.as_os_str());
+
+        while let Some(name) = todo.pop_front() {
+            if name == "." {
+                continue;
+            }
+            if name == ".." {
+                if stack.len() > 1 {
+                    stack.pop();
+                }
+                continue;
+            }
+            let last = todo.is_empty();
+            let cur = stack.last().expect("root stays").1.clone();
+            let here = self.path_of(&stack, &name);
+            let found = self.lookup(&cur, &here, &name)?;
+            if found.kind() == Some(Kind::Symlink) && (follow || !last) {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(err(libc::ELOOP));
+                }
+                let target = self.readlink_found(&cur, &name, &found)?;
+                let tb = target.as_bytes();
+                if tb.starts_with(b"/") {
+                    stack.truncate(1);
+                }
+                for c in split(tb).into_iter().rev() {
+                    todo.push_front(c);
+                }
+                continue;
+            }
+            if last {
+                if must_be_dir && found.exists() && found.kind() != Some(Kind::Dir) {
+                    return Err(err(libc::ENOTDIR));
+                }
+                return Ok(Resolved { path: here, parent: Some(cur), name, found });
+            }
+            match found.kind() {
+                None => return Err(err(libc::ENOENT)),
+                Some(Kind::Dir) => {
+                    let d = self.descend(&cur, &name, &found).map_err(|e| e.at(path.as_os_str()))?;
+                    stack.push((name, d));
+                }
+                Some(_) => return Err(err(libc::ENOTDIR)),
+            }
+        }
+        // The path ended on a directory already entered (`/`, `x/.`, `x/..`): describe it from its parent.
+        if stack.len() == 1 {
+            return Ok(Resolved { path: PathBuf::from("/"), parent: None, name: OsString::new(), found: Found::Root });
+        }
+        let (name, _) = stack.pop().expect("len > 1");
+        let cur = stack.last().expect("root stays").1.clone();
+        let here = self.path_of(&stack, &name);
+        let found = self.lookup(&cur, &here, &name)?;
+        Ok(Resolved { path: here, parent: Some(cur), name, found })
+    }
+
+    fn path_of(&self, stack: &[(OsString, Dir)], name: &OsStr) -> PathBuf {
+        let mut p = PathBuf::from("/");
+        for (n, _) in &stack[1..] {
+            p.push(n);
+        }
+        p.push(name);
+        p
+    }
+
+    /// What `name` is in the directory `dir` (whose container path plus name is `here`).
+    fn lookup(&self, dir: &Dir, here: &Path, name: &OsStr) -> Result<Found> {
+        if let Some(&idx) = self.mount_at.get(here) {
+            let m = &self.mounts[idx];
+            let meta = Meta::from_stat(&sys::lstat_at(m.parent.as_fd(), &m.name).map_err(|e| e.at(m.source.as_os_str()))?);
+            return Ok(Found::MountRoot { idx, kind: meta.kind() });
+        }
+        match dir {
+            Dir::Mount { idx, fd } => match sys::lstat_at(fd.as_fd(), name) {
+                Ok(st) => Ok(Found::InMount { idx: *idx, kind: Meta::from_stat(&st).kind() }),
+                Err(e) if e.is_errno(libc::ENOENT) => Ok(Found::Missing { whiteout: false }),
+                Err(e) => Err(e.at(here.as_os_str())),
+            },
+            Dir::Union { upper, lower } => {
+                if let Some(ufd) = upper {
+                    match sys::lstat_at(ufd.as_fd(), name) {
+                        Ok(st) => {
+                            let meta = Meta::from_stat(&st);
+                            if meta.is_whiteout() {
+                                return Ok(Found::Missing { whiteout: true });
+                            }
+                            return Ok(Found::Upper { kind: meta.kind() });
+                        }
+                        Err(e) if e.is_errno(libc::ENOENT) => {}
+                        Err(e) => return Err(e.at(here.as_os_str())),
+                    }
+                }
+                if let Some(node) = lower {
+                    if let Some(child) = self.lower.child(node, name)? {
+                        return Ok(Found::Lower { node: node.clone(), child });
+                    }
+                }
+                Ok(Found::Missing { whiteout: false })
+            }
+        }
+    }
+
+    /// Enter a directory found in `parent`.
+    pub fn descend(&self, parent: &Dir, name: &OsStr, found: &Found) -> Result<Dir> {
+        Ok(match (parent, found) {
+            (_, Found::Root) => self.root_dir(),
+            (_, Found::MountRoot { idx, .. }) => {
+                let m = &self.mounts[*idx];
+                Dir::Mount { idx: *idx, fd: m.dir.clone().ok_or(Error::errno(libc::ENOTDIR))? }
+            }
+            (Dir::Mount { idx, fd }, Found::InMount { .. }) => {
+                Dir::Mount { idx: *idx, fd: Arc::new(open_subdir(fd.as_fd(), name)?) }
+            }
+            (Dir::Union { upper: Some(ufd), lower }, Found::Upper { .. }) => {
+                let sub = Arc::new(open_subdir(ufd.as_fd(), name)?);
+                let lower_dir = match lower {
+                    Some(node) if !sys::is_opaque(ufd.as_fd(), name, self.privilege) => match self.lower.child(node, name)? {
+                        Some(c) if c.kind == Kind::Dir => Some(self.lower.node(node, name, &c)),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                Dir::Union { upper: Some(sub), lower: lower_dir }
+            }
+            (Dir::Union { .. }, Found::Lower { node, child }) => {
+                Dir::Union { upper: None, lower: Some(self.lower.node(node, name, child)) }
+            }
+            _ => return Err(Error::errno(libc::ENOTDIR)),
+        })
+    }
+
+    /// The directory a resolved path names.
+    pub fn enter(&self, r: &Resolved) -> Result<Dir> {
+        match (&r.parent, r.kind()) {
+            (None, _) => Ok(self.root_dir()),
+            (Some(p), Some(Kind::Dir)) => self.descend(p, &r.name, &r.found).map_err(|e| e.at(r.path.as_os_str())),
+            (Some(_), None) => Err(Error::os(libc::ENOENT, r.path.as_os_str())),
+            (Some(_), Some(_)) => Err(Error::os(libc::ENOTDIR, r.path.as_os_str())),
+        }
+    }
+
+    /// The real directory and name holding a found entry (for *at calls), or `None` for the image layers.
+    pub fn host_parent(&self, r: &Resolved) -> Option<(Arc<OwnedFd>, OsString)> {
+        match (&r.found, &r.parent) {
+            (Found::Lower { .. }, _) => None,
+            (Found::MountRoot { idx, .. }, _) => Some((self.mounts[*idx].parent.clone(), self.mounts[*idx].name.clone())),
+            (Found::Root, _) => self.upper.as_ref().map(|u| (u.fd.clone(), OsString::from("."))),
+            (_, Some(Dir::Mount { fd, .. })) => Some((fd.clone(), r.name.clone())),
+            (_, Some(Dir::Union { upper: Some(fd), .. })) => Some((fd.clone(), r.name.clone())),
+            _ => None,
+        }
+    }
+
+    fn readlink_found(&self, dir: &Dir, name: &OsStr, found: &Found) -> Result<OsString> {
+        match (found, dir) {
+            (Found::Lower { node, child }, _) => self.lower.readlink(node, name, child),
+            (Found::MountRoot { idx, .. }, _) => {
+                let m = &self.mounts[*idx];
+                sys::readlink_at(m.parent.as_fd(), &m.name)
+            }
+            (_, Dir::Mount { fd, .. }) | (_, Dir::Union { upper: Some(fd), .. }) => sys::readlink_at(fd.as_fd(), name),
+            _ => Err(Error::errno(libc::EINVAL)),
+        }
+    }
+
+    // ----- reading -----
+
+    /// Metadata of a resolved entry (with the store's override convention applied).
+    pub fn meta(&self, r: &Resolved) -> Result<Meta> {
+        let at = |e: Error| e.at(r.path.as_os_str());
+        match &r.found {
+            Found::Missing { .. } => Err(Error::os(libc::ENOENT, r.path.as_os_str())),
+            Found::Lower { node, child } => self.lower.meta(node, &r.name, child).map_err(at),
+            Found::Root if self.upper.is_none() => match self.lower.root_meta().map_err(at)? {
+                Some(m) => Ok(m),
+                None => Err(Error::os(libc::ENOENT, r.path.as_os_str())),
+            },
+            _ => {
+                let (fd, name) = self.host_parent(r).ok_or_else(|| Error::os(libc::ENOENT, r.path.as_os_str()))?;
+                sys::read_meta(fd.as_fd(), &name, self.privilege).map_err(at)
+            }
+        }
+    }
+
+    pub fn stat(&self, path: &Path, follow: bool) -> Result<Meta> {
+        let r = self.resolve(path, follow)?;
+        self.meta(&r)
+    }
+
+    pub fn readlink(&self, path: &Path) -> Result<OsString> {
+        let r = self.resolve(path, false)?.require()?;
+        if r.kind() != Some(Kind::Symlink) {
+            return Err(Error::os(libc::EINVAL, r.path.as_os_str()));
+        }
+        let parent = r.parent.clone().expect("a symlink has a parent");
+        self.readlink_found(&parent, &r.name, &r.found).map_err(|e| e.at(r.path.as_os_str()))
+    }
+
+    /// The merged listing of a directory: (name, kind), sorted by name.
+    pub fn list(&self, path: &Path) -> Result<Vec<(OsString, Kind)>> {
+        let r = self.resolve(path, true)?;
+        let dir = self.enter(&r)?;
+        self.list_dir(&dir, &r.path).map_err(|e| e.at(r.path.as_os_str()))
+    }
+
+    pub fn list_dir(&self, dir: &Dir, here: &Path) -> Result<Vec<(OsString, Kind)>> {
+        let mut out: Vec<(OsString, Kind)> = Vec::new();
+        match dir {
+            Dir::Mount { fd, .. } => {
+                let d = rustix::fs::openat(fd.as_fd(), ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+                for (name, kind) in sys::read_dir(d.as_fd())? {
+                    let kind = match kind {
+                        Some(k) => k,
+                        None => Meta::from_stat(&sys::lstat_at(d.as_fd(), &name)?).kind(),
+                    };
+                    out.push((name, kind));
+                }
+            }
+            Dir::Union { upper, lower } => {
+                let mut merged: HashMap<OsString, Kind> = HashMap::new();
+                if let Some(node) = lower {
+                    for (name, child) in self.lower.children(node)? {
+                        merged.insert(name.clone(), child.kind);
+                    }
+                }
+                if let Some(ufd) = upper {
+                    let d = rustix::fs::openat(ufd.as_fd(), ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+                    for (name, kind) in sys::read_dir(d.as_fd())? {
+                        let kind = match kind {
+                            Some(Kind::Char) | None => {
+                                let m = Meta::from_stat(&sys::lstat_at(d.as_fd(), &name)?);
+                                if m.is_whiteout() {
+                                    merged.remove(&name);
+                                    continue;
+                                }
+                                m.kind()
+                            }
+                            Some(k) => k,
+                        };
+                        merged.insert(name, kind);
+                    }
+                }
+                out.extend(merged);
+            }
+        }
+        // Mount targets show up in their parent directory even where the image has nothing.
+        let mut extra = BTreeSet::new();
+        for m in &self.mounts {
+            if m.target.parent() == Some(here) {
+                if let Some(n) = m.target.file_name() {
+                    extra.insert(n.to_os_string());
+                }
+            }
+        }
+        for n in extra {
+            if !out.iter().any(|(name, _)| *name == n) {
+                out.push((n, Kind::Dir));
+            }
+        }
+        out.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        Ok(out)
+    }
+
+    /// Open an existing entry read-only (`O_RDONLY` plus the given extra flags); symlinks followed.
+    pub fn open_read(&self, path: &Path, extra: OFlags) -> Result<OwnedFd> {
+        let r = self.resolve(path, !extra.contains(OFlags::NOFOLLOW))?.require()?;
+        self.open_found(&r, OFlags::RDONLY | extra)
+    }
+
+    /// Open what a resolved path names, with `flags`, where it lives (no copy-up).
+    pub fn open_found(&self, r: &Resolved, flags: OFlags) -> Result<OwnedFd> {
+        let at = |e: Errno| Error::from(e).at(r.path.as_os_str());
+        match &r.found {
+            Found::Lower { node, child } => self.lower.open_child(node, &r.name, child, flags).map_err(|e| match e {
+                Error::Os { errno, .. } => Error::os(errno, r.path.as_os_str()),
+                other => other,
+            }),
+            Found::Root if self.upper.is_none() => {
+                let top = self.lower.root().layers.first().copied().ok_or(Error::os(libc::ENOENT, "/"))?;
+                rustix::fs::openat(self.lower.layer_fd(top), ".", flags | OFlags::CLOEXEC, Mode::empty()).map_err(at)
+            }
+            _ => {
+                let (fd, name) = self.host_parent(r).ok_or_else(|| Error::os(libc::ENOENT, r.path.as_os_str()))?;
+                let name: &OsStr = if name.is_empty() { OsStr::new(".") } else { &name };
+                rustix::fs::openat(fd.as_fd(), name, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).map_err(at)
+            }
+        }
+    }
+
+    /// An extended attribute of an entry (`None` when absent).
+    pub fn getxattr(&self, path: &Path, attr: &std::ffi::CStr, follow: bool) -> Result<Option<Vec<u8>>> {
+        if crate::attrs::is_internal_xattr(attr.to_bytes()) {
+            return Ok(None);
+        }
+        let r = self.resolve(path, follow)?.require()?;
+        let (fd, name) = self.entry_location(&r)?;
+        sys::xattr_get(fd.as_fd(), &name, attr).map_err(|e| e.at(r.path.as_os_str()))
+    }
+
+    /// The content xattr names of an entry, sorted.
+    pub fn listxattr(&self, path: &Path, follow: bool) -> Result<Vec<Vec<u8>>> {
+        let r = self.resolve(path, follow)?.require()?;
+        let (fd, name) = self.entry_location(&r)?;
+        let mut names: Vec<Vec<u8>> = sys::xattr_list(fd.as_fd(), &name)
+            .map_err(|e| e.at(r.path.as_os_str()))?
+            .into_iter()
+            .filter(|n| !crate::attrs::is_internal_xattr(n))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The open directory and name where an existing entry's bytes live, in whatever layer or mount.
+    pub fn entry_location(&self, r: &Resolved) -> Result<(Arc<OwnedFd>, OsString)> {
+        match &r.found {
+            Found::Lower { node, child } => {
+                let rel = node.rel.join(&r.name);
+                let parent = self.lower.open_parent(child.layer, &rel)?;
+                Ok((Arc::new(parent), r.name.clone()))
+            }
+            Found::Root if self.upper.is_none() => {
+                let top = self.lower.root().layers.first().copied().ok_or(Error::os(libc::ENOENT, "/"))?;
+                let fd = rustix::fs::openat(self.lower.layer_fd(top), ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
+                Ok((Arc::new(fd), OsString::from(".")))
+            }
+            _ => self.host_parent(r).ok_or_else(|| Error::os(libc::ENOENT, r.path.as_os_str())),
+        }
+    }
+}
+
+fn split(raw: &[u8]) -> VecDeque<OsString> {
+    raw.split(|b| *b == b'/').filter(|c| !c.is_empty()).map(|c| OsStr::from_bytes(c).to_os_string()).collect()
+}
