@@ -47,7 +47,7 @@ fn import_view_and_exact_reexport() {
     let l1 = t.path().join("l1");
     let d0 = import(&base, &l0, None).unwrap();
     assert_eq!(d0, sha256(&base));
-    let lower0 = Lower::open(&[l0.clone()], Privilege::current()).unwrap();
+    let lower0 = Lower::open(std::slice::from_ref(&l0), Privilege::current()).unwrap();
     let d1 = import(&top, &l1, Some(&lower0)).unwrap();
     assert_eq!(d1, sha256(&top));
 
@@ -101,7 +101,7 @@ fn hostile_names_are_refused() {
         h.set_entry_type(tar::EntryType::Regular);
         h.set_cksum();
         let mut data = h.as_bytes().to_vec();
-        data.extend_from_slice(&[b'x']);
+        data.extend_from_slice(b"x");
         data.resize(512 * 4, 0);
         let dir = t.path().join(format!("h{i}"));
         let err = import(&data, &dir, None).unwrap_err();

@@ -1,1 +1,56 @@
+//! `ovlcore._ovlcore`: the PyO3 binding of ovlcore-core. Argument conversion, the GIL released around
+//! every call that touches the file system, and errors mapped to Python exceptions; no logic of its own.
 
+mod errors;
+mod io;
+mod layers;
+mod view;
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+
+use crate::errors::IntoPy;
+
+/// Remove a host directory tree (no error when it does not exist).
+#[pyfunction]
+fn remove_tree(py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    py.detach(|| ovlcore_core::sys::remove_tree(&path)).py()
+}
+
+/// Flush the file system holding `path` to stable storage.
+#[pyfunction]
+fn sync_fs(py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    py.detach(|| {
+        let fd = ovlcore_core::sys::open_dir(&path)?;
+        ovlcore_core::sys::syncfs(std::os::fd::AsFd::as_fd(&fd))
+    })
+    .py()
+}
+
+/// `sha256:` + hex digest of `data`.
+#[pyfunction]
+fn sha256(data: &[u8]) -> String {
+    ovlcore_core::digest::sha256(data)
+}
+
+/// The OCI chain id of a layer with diff id `diff_id` on top of the chain `parent`.
+#[pyfunction]
+#[pyo3(signature = (parent, diff_id))]
+fn chain_id(parent: Option<&str>, diff_id: &str) -> String {
+    ovlcore_core::digest::chain_id(parent, diff_id)
+}
+
+#[pymodule]
+fn _ovlcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<view::View>()?;
+    m.add_class::<layers::TarStream>()?;
+    m.add_function(wrap_pyfunction!(layers::import_layer, m)?)?;
+    m.add_function(wrap_pyfunction!(layers::layer_tar, m)?)?;
+    m.add_function(wrap_pyfunction!(remove_tree, m)?)?;
+    m.add_function(wrap_pyfunction!(sync_fs, m)?)?;
+    m.add_function(wrap_pyfunction!(sha256, m)?)?;
+    m.add_function(wrap_pyfunction!(chain_id, m)?)?;
+    Ok(())
+}

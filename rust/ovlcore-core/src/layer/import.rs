@@ -200,7 +200,7 @@ impl<'a> Importer<'a> {
             | EntryType::Fifo => {}
             other => return Err(bad(&format!("unsupported entry type {:?}", other.as_byte() as char))),
         }
-        let rel = clean_name(&raw_name).map_err(|why| bad(why))?;
+        let rel = clean_name(&raw_name).map_err(bad)?;
         let header = read_header(entry).map_err(|e| match e {
             Error::InvalidArchive(m) => bad(&m),
             other => other,

@@ -17,6 +17,9 @@ use crate::attrs::{Kind, Meta, Privilege};
 use crate::error::{Context, Result};
 use crate::sys;
 
+/// A name found in the stack: its merged parent directory, the name, and what it is.
+pub type Entry = (Arc<Node>, OsString, Arc<Child>);
+
 /// One layer's content directory, open.
 pub struct LayerDir {
     pub path: PathBuf,
@@ -65,7 +68,8 @@ impl Lower {
 
     /// A process-wide shared stack for these layers (immutable, so any holder may reuse it).
     pub fn shared(paths: &[PathBuf], privilege: Privilege) -> Result<Arc<Lower>> {
-        static CACHE: OnceLock<Mutex<HashMap<(Vec<PathBuf>, Privilege), Weak<Lower>>>> = OnceLock::new();
+        type Key = (Vec<PathBuf>, Privilege);
+        static CACHE: OnceLock<Mutex<HashMap<Key, Weak<Lower>>>> = OnceLock::new();
         let cache = CACHE.get_or_init(Default::default);
         let key = (paths.to_vec(), privilege);
         if let Some(l) = cache.lock().unwrap().get(&key).and_then(Weak::upgrade) {
@@ -234,13 +238,8 @@ impl Lower {
     /// Open a child (regular file or directory) of the stack read-only.
     pub fn open_child(&self, parent: &Node, name: &OsStr, child: &Child, flags: OFlags) -> Result<OwnedFd> {
         let rel = parent.rel.join(name);
-        Ok(rustix::fs::openat(
-            self.fd(child.layer),
-            rel.as_os_str(),
-            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .at(self.host_path(child.layer, &rel))?)
+        rustix::fs::openat(self.fd(child.layer), rel.as_os_str(), flags | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .at(self.host_path(child.layer, &rel))
     }
 
     /// The directory holding `rel` in layer `layer`, opened (for xattr and link calls on one entry).
@@ -258,7 +257,7 @@ impl Lower {
     }
 
     /// Walk a relative path (no symlink resolution) to its child entry, if every parent is a directory.
-    pub fn lookup(&self, rel: &Path) -> Result<Option<(Arc<Node>, OsString, Arc<Child>)>> {
+    pub fn lookup(&self, rel: &Path) -> Result<Option<Entry>> {
         let mut node = self.root.clone();
         let mut comps = rel.iter().peekable();
         while let Some(name) = comps.next() {

@@ -1,0 +1,64 @@
+"""ovlcore: Docker's data-storage model as a library.
+
+Images are stacks of immutable, content-addressed layers; a container is those layers plus one writable
+layer, seen through a union (overlay) view. ``commit`` turns a container's changes into a new layer,
+``diff`` lists them, volumes and bind mounts keep data outside the layers, and ``cp`` moves files in and
+out. Everything runs unprivileged, without a daemon, on a store directory any number of processes share.
+
+>>> import ovlcore
+>>> store = ovlcore.Store("/tmp/store")                       # doctest: +SKIP
+>>> base = store.images.import_archive("rootfs.tar", tag="base:1")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from . import errors
+from ._ovlcore import __version__
+from .errors import (
+    AmbiguousReference,
+    Conflict,
+    ContainerNotFound,
+    ImageInUse,
+    ImageNotFound,
+    InvalidArchive,
+    InvalidReference,
+    LayerNotFound,
+    NameConflict,
+    NotFound,
+    OvlError,
+    VolumeInUse,
+    VolumeNotFound,
+)
+from .fs import ContainerFS, DirEntry
+from .images import HistoryEntry, Image, Images
+from .layers import Layer, Layers
+from .store import CheckReport, DiskUsage, PruneReport, Store
+
+__all__ = [
+    "__version__",
+    "Store",
+    "Image",
+    "Images",
+    "HistoryEntry",
+    "Layer",
+    "Layers",
+    "ContainerFS",
+    "DirEntry",
+    "PruneReport",
+    "CheckReport",
+    "DiskUsage",
+    "errors",
+    "OvlError",
+    "NotFound",
+    "ImageNotFound",
+    "ContainerNotFound",
+    "VolumeNotFound",
+    "LayerNotFound",
+    "Conflict",
+    "NameConflict",
+    "ImageInUse",
+    "VolumeInUse",
+    "InvalidArchive",
+    "InvalidReference",
+    "AmbiguousReference",
+]

@@ -1,0 +1,225 @@
+"""The store's on-disk discipline: layout, locks, atomic metadata, staging and trash.
+
+Locking model (one lock file, ``ROOT/lock``, taken with ``flock``):
+
+* readers of metadata (image, tag, container, volume records) hold it shared, writers exclusively;
+* bulk work (extracting a layer, copying data, committing) happens *outside* the lock in a private
+  staging directory under ``ROOT/tmp``; only the final ``rename`` into place is done under the lock;
+* deletions rename the object into ``ROOT/trash`` under the lock and remove it after releasing it.
+
+Each staging directory has a sibling ``.lock`` file its owner holds for as long as it works, so on the
+next open any staging directory whose owner is gone (a crash) is removed, as is everything in the trash.
+A layer, image, container or volume therefore becomes visible complete or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from . import _ovlcore
+
+STORE_VERSION = 1
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n")
+
+
+def read_json(path: Path) -> Any:
+    with open(path, "rb") as f:
+        return json.loads(f.read())
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Layout:
+    """Where everything lives under a store root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.lock = root / "lock"
+        self.info = root / "store.json"
+        self.layers = root / "layers"
+        self.images = root / "images"
+        self.repositories = root / "repositories.json"
+        self.containers = root / "containers"
+        self.volumes = root / "volumes"
+        self.tmp = root / "tmp"
+        self.trash = root / "trash"
+
+    def dirs(self) -> list[Path]:
+        return [self.layers, self.images, self.containers, self.volumes, self.tmp, self.trash]
+
+    def layer(self, chain_id: str) -> Path:
+        return self.layers / chain_id.removeprefix("sha256:")
+
+    def image(self, image_id: str) -> Path:
+        return self.images / image_id.removeprefix("sha256:")
+
+    def container(self, container_id: str) -> Path:
+        return self.containers / container_id
+
+    def volume(self, name: str) -> Path:
+        return self.volumes / name
+
+
+class StoreLock:
+    """The store-wide reader/writer lock. Every acquisition opens its own descriptor, so threads of one
+    process exclude each other exactly as processes do."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def _hold(self, op: int) -> Iterator[None]:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, op)
+            yield
+        finally:
+            os.close(fd)
+
+    def shared(self) -> contextlib.AbstractContextManager[None]:
+        return self._hold(fcntl.LOCK_SH)
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        return self._hold(fcntl.LOCK_EX)
+
+
+class Staging:
+    """A private directory under ``tmp/`` for building an object before publishing it with one rename.
+
+    Use as a context manager: unless :meth:`publish` moved it into place, it is removed on exit, and if
+    the process dies first, the next store open removes it (its lock is no longer held).
+    """
+
+    def __init__(self, layout: Layout) -> None:
+        name = secrets.token_hex(16)
+        self._layout = layout
+        self.path = layout.tmp / name
+        self._lock_path = layout.tmp / f"{name}.lock"
+        # Take the lock under a temporary name first, so a recovering process never sees it unlocked.
+        pending = layout.tmp / f".{name}.pending"
+        self._lock_fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        os.rename(pending, self._lock_path)
+        os.mkdir(self.path, 0o700)
+        self.published = False
+
+    def publish(self, dest: Path) -> None:
+        """Move the staged directory to ``dest`` (the caller holds the store lock)."""
+        os.rename(self.path, dest)
+        fsync_dir(dest.parent)
+        self.published = True
+
+    def close(self) -> None:
+        if not self.published:
+            _ovlcore.remove_tree(str(self.path))
+        with contextlib.suppress(OSError):
+            os.unlink(self._lock_path)
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def move_to_trash(layout: Layout, path: Path) -> Path | None:
+    """Rename ``path`` into the trash (under the store lock); ``None`` if it was already gone."""
+    dest = layout.trash / secrets.token_hex(16)
+    try:
+        os.rename(path, dest)
+    except FileNotFoundError:
+        return None
+    return dest
+
+
+def empty_trash(paths: list[Path]) -> None:
+    for p in paths:
+        _ovlcore.remove_tree(str(p))
+
+
+def recover(layout: Layout) -> list[str]:
+    """Remove what crashed operations left behind: staging directories nobody holds, and the trash."""
+    removed: list[str] = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(layout.tmp):
+            if entry.endswith(".lock"):
+                lock_path = layout.tmp / entry
+                try:
+                    fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as e:
+                    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        continue  # its owner is alive and working
+                    raise
+                else:
+                    name = entry.removesuffix(".lock")
+                    _ovlcore.remove_tree(str(layout.tmp / name))
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(lock_path)
+                    removed.append(f"tmp/{name}")
+                finally:
+                    os.close(fd)
+            elif entry.endswith(".pending"):
+                # A lock file whose owner died before naming it; harmless once its owner is gone.
+                path = layout.tmp / entry
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+        # Staging directories whose lock file is gone (owner died between the two steps of close()).
+        for entry in os.listdir(layout.tmp):
+            path = layout.tmp / entry
+            if "." not in entry and not (layout.tmp / f"{entry}.lock").exists():
+                _ovlcore.remove_tree(str(path))
+                removed.append(f"tmp/{entry}")
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(layout.trash):
+            _ovlcore.remove_tree(str(layout.trash / entry))
+            removed.append(f"trash/{entry}")
+    return removed

@@ -1,0 +1,276 @@
+"""The store: one root directory holding layers, images, containers and volumes, shared safely by any
+number of processes and threads (see :mod:`ovlcore._storage` for the locking model)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import _ovlcore, _storage
+from ._storage import Layout, StoreLock, move_to_trash, read_json, write_json
+from .errors import OvlError
+from .images import Images
+from .layers import Layers
+
+__all__ = ["Store", "PruneReport", "CheckReport", "DiskUsage", "default_root"]
+
+DRIVERS = ("auto", "userspace", "overlay")
+
+
+def default_root() -> Path:
+    """``$OVLCORE_ROOT``, else ``$XDG_DATA_HOME/ovlcore``, else ``~/.local/share/ovlcore``."""
+    env = os.environ.get("OVLCORE_ROOT")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "ovlcore"
+
+
+@dataclass
+class PruneReport:
+    """What a prune removed (ids and names) and how many bytes it freed."""
+
+    deleted: list[str] = field(default_factory=list)
+    space_reclaimed: int = 0
+
+
+@dataclass
+class CheckReport:
+    """Problems :meth:`Store.check` found, and with ``repair=True`` what it fixed."""
+
+    problems: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems or len(self.repaired) >= len(self.problems)
+
+
+@dataclass
+class DiskUsage:
+    """One row of ``docker system df``."""
+
+    type: str
+    total: int
+    active: int
+    size: int
+    reclaimable: int
+
+
+class Store:
+    """An ovlcore store rooted at ``root`` (created on first use). Also a context manager.
+
+    ``driver``: ``"userspace"`` (the default that ``"auto"`` picks) serves every operation without
+    mounting anything; ``"overlay"`` also allows kernel overlayfs mounts and needs the privilege to mount.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, driver: str = "auto") -> None:
+        if driver not in DRIVERS:
+            raise ValueError(f"unknown driver {driver!r} (choose from {', '.join(DRIVERS)})")
+        self.root = Path(root) if root is not None else default_root()
+        self.root = self.root.expanduser().absolute()
+        self.driver = "userspace" if driver == "auto" else driver
+        self._layout = Layout(self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for d in self._layout.dirs():
+            d.mkdir(exist_ok=True)
+        self._lock = StoreLock(self._layout.lock)
+        self.privilege = self._init_info()
+        self.layers = Layers(self)
+        self.images = Images(self)
+        self._closed = False
+        _storage.recover(self._layout)
+
+    def _init_info(self) -> str:
+        """Read the store's record, writing it on first use. A store keeps the metadata convention it was
+        made with: ``root`` (native owners, devices) or ``rootless`` (override xattrs)."""
+        with self._lock.exclusive():
+            try:
+                info = read_json(self._layout.info)
+            except FileNotFoundError:
+                privilege = os.environ.get("OVLCORE_PRIVILEGE") or ("root" if os.geteuid() == 0 else "rootless")
+                if privilege not in ("root", "rootless"):
+                    raise ValueError(f"OVLCORE_PRIVILEGE must be 'root' or 'rootless', not {privilege!r}") from None
+                info = {"version": _storage.STORE_VERSION, "privilege": privilege}
+                write_json(self._layout.info, info)
+        if info.get("version") != _storage.STORE_VERSION:
+            raise OvlError(f"store {self.root} has format version {info.get('version')}, this ovlcore reads {_storage.STORE_VERSION}")
+        privilege = str(info["privilege"])
+        if privilege == "root" and os.geteuid() != 0:
+            raise PermissionError(f"store {self.root} was made by root and needs root to use")
+        return privilege
+
+    # ----- lifecycle -----
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Store {str(self.root)!r} driver={self.driver!r} privilege={self.privilege!r}>"
+
+    # ----- references between objects (callers hold the store lock) -----
+
+    def _containers_using(self, image_id: str) -> list[str]:
+        """Names of containers created from ``image_id``."""
+        names = []
+        try:
+            entries = os.listdir(self._layout.containers)
+        except FileNotFoundError:
+            return []
+        for cid in entries:
+            try:
+                rec = read_json(self._layout.container(cid) / "container.json")
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if rec.get("image") == image_id:
+                names.append(str(rec.get("name", cid)))
+        return sorted(names)
+
+    def _image_chains(self) -> set[str]:
+        """Chain ids of every layer some image uses."""
+        used: set[str] = set()
+        for image_id in self.images._ids():
+            img = self.images._maybe(image_id)
+            if img is not None:
+                used.update(img.chain_ids)
+        return used
+
+    def _layer_record(self, chain: str) -> dict[str, Any] | None:
+        try:
+            rec = read_json(self._layout.layer(chain) / "layer.json")
+            return rec if isinstance(rec, dict) else None
+        except FileNotFoundError:
+            return None
+
+    def _layer_children(self) -> dict[str, list[str]]:
+        children: dict[str, list[str]] = {}
+        for name in os.listdir(self._layout.layers):
+            rec = self._layer_record(name)
+            if rec and rec.get("parent"):
+                children.setdefault(str(rec["parent"]), []).append(str(rec["chain_id"]))
+        return children
+
+    def _delete_image(self, image_id: str) -> list[tuple[Path, int]]:
+        p = move_to_trash(self._layout, self._layout.image(image_id))
+        return [(p, 0)] if p else []
+
+    def _unused_layers(self, chains: list[str], *, include_retained: bool = False) -> list[tuple[Path, int]]:
+        """Move to the trash the layers among ``chains`` (and, recursively, their parents) that no image
+        uses and no other layer is built on. Returns (trash path, content size) pairs."""
+        used = self._image_chains()
+        children = self._layer_children()
+        out: list[tuple[Path, int]] = []
+        todo = list(reversed(chains))  # top first, so children go before their parents
+        seen: set[str] = set()
+        while todo:
+            chain = todo.pop(0)
+            if chain in seen or chain in used:
+                continue
+            seen.add(chain)
+            rec = self._layer_record(chain)
+            if rec is None or (rec.get("retained") and not include_retained):
+                continue
+            if any(self._layout.layer(c).exists() for c in children.get(chain, [])):
+                continue
+            p = move_to_trash(self._layout, self._layout.layer(chain))
+            if p:
+                out.append((p, int(rec.get("size", 0))))
+            if rec.get("parent"):
+                todo.append(str(rec["parent"]))
+        return out
+
+    def _remove_layers(self, chains: list[str], *, explicit: bool) -> None:
+        from .errors import Conflict
+
+        trash = []
+        with self._lock.exclusive():
+            used = self._image_chains()
+            children = self._layer_children()
+            for chain in chains:
+                if chain in used:
+                    raise Conflict(f"layer {chain} is used by an image")
+                if any(self._layout.layer(c).exists() for c in children.get(chain, [])):
+                    raise Conflict(f"layer {chain} has layers built on it")
+                p = move_to_trash(self._layout, self._layout.layer(chain))
+                if p:
+                    trash.append((p, 0))
+        self._empty(trash)
+
+    def _collect_layers(self, chains: list[str]) -> None:
+        """Drop layers an aborted operation made, if nothing took them up meanwhile."""
+        with self._lock.exclusive():
+            trash = self._unused_layers(chains)
+        self._empty(trash)
+
+    def _empty(self, trash: list[tuple[Path, int]]) -> None:
+        _storage.empty_trash([p for p, _ in trash])
+
+    # ----- maintenance -----
+
+    def prune(self) -> PruneReport:
+        """Remove dangling images no container uses, and layers nothing references (including layers
+        kept by ``layers.apply``)."""
+        report = self.images.prune()
+        with self._lock.exclusive():
+            used = self._image_chains()
+            names = os.listdir(self._layout.layers)
+            chains = [str(rec["chain_id"]) for n in names if (rec := self._layer_record(n)) and rec["chain_id"] not in used]
+            trash = self._unused_layers(chains, include_retained=True)
+        self._empty(trash)
+        report.deleted.extend(str(p.name) for p, _ in trash)
+        report.space_reclaimed += sum(s for _, s in trash)
+        return report
+
+    def df(self) -> list[DiskUsage]:
+        """Disk usage like ``docker system df``: images, containers, volumes."""
+        with self._lock.shared():
+            images = self.images.list()
+            layer_sizes = {layer.chain_id: layer.size for layer in self.layers.list()}
+            active_images = [i for i in images if self._containers_using(i.id)]
+            all_layers = {c for i in images for c in i.chain_ids}
+            active_layers = {c for i in active_images for c in i.chain_ids}
+            size = sum(layer_sizes.get(c, 0) for c in all_layers)
+            reclaim = sum(layer_sizes.get(c, 0) for c in all_layers - active_layers)
+        return [DiskUsage("Images", len(images), len(active_images), size, reclaim)]
+
+    def check(self, repair: bool = False) -> CheckReport:
+        """Verify metadata against content: every image's config and layers present, layer records
+        consistent, no leftovers. With ``repair``, remove what is safely removable."""
+        report = CheckReport()
+        with self._lock.exclusive() if repair else self._lock.shared():
+            for image_id in self.images._ids():
+                img = self.images._maybe(image_id)
+                if img is None:
+                    report.problems.append(f"image {image_id}: record incomplete")
+                    continue
+                if _ovlcore.sha256(img.config_bytes) != image_id:
+                    report.problems.append(f"image {image_id}: config digest mismatch")
+                for chain in img.chain_ids:
+                    if not (self._layout.layer(chain) / "diff").is_dir():
+                        report.problems.append(f"image {image_id}: layer {chain} missing")
+            for name in os.listdir(self._layout.layers):
+                rec = self._layer_record(name)
+                if rec is None or "sha256:" + name != rec.get("chain_id"):
+                    report.problems.append(f"layer {name}: record missing or inconsistent")
+                elif rec.get("parent") and self._layer_record(str(rec["parent"])) is None:
+                    report.problems.append(f"layer {name}: parent {rec['parent']} missing")
+            for tag, image_id in self.images._repositories().items():
+                if self.images._maybe(image_id) is None:
+                    report.problems.append(f"tag {tag}: image {image_id} missing")
+                    if repair:
+                        repos = self.images._repositories()
+                        repos.pop(tag, None)
+                        write_json(self._layout.repositories, repos)
+                        report.repaired.append(f"tag {tag}: removed")
+        if repair:
+            report.repaired.extend(f"{p}: removed" for p in _storage.recover(self._layout))
+        return report

@@ -1,0 +1,59 @@
+//! Reading from Python objects and reporting progress back, from code running without the GIL.
+
+use std::io::{self, Read};
+
+use ovlcore_core::Error;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// A `Read` over a Python binary file object (anything with `read(n)`); takes the GIL per chunk.
+pub struct PyReader {
+    obj: Py<PyAny>,
+}
+
+impl PyReader {
+    pub fn new(obj: Py<PyAny>) -> Self {
+        PyReader { obj }
+    }
+}
+
+impl Read for PyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Python::attach(|py| {
+            py.check_signals().map_err(|_| io::Error::other(Error::Cancelled))?;
+            let chunk = self.obj.call_method1(py, "read", (buf.len(),)).map_err(|e| io::Error::other(e.to_string()))?;
+            let bytes = chunk.bind(py).cast::<PyBytes>().map_err(|_| io::Error::other("read() must return bytes"))?;
+            let data = bytes.as_bytes();
+            let n = data.len().min(buf.len());
+            buf[..n].copy_from_slice(&data[..n]);
+            Ok(n)
+        })
+    }
+}
+
+/// Calls an optional Python callback with a byte count, and turns Ctrl-C into a clean cancellation.
+pub struct Progress {
+    callback: Option<Py<PyAny>>,
+}
+
+impl Progress {
+    pub fn new(callback: Option<Py<PyAny>>) -> Self {
+        Progress { callback }
+    }
+
+    pub fn report(&self, done: u64) -> ovlcore_core::Result<()> {
+        Python::attach(|py| {
+            py.check_signals().map_err(|_| Error::Cancelled)?;
+            if let Some(cb) = &self.callback {
+                cb.call1(py, (done,)).map_err(|e| {
+                    if e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py) {
+                        Error::Cancelled
+                    } else {
+                        Error::Invalid(format!("progress callback failed: {e}"))
+                    }
+                })?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,229 @@
+//! Layer tar streams in and out.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use ovlcore_core::compress::{Compression, Encoder};
+use ovlcore_core::digest::Hasher;
+use ovlcore_core::layer::{import_layer as core_import, ImportOptions, LayerTar};
+use ovlcore_core::union::Lower;
+use ovlcore_core::Error;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors::IntoPy;
+use crate::io::{Progress, PyReader};
+use crate::view::parse_privilege;
+
+/// Where layer bytes come from: a host file (read without the GIL) or a Python file object.
+#[derive(FromPyObject)]
+pub enum Source {
+    Path(PathBuf),
+    File(Py<PyAny>),
+}
+
+impl Source {
+    pub fn reader(self) -> PyResult<Box<dyn Read + Send>> {
+        Ok(match self {
+            Source::Path(p) => Box::new(File::open(&p).map_err(|e| Error::from(e).at(p.as_os_str())).py()?),
+            Source::File(obj) => Box::new(PyReader::new(obj)),
+        })
+    }
+}
+
+/// Import an OCI layer tar (plain, gzip or zstd) into the empty directory `dest`.
+/// Returns `(diff_id, content_size, tar_size)`.
+#[pyfunction]
+#[pyo3(signature = (source, dest, *, tarsplit=None, lower=Vec::new(), privilege="root", max_size=None, progress=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn import_layer(
+    py: Python<'_>,
+    source: Source,
+    dest: PathBuf,
+    tarsplit: Option<PathBuf>,
+    lower: Vec<PathBuf>,
+    privilege: &str,
+    max_size: Option<u64>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<(String, u64, u64)> {
+    let privilege = parse_privilege(privilege)?;
+    let reader = source.reader()?;
+    let progress = Progress::new(progress);
+    py.detach(|| {
+        let lower = if lower.is_empty() { None } else { Some(Lower::shared(&lower, privilege)?) };
+        let split = match &tarsplit {
+            Some(p) => Some(File::create(p).map_err(|e| Error::from(e).at(p.as_os_str()))?),
+            None => None,
+        };
+        let mut report = |n: u64| progress.report(n);
+        let opts = ImportOptions { privilege, lower: lower.as_deref(), max_size, progress: Some(&mut report) };
+        let r = core_import(reader, &dest, split, opts)?;
+        Ok((r.diff_id, r.size, r.tar_size))
+    })
+    .py()
+}
+
+struct StreamState {
+    /// The compressed (or plain) bytes, read from the tar producer through the encoder.
+    out: Box<dyn Read + Send>,
+    /// Digest of the bytes handed out (the blob digest).
+    blob: Hasher,
+    tar: Arc<Mutex<Option<String>>>,
+}
+
+/// A readable layer tar stream (optionally compressed), produced while it is read.
+#[pyclass(module = "ovlcore._ovlcore")]
+pub struct TarStream {
+    state: Mutex<StreamState>,
+    finished: bool,
+}
+
+/// Records the tar digest once the producer is exhausted.
+struct DigestOnEnd {
+    tar: LayerTar,
+    slot: Arc<Mutex<Option<String>>>,
+}
+
+impl Read for DigestOnEnd {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.tar.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            *self.slot.lock().unwrap() = Some(self.tar.digest());
+        }
+        Ok(n)
+    }
+}
+
+/// A pull-based compressor: reads plain bytes from `inner` and hands out compressed ones.
+struct Compressing {
+    inner: DigestOnEnd,
+    enc: Option<Encoder<Vec<u8>>>,
+    out: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Compressing {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::Write;
+        loop {
+            if self.pos < self.out.len() {
+                let n = buf.len().min(self.out.len() - self.pos);
+                buf[..n].copy_from_slice(&self.out[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            let enc = match self.enc.as_mut() {
+                Some(e) => e,
+                None => return Ok(0),
+            };
+            self.out.clear();
+            self.pos = 0;
+            let mut chunk = vec![0u8; 1 << 20];
+            let n = self.inner.read(&mut chunk)?;
+            if n == 0 {
+                let enc = self.enc.take().expect("checked");
+                self.out = enc.finish()?;
+            } else {
+                enc.write_all(&chunk[..n])?;
+                self.out = std::mem::take(enc.get_mut());
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl TarStream {
+    /// Read up to `size` bytes (all remaining when negative).
+    #[pyo3(signature = (size=-1))]
+    fn read<'py>(&mut self, py: Python<'py>, size: i64) -> PyResult<Bound<'py, PyBytes>> {
+        let state = &self.state;
+        let data = py
+            .detach(|| -> Result<Vec<u8>, Error> {
+                let mut st = state.lock().unwrap();
+                let mut out = Vec::new();
+                if size < 0 {
+                    st.out.read_to_end(&mut out)?;
+                } else {
+                    out.resize(size as usize, 0);
+                    let mut filled = 0;
+                    while filled < out.len() {
+                        let n = st.out.read(&mut out[filled..])?;
+                        if n == 0 {
+                            break;
+                        }
+                        filled += n;
+                    }
+                    out.truncate(filled);
+                }
+                st.blob.update(&out);
+                Ok(out)
+            })
+            .py()?;
+        if size != 0 && data.is_empty() {
+            self.finished = true;
+        }
+        Ok(PyBytes::new(py, &data))
+    }
+
+    fn readable(&self) -> bool {
+        true
+    }
+
+    /// The diff_id (sha256 of the uncompressed tar), once the stream has been read to its end.
+    #[getter]
+    fn diff_id(&self) -> Option<String> {
+        self.state.lock().unwrap().tar.lock().unwrap().clone()
+    }
+
+    /// The digest of the bytes read (the blob digest), once the stream has been read to its end.
+    #[getter]
+    fn digest(&self) -> Option<String> {
+        if self.finished {
+            Some(self.state.lock().unwrap().blob.digest())
+        } else {
+            None
+        }
+    }
+
+    /// Bytes handed out so far.
+    #[getter]
+    fn size(&self) -> u64 {
+        self.state.lock().unwrap().blob.count
+    }
+}
+
+/// A tar stream of a layer directory: replayed from `tarsplit` when given, else walked (with `lower`,
+/// top first, deciding where whiteouts and opaque markers belong).
+#[pyfunction]
+#[pyo3(signature = (dir, *, tarsplit=None, lower=Vec::new(), privilege="root", compression=None))]
+pub fn layer_tar(
+    py: Python<'_>,
+    dir: PathBuf,
+    tarsplit: Option<PathBuf>,
+    lower: Vec<PathBuf>,
+    privilege: &str,
+    compression: Option<&str>,
+) -> PyResult<TarStream> {
+    let privilege = parse_privilege(privilege)?;
+    let compression = Compression::parse(compression).py()?;
+    let tar = py
+        .detach(|| -> Result<LayerTar, Error> {
+            match &tarsplit {
+                Some(s) => LayerTar::from_split(&dir, File::open(s).map_err(|e| Error::from(e).at(s.as_os_str()))?),
+                None => {
+                    let lower = if lower.is_empty() { None } else { Some(Lower::shared(&lower, privilege)?) };
+                    LayerTar::walk(&dir, privilege, lower)
+                }
+            }
+        })
+        .py()?;
+    let slot = Arc::new(Mutex::new(None));
+    let plain = DigestOnEnd { tar, slot: slot.clone() };
+    let out: Box<dyn Read + Send> = match compression {
+        Compression::None => Box::new(plain),
+        c => Box::new(Compressing { inner: plain, enc: Some(Encoder::new(Vec::new(), c).py()?), out: Vec::new(), pos: 0 }),
+    };
+    Ok(TarStream { state: Mutex::new(StreamState { out, blob: Hasher::default(), tar: slot }), finished: false })
+}
