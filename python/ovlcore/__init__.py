@@ -29,10 +29,13 @@ from .errors import (
     VolumeInUse,
     VolumeNotFound,
 )
+from .containers import Change, Container, Containers, ContainerSize
 from .fs import ContainerFS, DirEntry
 from .images import HistoryEntry, Image, Images
 from .layers import Layer, Layers
+from .mounts import Mount
 from .store import CheckReport, DiskUsage, PruneReport, Store
+from .volumes import Volume, Volumes
 
 __all__ = [
     "__version__",
@@ -42,6 +45,13 @@ __all__ = [
     "HistoryEntry",
     "Layer",
     "Layers",
+    "Container",
+    "Containers",
+    "Change",
+    "ContainerSize",
+    "Mount",
+    "Volume",
+    "Volumes",
     "ContainerFS",
     "DirEntry",
     "PruneReport",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
@@ -71,10 +72,18 @@ class ContainerFS:
     """The merged view. Read methods work on images and containers; write methods on containers only
     (an image's file system is read-only: writes raise ``PermissionError`` with ``EROFS``)."""
 
-    def __init__(self, view: _ovlcore.View, *, writable: bool, owner: str) -> None:
+    def __init__(
+        self,
+        view: _ovlcore.View,
+        *,
+        writable: bool,
+        owner: str,
+        guard: Callable[[], None] | None = None,
+    ) -> None:
         self._view = view
         self._writable = writable
         self._owner = owner
+        self._guard = guard
 
     @classmethod
     def for_image(cls, image: Image) -> ContainerFS:
@@ -86,8 +95,14 @@ class ContainerFS:
     def __repr__(self) -> str:
         return f"<ContainerFS of {self._owner}{'' if self._writable else ' (read-only)'}>"
 
-    def _refuse(self, path: str) -> OSError:
-        return PermissionError(errno.EROFS, f"Read-only file system ({self._owner})", path)
+    def _w(self, path: str | os.PathLike[str]) -> str:
+        """Check that writing is allowed and normalize the path."""
+        p = _p(path)
+        if not self._writable:
+            raise PermissionError(errno.EROFS, f"Read-only file system ({self._owner})", p)
+        if self._guard is not None:
+            self._guard()
+        return p
 
     # ----- reading -----
 
@@ -181,7 +196,110 @@ class ContainerFS:
         return f
 
     def _open_write(self, path: str, flags: int) -> int:
-        raise self._refuse(path)
+        return self._view.open_write(self._w(path), flags, 0o666)
+
+    def write_bytes(self, path: str | os.PathLike[str], data: bytes) -> int:
+        with self.open(path, "wb") as f:
+            return int(f.write(data))
+
+    def write_text(
+        self, path: str | os.PathLike[str], data: str, encoding: str | None = None, errors: str | None = None
+    ) -> int:
+        with self.open(path, "w", encoding=encoding, errors=errors) as f:
+            return int(f.write(data))
+
+    # ----- writing (containers) -----
+
+    def mkdir(self, path: str | os.PathLike[str], mode: int = 0o777, *, parents: bool = False, exist_ok: bool = False) -> None:
+        """Like :meth:`pathlib.Path.mkdir`. A directory made where an image directory was deleted is opaque."""
+        p = self._w(path)
+        try:
+            self._view.mkdir(p, mode)
+        except FileNotFoundError:
+            if not parents or p == "/":
+                raise
+            self.mkdir(os.path.dirname(p.rstrip("/")), mode, parents=True, exist_ok=True)
+            self.mkdir(p, mode, parents=False, exist_ok=exist_ok)
+        except FileExistsError:
+            if not exist_ok or not self.is_dir(p):
+                raise
+
+    def makedirs(self, path: str | os.PathLike[str], mode: int = 0o777, exist_ok: bool = False) -> None:
+        self.mkdir(path, mode, parents=True, exist_ok=exist_ok)
+
+    def remove(self, path: str | os.PathLike[str]) -> None:
+        """Delete a non-directory; one that exists in the image leaves a whiteout."""
+        self._view.remove(self._w(path))
+
+    unlink = remove
+
+    def rmdir(self, path: str | os.PathLike[str]) -> None:
+        self._view.rmdir(self._w(path))
+
+    def rmtree(self, path: str | os.PathLike[str]) -> None:
+        """Delete a directory tree (one whiteout where it exists in the image, whatever its size)."""
+        self._view.rmtree(self._w(path))
+
+    def rename(self, src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        """Like :func:`os.rename`; directories from the image can be renamed too."""
+        self._view.rename(self._w(src), self._w(dst))
+
+    replace = rename
+
+    def symlink(self, target: str, path: str | os.PathLike[str]) -> None:
+        """Create ``path`` as a symlink to ``target`` (note the argument order, as :func:`os.symlink`)."""
+        self._view.symlink(os.fspath(target), self._w(path))
+
+    def link(self, src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        """A hard link ``dst`` to ``src`` (copied up first if it comes from the image)."""
+        self._view.link(self._w(src), self._w(dst))
+
+    def chmod(self, path: str | os.PathLike[str], mode: int, *, follow_symlinks: bool = True) -> None:
+        self._view.chmod(self._w(path), mode, follow_symlinks)
+
+    def chown(self, path: str | os.PathLike[str], uid: int, gid: int, *, follow_symlinks: bool = True) -> None:
+        """Change owner (``-1`` keeps one). Works unprivileged: the store records it."""
+        self._view.chown(self._w(path), uid, gid, follow_symlinks)
+
+    def lchown(self, path: str | os.PathLike[str], uid: int, gid: int) -> None:
+        self.chown(path, uid, gid, follow_symlinks=False)
+
+    def utime(
+        self,
+        path: str | os.PathLike[str],
+        times: tuple[float, float] | None = None,
+        *,
+        ns: tuple[int, int] | None = None,
+        follow_symlinks: bool = True,
+    ) -> None:
+        """Like :func:`os.utime`: ``times`` (atime, mtime) in seconds or ``ns`` in nanoseconds; neither: now."""
+        if times is not None and ns is not None:
+            raise ValueError("utime: you may specify either 'times' or 'ns' but not both")
+        if times is not None:
+            ns = (int(times[0] * 1e9), int(times[1] * 1e9))
+        self._view.utime(self._w(path), ns, follow_symlinks)
+
+    def truncate(self, path: str | os.PathLike[str], size: int) -> None:
+        self._view.truncate(self._w(path), size)
+
+    def setxattr(
+        self, path: str | os.PathLike[str], attribute: str, value: bytes, flags: int = 0, *, follow_symlinks: bool = True
+    ) -> None:
+        self._view.setxattr(self._w(path), attribute, bytes(value), flags, follow_symlinks)
+
+    def removexattr(self, path: str | os.PathLike[str], attribute: str, *, follow_symlinks: bool = True) -> None:
+        self._view.removexattr(self._w(path), attribute, follow_symlinks)
+
+    def mkfifo(self, path: str | os.PathLike[str], mode: int = 0o666) -> None:
+        self._view.mknod(self._w(path), "fifo", mode, 0)
+
+    def mknod(self, path: str | os.PathLike[str], mode: int = 0o600, device: int = 0) -> None:
+        """Like :func:`os.mknod` (``mode`` includes ``S_IFCHR``/``S_IFBLK``/``S_IFIFO``)."""
+        kinds = {stat.S_IFIFO: "fifo", stat.S_IFCHR: "char", stat.S_IFBLK: "block"}
+        kind = kinds.get(stat.S_IFMT(mode))
+        if kind is None:
+            raise ValueError("mknod: mode must include S_IFIFO, S_IFCHR or S_IFBLK")
+        self._view.mknod(self._w(path), kind, stat.S_IMODE(mode), device)
 
     def read_bytes(self, path: str | os.PathLike[str]) -> bytes:
         with self.open(path, "rb") as f:

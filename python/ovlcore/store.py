@@ -11,8 +11,10 @@ from typing import Any
 from . import _ovlcore, _storage
 from ._storage import Layout, StoreLock, move_to_trash, read_json, write_json
 from .errors import OvlError
+from .containers import Containers
 from .images import Images
 from .layers import Layers
+from .volumes import Volumes
 
 __all__ = ["Store", "PruneReport", "CheckReport", "DiskUsage", "default_root"]
 
@@ -81,6 +83,8 @@ class Store:
         self.privilege = self._init_info()
         self.layers = Layers(self)
         self.images = Images(self)
+        self.containers = Containers(self)
+        self.volumes = Volumes(self)
         self._closed = False
         _storage.recover(self._layout)
 
@@ -159,6 +163,18 @@ class Store:
                 children.setdefault(str(rec["parent"]), []).append(str(rec["chain_id"]))
         return children
 
+    def _remove_anonymous_volumes(self, container: dict[str, Any]) -> list[tuple[Path, int]]:
+        """Trash the anonymous volumes of a removed container that no other container uses."""
+        out = []
+        for m in container.get("mounts") or []:
+            if m.get("type") == "volume" and m.get("anonymous") and m.get("source"):
+                name = str(m["source"])
+                if not self.volumes._users(name):
+                    p = move_to_trash(self._layout, self._layout.volume(name))
+                    if p:
+                        out.append((p, 0))
+        return out
+
     def _delete_image(self, image_id: str) -> list[tuple[Path, int]]:
         p = move_to_trash(self._layout, self._layout.image(image_id))
         return [(p, 0)] if p else []
@@ -220,6 +236,9 @@ class Store:
         """Remove dangling images no container uses, and layers nothing references (including layers
         kept by ``layers.apply``)."""
         report = self.images.prune()
+        vols = self.volumes.prune()
+        report.deleted.extend(vols.deleted)
+        report.space_reclaimed += vols.space_reclaimed
         with self._lock.exclusive():
             used = self._image_chains()
             names = os.listdir(self._layout.layers)
@@ -231,16 +250,51 @@ class Store:
         return report
 
     def df(self) -> list[DiskUsage]:
-        """Disk usage like ``docker system df``: images, containers, volumes."""
-        with self._lock.shared():
-            images = self.images.list()
-            layer_sizes = {layer.chain_id: layer.size for layer in self.layers.list()}
-            active_images = [i for i in images if self._containers_using(i.id)]
-            all_layers = {c for i in images for c in i.chain_ids}
-            active_layers = {c for i in active_images for c in i.chain_ids}
-            size = sum(layer_sizes.get(c, 0) for c in all_layers)
-            reclaim = sum(layer_sizes.get(c, 0) for c in all_layers - active_layers)
-        return [DiskUsage("Images", len(images), len(active_images), size, reclaim)]
+        """Disk usage like ``docker system df``: images, containers, local volumes. A container counts as
+        active when mounted; images and volumes when a container uses them."""
+        images = self.images.list()
+        containers = self.containers.list()
+        volumes = self.volumes.list()
+        layer_sizes = {layer.chain_id: layer.size for layer in self.layers.list()}
+        used_images = {c.image_id for c in containers}
+        active_images = [i for i in images if i.id in used_images]
+        all_layers = {c for i in images for c in i.chain_ids}
+        active_layers = {c for i in active_images for c in i.chain_ids}
+        size = sum(layer_sizes.get(c, 0) for c in all_layers)
+        reclaim = sum(layer_sizes.get(c, 0) for c in all_layers - active_layers)
+        rows = [DiskUsage("Images", len(images), len(active_images), size, reclaim)]
+        c_sizes = [(c, c.size().rw) for c in containers]
+        mounted = [c for c, _ in c_sizes if (c.dir / "mounted").exists()]
+        c_total = sum(s for _, s in c_sizes)
+        rows.append(
+            DiskUsage("Containers", len(containers), len(mounted), c_total, c_total - sum(s for c, s in c_sizes if c in mounted))
+        )
+        in_use = {m.source for c in containers for m in c.mounts if m.type == "volume"}
+        v_sizes = [(v, v.size()) for v in volumes]
+        rows.append(
+            DiskUsage(
+                "Local Volumes",
+                len(volumes),
+                sum(1 for v in volumes if v.name in in_use),
+                sum(s for _, s in v_sizes),
+                sum(s for v, s in v_sizes if v.name not in in_use),
+            )
+        )
+        return rows
+
+    def cp(
+        self,
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        *,
+        follow_symlinks: bool = False,
+        archive: bool = False,
+        progress: Any = None,
+    ) -> None:
+        """``docker cp``: each side is a host path or ``CONTAINER:PATH``. See :mod:`ovlcore.cp`."""
+        from .cp import copy
+
+        copy(self, os.fspath(src), os.fspath(dst), follow_symlinks=follow_symlinks, archive=archive, progress=progress)
 
     def check(self, repair: bool = False) -> CheckReport:
         """Verify metadata against content: every image's config and layers present, layer records

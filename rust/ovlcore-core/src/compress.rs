@@ -21,6 +21,15 @@ impl Compression {
         }
     }
 
+    /// The name [`Compression::parse`] takes (`None` for plain).
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Compression::None => None,
+            Compression::Gzip => Some("gzip"),
+            Compression::Zstd => Some("zstd"),
+        }
+    }
+
     /// Identify the compression of a stream from its first bytes.
     pub fn detect(head: &[u8]) -> Result<Compression> {
         Ok(match head {

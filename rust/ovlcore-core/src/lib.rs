@@ -4,9 +4,12 @@
 
 pub mod attrs;
 pub mod compress;
+pub mod cp;
 pub mod digest;
 pub mod error;
 pub mod layer;
+pub mod mount;
+pub mod rw;
 pub mod sys;
 pub mod union;
 

@@ -32,16 +32,26 @@ impl Read for PyReader {
 }
 
 /// Calls an optional Python callback with a byte count, and turns Ctrl-C into a clean cancellation.
+/// Takes the GIL at most every few milliseconds, whatever the rate of reports.
 pub struct Progress {
     callback: Option<Py<PyAny>>,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Progress {
     pub fn new(callback: Option<Py<PyAny>>) -> Self {
-        Progress { callback }
+        Progress { callback, last: std::sync::Mutex::new(None) }
     }
 
     pub fn report(&self, done: u64) -> ovlcore_core::Result<()> {
+        {
+            let mut last = self.last.lock().unwrap();
+            let now = std::time::Instant::now();
+            if matches!(*last, Some(t) if now.duration_since(t) < std::time::Duration::from_millis(20)) {
+                return Ok(());
+            }
+            *last = Some(now);
+        }
         Python::attach(|py| {
             py.check_signals().map_err(|_| Error::Cancelled)?;
             if let Some(cb) = &self.callback {

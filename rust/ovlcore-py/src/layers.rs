@@ -219,6 +219,12 @@ pub fn layer_tar(
             }
         })
         .py()?;
+    make_stream(tar, compression.name())
+}
+
+/// Wrap a tar producer into a Python-readable stream, compressing on the way when asked.
+pub fn make_stream(tar: LayerTar, compression: Option<&str>) -> PyResult<TarStream> {
+    let compression = Compression::parse(compression).py()?;
     let slot = Arc::new(Mutex::new(None));
     let plain = DigestOnEnd { tar, slot: slot.clone() };
     let out: Box<dyn Read + Send> = match compression {

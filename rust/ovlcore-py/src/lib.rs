@@ -28,6 +28,31 @@ fn sync_fs(py: Python<'_>, path: PathBuf) -> PyResult<()> {
     .py()
 }
 
+/// Mount the kernel overlayfs at `target` over `lower` (top first), with `upper` and `work`.
+#[pyfunction]
+#[pyo3(signature = (lower, upper, work, target, *, userxattr=false))]
+fn mount_overlay(py: Python<'_>, lower: Vec<PathBuf>, upper: PathBuf, work: PathBuf, target: PathBuf, userxattr: bool) -> PyResult<()> {
+    py.detach(|| ovlcore_core::mount::mount_overlay(&lower, &upper, &work, &target, userxattr)).py()
+}
+
+#[pyfunction]
+#[pyo3(signature = (source, target, *, read_only=false))]
+fn bind_mount(py: Python<'_>, source: PathBuf, target: PathBuf, read_only: bool) -> PyResult<()> {
+    py.detach(|| ovlcore_core::mount::bind_mount(&source, &target, read_only)).py()
+}
+
+#[pyfunction]
+#[pyo3(signature = (target, *, lazy=false))]
+fn unmount(py: Python<'_>, target: PathBuf, lazy: bool) -> PyResult<()> {
+    py.detach(|| ovlcore_core::mount::unmount(&target, lazy)).py()
+}
+
+/// Bytes of content below a host directory (files once per inode, symlink targets).
+#[pyfunction]
+fn dir_usage(py: Python<'_>, path: PathBuf) -> PyResult<u64> {
+    py.detach(|| ovlcore_core::rw::dir_usage(&path)).py()
+}
+
 /// `sha256:` + hex digest of `data`.
 #[pyfunction]
 fn sha256(data: &[u8]) -> String {
@@ -51,6 +76,10 @@ fn _ovlcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(remove_tree, m)?)?;
     m.add_function(wrap_pyfunction!(sync_fs, m)?)?;
     m.add_function(wrap_pyfunction!(sha256, m)?)?;
+    m.add_function(wrap_pyfunction!(mount_overlay, m)?)?;
+    m.add_function(wrap_pyfunction!(bind_mount, m)?)?;
+    m.add_function(wrap_pyfunction!(unmount, m)?)?;
+    m.add_function(wrap_pyfunction!(dir_usage, m)?)?;
     m.add_function(wrap_pyfunction!(chain_id, m)?)?;
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ovlcore_core::union::view::Upper;
 use ovlcore_core::union::{Lower, MountPoint, View as CoreView};
 use ovlcore_core::{Kind, Meta, Privilege};
 use pyo3::exceptions::PyValueError;
@@ -14,6 +15,12 @@ use pyo3::types::{PyBytes, PyTuple, PyType};
 use rustix::fs::OFlags;
 
 use crate::errors::IntoPy;
+use crate::io::Progress;
+use ovlcore_core::cp::{copy_in, copy_out, CopyOptions, Owner};
+use std::os::fd::AsFd;
+use crate::layers::{make_stream, TarStream};
+use ovlcore_core::layer::LayerTar;
+use ovlcore_core::rw::{commit_layer, dir_usage};
 
 pub fn parse_privilege(s: &str) -> PyResult<Privilege> {
     match s {
@@ -78,23 +85,35 @@ pub struct View {
 impl View {
     /// `lower`: layer content directories, top first; `upper`: the writable layer; `mounts`:
     /// `(target, source, read_only)` with absolute container targets and host sources.
+    /// `scratch`: a directory on the writable layer's file system for building copies; `shared`: the file
+    /// listing inodes shared with committed layers.
     #[new]
-    #[pyo3(signature = (lower, upper=None, *, privilege="root", mounts=Vec::new()))]
+    #[pyo3(signature = (lower, upper=None, *, scratch=None, shared=None, privilege="root", mounts=Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         lower: Vec<PathBuf>,
         upper: Option<PathBuf>,
+        scratch: Option<PathBuf>,
+        shared: Option<PathBuf>,
         privilege: &str,
         mounts: Vec<(PathBuf, PathBuf, bool)>,
     ) -> PyResult<Self> {
         let privilege = parse_privilege(privilege)?;
+        if upper.is_some() && scratch.is_none() {
+            return Err(PyValueError::new_err("a writable layer needs a scratch directory"));
+        }
         py.detach(|| {
             let lower = Lower::shared(&lower, privilege)?;
             let mut points = Vec::with_capacity(mounts.len());
             for (target, source, ro) in &mounts {
                 points.push(MountPoint::new(target, source, *ro)?);
             }
-            Ok(View { inner: Arc::new(CoreView::new(lower, upper.as_deref(), points)?) })
+            let upper = match (&upper, &scratch) {
+                (Some(u), Some(s)) => Some(Upper::open(u, s, shared.as_deref())?),
+                _ => None,
+            };
+            Ok(View { inner: Arc::new(CoreView::new(lower, upper, points)?) })
         })
         .py()
     }
@@ -153,5 +172,194 @@ impl View {
     fn listxattr(&self, py: Python<'_>, path: PathBuf, follow_symlinks: bool) -> PyResult<Vec<String>> {
         let names = py.detach(|| self.inner.listxattr(&path, follow_symlinks)).py()?;
         Ok(names.into_iter().map(|n| String::from_utf8_lossy(&n).into_owned()).collect())
+    }
+
+    // ----- writes (containers) -----
+
+    /// Open for writing with `os.open` flags; returns a descriptor the caller owns.
+    fn open_write(&self, py: Python<'_>, path: PathBuf, flags: i32, mode: u32) -> PyResult<i32> {
+        let flags = OFlags::from_bits_retain(flags as u32);
+        let fd = py.detach(|| self.inner.open_write(&path, flags, mode)).py()?;
+        Ok(fd.into_raw_fd())
+    }
+
+    fn mkdir(&self, py: Python<'_>, path: PathBuf, mode: u32) -> PyResult<()> {
+        py.detach(|| self.inner.mkdir(&path, mode)).py()
+    }
+
+    fn symlink(&self, py: Python<'_>, target: OsString, path: PathBuf) -> PyResult<()> {
+        py.detach(|| self.inner.symlink(&target, &path)).py()
+    }
+
+    fn link(&self, py: Python<'_>, src: PathBuf, dst: PathBuf) -> PyResult<()> {
+        py.detach(|| self.inner.link(&src, &dst)).py()
+    }
+
+    fn remove(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| self.inner.remove(&path)).py()
+    }
+
+    fn rmdir(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| self.inner.rmdir(&path)).py()
+    }
+
+    fn rmtree(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| self.inner.rmtree(&path)).py()
+    }
+
+    fn rename(&self, py: Python<'_>, src: PathBuf, dst: PathBuf) -> PyResult<()> {
+        py.detach(|| self.inner.rename(&src, &dst)).py()
+    }
+
+    #[pyo3(signature = (path, mode, follow_symlinks=true))]
+    fn chmod(&self, py: Python<'_>, path: PathBuf, mode: u32, follow_symlinks: bool) -> PyResult<()> {
+        py.detach(|| self.inner.chmod(&path, mode, follow_symlinks)).py()
+    }
+
+    /// `-1` keeps the current uid or gid.
+    #[pyo3(signature = (path, uid, gid, follow_symlinks=true))]
+    fn chown(&self, py: Python<'_>, path: PathBuf, uid: i64, gid: i64, follow_symlinks: bool) -> PyResult<()> {
+        let id = |v: i64| if v < 0 { None } else { Some(v as u32) };
+        py.detach(|| self.inner.chown(&path, id(uid), id(gid), follow_symlinks)).py()
+    }
+
+    /// `ns`: (atime_ns, mtime_ns), or None for now.
+    #[pyo3(signature = (path, ns=None, follow_symlinks=true))]
+    fn utime(&self, py: Python<'_>, path: PathBuf, ns: Option<(i128, i128)>, follow_symlinks: bool) -> PyResult<()> {
+        let split = |n: i128| ((n.div_euclid(1_000_000_000)) as i64, (n.rem_euclid(1_000_000_000)) as i64);
+        let times = ns.map(|(a, m)| (split(a), split(m)));
+        py.detach(|| self.inner.utime(&path, times, follow_symlinks)).py()
+    }
+
+    fn truncate(&self, py: Python<'_>, path: PathBuf, size: u64) -> PyResult<()> {
+        py.detach(|| self.inner.truncate(&path, size)).py()
+    }
+
+    #[pyo3(signature = (path, attribute, value, flags=0, follow_symlinks=true))]
+    fn setxattr(&self, py: Python<'_>, path: PathBuf, attribute: &str, value: Vec<u8>, flags: i32, follow_symlinks: bool) -> PyResult<()> {
+        let attr = CString::new(attribute).map_err(|_| PyValueError::new_err("xattr name contains NUL"))?;
+        py.detach(|| self.inner.setxattr(&path, &attr, &value, flags, follow_symlinks)).py()
+    }
+
+    #[pyo3(signature = (path, attribute, follow_symlinks=true))]
+    fn removexattr(&self, py: Python<'_>, path: PathBuf, attribute: &str, follow_symlinks: bool) -> PyResult<()> {
+        let attr = CString::new(attribute).map_err(|_| PyValueError::new_err("xattr name contains NUL"))?;
+        py.detach(|| self.inner.removexattr(&path, &attr, follow_symlinks)).py()
+    }
+
+    /// `kind`: "fifo", "char" or "block".
+    #[pyo3(signature = (path, kind, mode=0o644, device=0))]
+    fn mknod(&self, py: Python<'_>, path: PathBuf, kind: &str, mode: u32, device: u64) -> PyResult<()> {
+        let k = match kind {
+            "fifo" => Kind::Fifo,
+            "char" => Kind::Char,
+            "block" => Kind::Block,
+            _ => return Err(PyValueError::new_err(format!("mknod kind must be fifo, char or block, not {kind:?}"))),
+        };
+        py.detach(|| self.inner.mknod(&path, k, mode, device)).py()
+    }
+
+    // ----- the container's changes -----
+
+    /// `docker diff`: `(kind, path)` pairs, kind one of "A", "C", "D", parents first.
+    fn diff(&self, py: Python<'_>) -> PyResult<Vec<(char, OsString)>> {
+        let changes = py.detach(|| self.inner.diff()).py()?;
+        Ok(changes.into_iter().map(|(k, p)| (k.letter(), p.into_os_string())).collect())
+    }
+
+    /// Build the layer holding this view's writable layer into the empty directory `dest`.
+    /// Returns `(diff_id, tar_size, content_size)`; the inodes now shared are remembered (and appended to
+    /// `shared_file` when given) so that later changes copy them first.
+    #[pyo3(signature = (dest, shared_file=None))]
+    fn commit(&self, py: Python<'_>, dest: PathBuf, shared_file: Option<PathBuf>) -> PyResult<(String, u64, u64)> {
+        let view = self.inner.clone();
+        py.detach(|| -> ovlcore_core::Result<(String, u64, u64)> {
+            let up = view.upper.as_ref().ok_or_else(|| ovlcore_core::Error::os(libc::EROFS, dest.as_os_str()))?;
+            let lower = if view.lower.is_empty() { None } else { Some(view.lower.clone()) };
+            let report = commit_layer(&up.path, lower, view.privilege, &dest)?;
+            if let Some(f) = &shared_file {
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new().create(true).append(true).open(f)?;
+                let bytes: Vec<u8> = report.shared.iter().flat_map(|i| i.to_le_bytes()).collect();
+                file.write_all(&bytes)?;
+                file.sync_all()?;
+            }
+            up.shared.write().unwrap().extend(report.shared.iter().copied());
+            Ok((report.diff_id, report.tar_size, report.size))
+        })
+        .py()
+    }
+
+    /// Give every file still shared with a committed layer its own inode; returns how many.
+    fn unshare_all(&self, py: Python<'_>) -> PyResult<u64> {
+        py.detach(|| self.inner.unshare_all()).py()
+    }
+
+    /// The flattened merged tree as a tar stream (`docker export`).
+    #[pyo3(signature = (compression=None))]
+    fn export(&self, py: Python<'_>, compression: Option<&str>) -> PyResult<TarStream> {
+        let view = self.inner.clone();
+        let tar = py.detach(|| LayerTar::merged(view)).py()?;
+        make_stream(tar, compression)
+    }
+
+    /// Bytes of content in the writable layer.
+    fn upper_size(&self, py: Python<'_>) -> PyResult<u64> {
+        match &self.inner.upper {
+            Some(u) => py.detach(|| dir_usage(&u.path)).py(),
+            None => Ok(0),
+        }
+    }
+
+    // ----- copying between the container and the host -----
+
+    /// Copy the container entry `src` to `name` inside the host directory `dst_dir`; returns bytes copied.
+    #[pyo3(signature = (src, dst_dir, name, *, follow_symlinks=false, archive=false, contents=false, progress=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn copy_out(
+        &self,
+        py: Python<'_>,
+        src: PathBuf,
+        dst_dir: PathBuf,
+        name: OsString,
+        follow_symlinks: bool,
+        archive: bool,
+        contents: bool,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<u64> {
+        let owner = if archive { Owner::Keep(self.inner.privilege) } else { Owner::Caller };
+        let progress = Progress::new(progress);
+        py.detach(|| {
+            let dir = ovlcore_core::sys::open_dir(&dst_dir)?;
+            let mut report = |n: u64| progress.report(n);
+            let opts = CopyOptions { follow: follow_symlinks, owner, contents, progress: Some(&mut report) };
+            copy_out(&self.inner, &src, dir.as_fd(), &name, opts)
+        })
+        .py()
+    }
+
+    /// Copy the host entry `name` of the host directory `src_dir` to the container path `dst`.
+    #[pyo3(signature = (src_dir, name, dst, *, follow_symlinks=false, archive=false, contents=false, progress=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn copy_in(
+        &self,
+        py: Python<'_>,
+        src_dir: PathBuf,
+        name: OsString,
+        dst: PathBuf,
+        follow_symlinks: bool,
+        archive: bool,
+        contents: bool,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<u64> {
+        let owner = if archive { Owner::Keep(self.inner.privilege) } else { Owner::Caller };
+        let progress = Progress::new(progress);
+        py.detach(|| {
+            let dir = ovlcore_core::sys::open_dir(&src_dir)?;
+            let mut report = |n: u64| progress.report(n);
+            let opts = CopyOptions { follow: follow_symlinks, owner, contents, progress: Some(&mut report) };
+            copy_in(&self.inner, dir.as_fd(), &name, &dst, opts)
+        })
+        .py()
     }
 }

@@ -25,7 +25,7 @@ use crate::layer::import::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::layer::tarsplit::{Record, SplitReader};
 use crate::sys;
 use crate::union::lower::Node;
-use crate::union::Lower;
+use crate::union::{Lower, View};
 
 /// One tar entry about to be written: its header blocks and, for regular files, the content to follow.
 struct Item {
@@ -36,6 +36,7 @@ struct Item {
 enum Source {
     Split { records: SplitReader, root: OwnedFd },
     Walk(Box<Walker>),
+    Merged(Box<MergedWalker>),
 }
 
 /// A readable OCI layer tar stream. The sha256 of everything read so far is kept, so the diff_id is known
@@ -62,6 +63,13 @@ impl LayerTar {
         Ok(LayerTar::new(Source::Walk(Box::new(Walker::new(dir, privilege, lower)?))))
     }
 
+    /// The flattened merged file system of a view (`docker export`): mount contents left out.
+    pub fn merged(view: Arc<View>) -> Result<LayerTar> {
+        let root = view.list(Path::new("/"))?;
+        let walker = MergedWalker { view, stack: vec![(PathBuf::from("/"), reversed(root))], links: HashMap::new() };
+        Ok(LayerTar::new(Source::Merged(Box::new(walker))))
+    }
+
     fn new(source: Source) -> LayerTar {
         LayerTar { source, buf: Vec::new(), pos: 0, body: None, hasher: Hasher::default(), done: false }
     }
@@ -82,6 +90,7 @@ impl LayerTar {
     fn next_item(&mut self) -> Result<Option<Item>> {
         match &mut self.source {
             Source::Walk(w) => w.next_item(),
+            Source::Merged(w) => w.next_item(),
             Source::Split { records, root } => match records.next_record()? {
                 None => Ok(None),
                 Some(Record::Segment(bytes)) => Ok(Some(Item { header: bytes, body: None })),
@@ -104,7 +113,7 @@ impl LayerTar {
     }
 
     fn padded(&self) -> bool {
-        matches!(self.source, Source::Walk(_))
+        !matches!(self.source, Source::Split { .. })
     }
 }
 
@@ -291,6 +300,90 @@ impl Walker {
             Kind::Char => Ok(Some(Item { header: entry_header(&rel_bytes, &meta, EntryType::Char, 0, None, &xattrs)?, body: None })),
             Kind::Block => Ok(Some(Item { header: entry_header(&rel_bytes, &meta, EntryType::Block, 0, None, &xattrs)?, body: None })),
             Kind::Socket => Ok(None),
+        }
+    }
+}
+
+fn reversed(mut v: Vec<(OsString, Kind)>) -> Vec<(OsString, Kind)> {
+    v.reverse();
+    v
+}
+
+/// Walks a merged view for `docker export`.
+struct MergedWalker {
+    view: Arc<View>,
+    stack: Vec<(PathBuf, Vec<(OsString, Kind)>)>,
+    links: HashMap<(u64, u64), Vec<u8>>,
+}
+
+impl MergedWalker {
+    fn next_item(&mut self) -> Result<Option<Item>> {
+        loop {
+            let (dir, entries) = match self.stack.last_mut() {
+                Some(top) => top,
+                None => return Ok(None),
+            };
+            let (name, _) = match entries.pop() {
+                Some(e) => e,
+                None => {
+                    self.stack.pop();
+                    continue;
+                }
+            };
+            let path = dir.join(&name);
+            if self.view.mounts.iter().any(|m| path.starts_with(&m.target)) {
+                continue;
+            }
+            let view = self.view.clone();
+            let r = view.resolve(&path, false)?;
+            let meta = view.meta(&r)?;
+            let rel = path.strip_prefix("/").expect("absolute").as_os_str().as_bytes().to_vec();
+            let xattrs = if meta.kind() == Kind::Symlink {
+                Vec::new()
+            } else {
+                let mut v = Vec::new();
+                for attr in view.listxattr(&path, false)? {
+                    let c = std::ffi::CString::new(attr.clone()).expect("no NUL in xattr names");
+                    if let Some(value) = view.getxattr(&path, &c, false)? {
+                        v.push((attr, value));
+                    }
+                }
+                v
+            };
+            let item = match meta.kind() {
+                Kind::Dir => {
+                    let mut n = rel;
+                    n.push(b'/');
+                    let header = entry_header(&n, &meta, EntryType::Directory, 0, None, &xattrs)?;
+                    self.stack.push((path.clone(), reversed(view.list(&path)?)));
+                    Item { header, body: None }
+                }
+                Kind::Symlink => {
+                    let target = view.readlink(&path)?;
+                    Item { header: entry_header(&rel, &meta, EntryType::Symlink, 0, Some(target.as_bytes()), &xattrs)?, body: None }
+                }
+                Kind::File => {
+                    if meta.nlink > 1 {
+                        if let Some(first) = self.links.get(&(meta.dev, meta.ino)) {
+                            let header = entry_header(&rel, &meta, EntryType::Link, 0, Some(&first.clone()), &xattrs)?;
+                            return Ok(Some(Item { header, body: None }));
+                        }
+                        self.links.insert((meta.dev, meta.ino), rel.clone());
+                    }
+                    let header = entry_header(&rel, &meta, EntryType::Regular, meta.size, None, &xattrs)?;
+                    let body = if meta.size > 0 {
+                        Some((File::from(view.open_found(&r, OFlags::RDONLY)?), meta.size))
+                    } else {
+                        None
+                    };
+                    Item { header, body }
+                }
+                Kind::Fifo => Item { header: entry_header(&rel, &meta, EntryType::Fifo, 0, None, &xattrs)?, body: None },
+                Kind::Char => Item { header: entry_header(&rel, &meta, EntryType::Char, 0, None, &xattrs)?, body: None },
+                Kind::Block => Item { header: entry_header(&rel, &meta, EntryType::Block, 0, None, &xattrs)?, body: None },
+                Kind::Socket => continue,
+            };
+            return Ok(Some(item));
         }
     }
 }

@@ -5,12 +5,13 @@
 //! and a walk into the writable layer or a mount goes one component at a time with `O_NOFOLLOW`, so nothing
 //! outside the layers and mount sources is ever reached.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -57,6 +58,56 @@ impl MountPoint {
 pub struct Upper {
     pub path: PathBuf,
     pub fd: Arc<OwnedFd>,
+    /// Where copy-ups and replacements are built before one rename puts them in place (same file system).
+    pub scratch: OwnedFd,
+    /// Inodes this layer shares with layers committed from it (hard links): copied before any change.
+    pub shared: RwLock<HashSet<u64>>,
+    /// The file listing them (another process may commit and extend it) and the length last read.
+    shared_file: Option<PathBuf>,
+    shared_len: AtomicU64,
+}
+
+impl Upper {
+    /// Open a writable layer `dir`, its scratch directory, and the list of inodes shared with committed
+    /// layers (`shared`: a file of little-endian u64 inode numbers, absent when none).
+    pub fn open(dir: &Path, scratch: &Path, shared: Option<&Path>) -> Result<Upper> {
+        let up = Upper {
+            path: dir.into(),
+            fd: Arc::new(open_path_dir(dir)?),
+            scratch: sys::open_dir(scratch)?,
+            shared: RwLock::new(HashSet::new()),
+            shared_file: shared.map(Path::to_path_buf),
+            shared_len: AtomicU64::new(0),
+        };
+        up.refresh_shared()?;
+        Ok(up)
+    }
+
+    /// Re-read the shared-inode list if it grew since last read (a commit by any process appends to it).
+    pub fn refresh_shared(&self) -> Result<()> {
+        let p = match &self.shared_file {
+            Some(p) => p,
+            None => return Ok(()),
+        };
+        let len = match std::fs::metadata(p) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(Error::from(e).at(p.as_os_str())),
+        };
+        if len == self.shared_len.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let bytes = match std::fs::read(p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::from(e).at(p.as_os_str())),
+        };
+        let mut set = self.shared.write().unwrap();
+        set.clear();
+        set.extend(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))));
+        self.shared_len.store(bytes.len() as u64, Ordering::Release);
+        Ok(())
+    }
 }
 
 /// The merged view.
@@ -157,7 +208,7 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-fn open_path_dir(path: &Path) -> Result<OwnedFd> {
+pub(crate) fn open_path_dir(path: &Path) -> Result<OwnedFd> {
     rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| Error::from(e).at(path.as_os_str()))
 }
@@ -168,12 +219,8 @@ pub(crate) fn open_subdir(dir: BorrowedFd<'_>, name: &OsStr) -> std::result::Res
 }
 
 impl View {
-    pub fn new(lower: Arc<Lower>, upper: Option<&Path>, mounts: Vec<MountPoint>) -> Result<View> {
+    pub fn new(lower: Arc<Lower>, upper: Option<Upper>, mounts: Vec<MountPoint>) -> Result<View> {
         let privilege = lower.privilege;
-        let upper = match upper {
-            Some(p) => Some(Upper { path: p.into(), fd: Arc::new(open_path_dir(p)?) }),
-            None => None,
-        };
         let mount_at = mounts.iter().enumerate().map(|(i, m)| (m.target.clone(), i)).collect();
         Ok(View { lower, upper, mounts, mount_at, privilege })
     }

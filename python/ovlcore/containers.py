@@ -1,0 +1,417 @@
+"""Containers: an image's read-only layers plus one writable layer.
+
+``containers/<id>/`` holds ``container.json`` (name, image, mounts, labels), ``diff/`` (the writable
+layer, in the kernel overlayfs format), ``work/`` (the kernel's work directory for :meth:`Container.mount`),
+``scratch/`` (where copy-ups are built before being renamed into place) and, after a commit,
+``shared-inodes`` (files hard-linked into the committed layer, copied before their next change).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from . import _ovlcore
+from ._storage import Staging, move_to_trash, read_json, write_json
+from .errors import AmbiguousReference, ContainerNotFound, InvalidReference, NameConflict
+from .fs import ContainerFS
+from .images import Image, format_time, parse_time
+from .references import check_name
+
+if TYPE_CHECKING:
+    from .mounts import Mount
+    from .store import PruneReport, Store
+
+__all__ = ["Container", "Containers", "Change", "ContainerSize"]
+
+_ADJECTIVES = (
+    "brave calm eager fancy gentle happy jolly keen lively merry nimble proud quiet rapid shiny swift "
+    "tender vivid witty zealous bold clever crisp dapper elated fluent"
+).split()
+_NOUNS = (
+    "lovelace turing hopper ritchie thompson torvalds knuth dijkstra liskov hamilton wozniak kay "
+    "babbage curie noether shannon euler gauss lamport backus conway diffie"
+).split()
+
+
+@dataclass(frozen=True)
+class Change:
+    """One line of ``docker diff``: ``kind`` is ``"A"`` (added), ``"C"`` (changed) or ``"D"`` (deleted)."""
+
+    kind: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.path}"
+
+
+@dataclass(frozen=True)
+class ContainerSize:
+    """``docker ps -s``: bytes in the writable layer, and those plus the image's."""
+
+    rw: int
+    virtual: int
+
+
+class Container:
+    """A container of the store."""
+
+    def __init__(self, store: Store, record: dict[str, Any]) -> None:
+        self._store = store
+        self._record = record
+        self._view_cache: _ovlcore.View | None = None
+
+    # ----- identity -----
+
+    @property
+    def id(self) -> str:
+        return str(self._record["id"])
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def name(self) -> str:
+        return str(self._record["name"])
+
+    @property
+    def image_id(self) -> str:
+        return str(self._record["image"])
+
+    @property
+    def image(self) -> Image:
+        return self._store.images.get(self.image_id)
+
+    @property
+    def created(self) -> datetime:
+        return parse_time(str(self._record["created"]))
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self._record.get("labels") or {})
+
+    @property
+    def command(self) -> list[str]:
+        return list(self._record.get("command") or [])
+
+    @property
+    def mounts(self) -> list[Mount]:
+        from .mounts import Mount
+
+        return [Mount.from_record(m) for m in self._record.get("mounts") or []]
+
+    @property
+    def dir(self) -> Path:
+        return self._store._layout.container(self.id)
+
+    @property
+    def upper(self) -> Path:
+        """The writable layer's directory."""
+        return self.dir / "diff"
+
+    def __repr__(self) -> str:
+        return f"<Container {self.short_id} name={self.name!r} image={self.image_id[7:19]}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Container) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # ----- the merged view -----
+
+    def _mount_points(self) -> list[tuple[str, str, bool]]:
+        return [(m.target, m.host_path(self._store), m.read_only) for m in self.mounts]
+
+    def _view(self) -> _ovlcore.View:
+        if self._view_cache is None:
+            image = self._store.images._maybe(self.image_id)
+            if image is None:
+                raise ContainerNotFound(f"container {self.name}: its image {self.image_id} is gone")
+            top = image.top_layer
+            self._view_cache = _ovlcore.View(
+                top.stack_paths() if top else [],
+                str(self.upper),
+                scratch=str(self.dir / "scratch"),
+                shared=str(self.dir / "shared-inodes"),
+                privilege=self._store.privilege,
+                mounts=self._mount_points(),
+            )
+        return self._view_cache
+
+    @property
+    def fs(self) -> ContainerFS:
+        """The merged file system: reads see image + changes, writes land in the writable layer."""
+        return ContainerFS(self._view(), writable=True, owner=f"container {self.name}", guard=self._guard)
+
+    def _guard(self) -> None:
+        """Refuse writes through the API while the kernel has the container mounted."""
+        marker = self.dir / "mounted"
+        if marker.exists():
+            where = marker.read_text().strip()
+            raise OSError(errno.EBUSY, f"container {self.name} is mounted at {where}: write through the mount")
+
+    # ----- changes -----
+
+    def diff(self) -> list[Change]:
+        """``docker diff``: changes relative to the image, parents before children."""
+        return [Change(k, p) for k, p in self._view().diff()]
+
+    def commit(
+        self,
+        tag: str | None = None,
+        *,
+        message: str | None = None,
+        author: str | None = None,
+        changes: list[str] | None = None,
+        created_by: str | None = None,
+    ) -> Image:
+        """``docker commit``: a new image = this container's image + one layer with its changes + a
+        history entry. The container goes on working. The new layer shares the writable layer's files
+        (hard links) instead of copying them; a later change to one of them copies it first."""
+        from ._changes import apply_changes
+
+        self._guard()
+        store = self._store
+        image = self.image
+        apply_changes({}, changes)
+        parent = image.top_layer
+        with Staging(store._layout) as st:
+            content = st.path / "diff"
+            content.mkdir()
+            diff_id, tar_size, size = self._view().commit(str(content), shared_file=str(self.dir / "shared-inodes"))
+            layer = store.layers._publish(st, diff_id, size, tar_size, parent, retain=False)
+        try:
+            return store.images.create(
+                layer=layer,
+                parent=image.id,
+                tag=tag,
+                created_by=created_by if created_by is not None else " ".join(self.command),
+                comment=message or "",
+                author=author,
+                changes=changes,
+            )
+        except BaseException:
+            store._collect_layers([layer.chain_id])
+            raise
+
+    def export(self, dest: str | os.PathLike[str] | IO[bytes]) -> None:
+        """``docker export``: the flattened merged file system as one tar (mount contents excluded)."""
+        stream = self._view().export()
+        _copy_stream(stream, dest)
+
+    def size(self) -> ContainerSize:
+        rw = self._view().upper_size()
+        return ContainerSize(rw=rw, virtual=rw + self.image.size)
+
+    # ----- kernel mount -----
+
+    @contextlib.contextmanager
+    def mount(self, path: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+        """Mount the merged tree for real (kernel overlayfs over the stored layer directories) and yield
+        the host path; volumes and bind mounts are bind-mounted at their targets. Changes made there are
+        the container's changes. Needs the privilege to mount."""
+        target = Path(path) if path is not None else self.dir / "merged"
+        target.mkdir(parents=True, exist_ok=True)
+        marker = self.dir / "mounted"
+        view = self._view()
+        view.unshare_all()  # the kernel writes in place: committed layers must not share inodes
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self.dir / "shared-inodes", 0)
+        image = self.image
+        top = image.top_layer
+        lower = top.stack_paths() if top else [str(self._empty_lower())]
+        try:
+            _ovlcore.mount_overlay(lower, str(self.upper), str(self.dir / "work"), str(target), userxattr=self._store.privilege == "rootless")
+        except PermissionError as e:
+            raise PermissionError(
+                errno.EPERM,
+                "mounting a container needs the privilege to mount (run as root); "
+                "the userspace view (container.fs) needs none",
+                str(target),
+            ) from e
+        mounted: list[Path] = []
+        try:
+            marker.write_text(str(target))
+            for m in self.mounts:
+                where = target / m.target.lstrip("/")
+                if not where.exists():
+                    where.mkdir(parents=True, exist_ok=True)
+                _ovlcore.bind_mount(m.host_path(self._store), str(where), read_only=m.read_only)
+                mounted.append(where)
+            yield target
+        finally:
+            for where in reversed(mounted):
+                _ovlcore.unmount(str(where), lazy=True)
+            try:
+                _ovlcore.unmount(str(target))
+            except OSError:
+                _ovlcore.unmount(str(target), lazy=True)
+            with contextlib.suppress(FileNotFoundError):
+                marker.unlink()
+
+    def _empty_lower(self) -> Path:
+        p = self.dir / "empty"
+        p.mkdir(exist_ok=True)
+        return p
+
+    # ----- lifecycle -----
+
+    def remove(self, volumes: bool = False) -> None:
+        self._store.containers.remove(self.id, volumes=volumes)
+
+
+def _copy_stream(stream: Any, dest: str | os.PathLike[str] | IO[bytes]) -> None:
+    """Copy a core tar stream into a path (atomically) or a binary file object."""
+    if isinstance(dest, (str, os.PathLike)):
+        final = Path(dest)
+        tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
+        try:
+            with open(tmp, "wb") as f:
+                _copy_stream(stream, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        return
+    while True:
+        chunk = stream.read(1 << 20)
+        if not chunk:
+            break
+        dest.write(chunk)
+
+
+class Containers:
+    """``store.containers``."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def _records(self) -> list[dict[str, Any]]:
+        out = []
+        try:
+            names = os.listdir(self._store._layout.containers)
+        except FileNotFoundError:
+            return []
+        for cid in names:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                rec = read_json(self._store._layout.container(cid) / "container.json")
+                out.append(rec)
+        return out
+
+    def _resolve(self, ref: str) -> dict[str, Any]:
+        if isinstance(ref, Container):
+            ref = ref.id
+        if not isinstance(ref, str) or not ref:
+            raise InvalidReference(f"invalid container reference {ref!r}")
+        recs = self._records()
+        name = ref.lstrip("/")
+        for r in recs:
+            if r["id"] == ref or r["name"] == name:
+                return r
+        matches = [r for r in recs if len(ref) >= 1 and str(r["id"]).startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise AmbiguousReference(f"container id prefix {ref!r} matches {len(matches)} containers")
+        raise ContainerNotFound(f"No such container: {ref}")
+
+    def get(self, ref: str) -> Container:
+        """A container by name, full id or unique id prefix."""
+        with self._store._lock.shared():
+            return Container(self._store, self._resolve(ref))
+
+    def list(self) -> list[Container]:
+        """Every container, newest first."""
+        with self._store._lock.shared():
+            recs = self._records()
+        recs.sort(key=lambda r: str(r["created"]), reverse=True)
+        return [Container(self._store, r) for r in recs]
+
+    def _new_name(self, taken: set[str]) -> str:
+        while True:
+            name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}"
+            if name not in taken:
+                return name
+
+    def create(
+        self,
+        image: str | Image,
+        *,
+        name: str | None = None,
+        mounts: Any = (),
+        labels: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> Container:
+        """A new container: an empty writable layer on top of ``image``'s layers (nothing is copied)."""
+        from .mounts import prepare_mounts
+
+        store = self._store
+        img = store.images.get(image)
+        if name is not None:
+            name = check_name(name)
+        cid = secrets.token_hex(32)
+        with Staging(store._layout) as st:
+            for sub in ("diff", "work", "scratch"):
+                (st.path / sub).mkdir()
+            record: dict[str, Any] = {
+                "id": cid,
+                "name": name,
+                "image": img.id,
+                "created": format_time(datetime.now(timezone.utc)),
+                "labels": dict(labels or {}),
+                "command": list(command or []),
+                "mounts": [],
+            }
+            with store._lock.exclusive():
+                taken = {str(r["name"]) for r in self._records()}
+                if name is None:
+                    record["name"] = self._new_name(taken)
+                elif name in taken:
+                    raise NameConflict(f"Conflict. The container name {name!r} is already in use")
+                if store.images._maybe(img.id) is None:
+                    raise ContainerNotFound(f"image {img.id} was removed meanwhile")
+                record["mounts"] = prepare_mounts(store, img, mounts, cid)
+                write_json(st.path / "container.json", record)
+                st.publish(store._layout.container(cid))
+        return Container(store, record)
+
+    def remove(self, ref: str | Container, *, volumes: bool = False, force: bool = False) -> None:
+        """Delete the container and its writable layer (the image is unchanged); with ``volumes``, also
+        its anonymous volumes."""
+        store = self._store
+        trash: list[tuple[Path, int]] = []
+        with store._lock.exclusive():
+            rec = self._resolve(ref)  # type: ignore[arg-type]
+            cdir = store._layout.container(str(rec["id"]))
+            if (cdir / "mounted").exists() and not force:
+                raise OSError(errno.EBUSY, f"container {rec['name']} is mounted; unmount it first", str(cdir))
+            p = move_to_trash(store._layout, cdir)
+            if p:
+                trash.append((p, 0))
+            if volumes:
+                trash.extend(store._remove_anonymous_volumes(rec))
+        store._empty(trash)
+
+    def prune(self) -> PruneReport:
+        """Remove every container (none of them runs: a store's containers are always stopped)."""
+        from .store import PruneReport
+
+        report = PruneReport()
+        for c in self.list():
+            size = c.size().rw
+            self.remove(c.id)
+            report.deleted.append(c.id)
+            report.space_reclaimed += size
+        return report

@@ -1,0 +1,307 @@
+//! Copying trees between a container's merged view and the host (`docker cp`, volume pre-population).
+//!
+//! The container side is only ever reached through the view: every entry is resolved inside the
+//! container's root and opened with `O_NOFOLLOW` relative to its real directory, so a symlink in the
+//! container (even one swapped in mid-copy) can never lead outside the container and its mounts. Writes
+//! into a container go through the view's write operations (copy-up, whiteouts, mounts, read-only mounts).
+//! On the host side new entries are created with `O_EXCL`/`O_NOFOLLOW`; an existing non-directory is
+//! replaced, never written through.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+
+use crate::attrs::{Kind, Meta, Privilege};
+use crate::error::{Error, Result};
+use crate::layer::import::apply_attrs;
+use crate::rw::copyup::copy_data;
+use crate::sys;
+use crate::union::view::{Resolved, View};
+
+pub type Progress<'a> = &'a mut dyn FnMut(u64) -> Result<()>;
+
+/// How copied entries get their owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// The copier owns them (`docker cp` without `-a`).
+    Caller,
+    /// Keep the source's owner, stored the way the store keeps metadata (`-a`, volume pre-population).
+    Keep(Privilege),
+}
+
+pub struct CopyOptions<'a> {
+    /// Copy what a final symlink points to instead of the link.
+    pub follow: bool,
+    pub owner: Owner,
+    /// Copy a directory's contents into the destination directory instead of the directory itself.
+    pub contents: bool,
+    pub progress: Option<Progress<'a>>,
+}
+
+struct Copier<'a> {
+    owner: Owner,
+    progress: Option<Progress<'a>>,
+    done: u64,
+    /// First copy of each multiply-linked inode: later names become hard links to it.
+    links_out: HashMap<(u64, u64), (Arc<OwnedFd>, OsString)>,
+    links_in: HashMap<(u64, u64), PathBuf>,
+}
+
+impl Copier<'_> {
+    fn tick(&mut self, bytes: u64) -> Result<()> {
+        self.done += bytes;
+        match self.progress.as_mut() {
+            Some(p) => p(self.done),
+            None => Ok(()),
+        }
+    }
+}
+
+fn times(m: &Meta) -> Timestamps {
+    let ts = |t: (i64, u32)| Timespec { tv_sec: t.0, tv_nsec: t.1 as _ };
+    Timestamps { last_access: ts(m.atime), last_modification: ts(m.mtime) }
+}
+
+/// Container → host: copy what `src` names to `name` in the host directory `dst_dir`.
+/// Returns the bytes of file content copied.
+pub fn copy_out(view: &View, src: &Path, dst_dir: BorrowedFd<'_>, name: &OsStr, opts: CopyOptions<'_>) -> Result<u64> {
+    let r = view.resolve(src, opts.follow)?.require()?;
+    let mut c = Copier { owner: opts.owner, progress: opts.progress, done: 0, links_out: HashMap::new(), links_in: HashMap::new() };
+    let dst = Arc::new(rustix::io::fcntl_dupfd_cloexec(dst_dir, 0)?);
+    if opts.contents {
+        if r.kind() != Some(Kind::Dir) {
+            return Err(Error::os(libc::ENOTDIR, r.path.as_os_str()));
+        }
+        let sub = Arc::new(open_host_dir(dst.as_fd(), name)?);
+        for (child, _) in view.list(&r.path)? {
+            let cr = view.resolve(&r.path.join(&child), false)?.require()?;
+            c.out_entry(view, &cr, &sub, &child)?;
+        }
+    } else {
+        c.out_entry(view, &r, &dst, name)?;
+    }
+    Ok(c.done)
+}
+
+fn open_host_dir(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd> {
+    Ok(rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?)
+}
+
+impl Copier<'_> {
+    fn out_entry(&mut self, view: &View, r: &Resolved, dir: &Arc<OwnedFd>, name: &OsStr) -> Result<()> {
+        let at = |e: Error| e.at(r.path.as_os_str());
+        let meta = view.meta(r)?;
+        let existing = sys::lstat_at(dir.as_fd(), name).ok().map(|s| Meta::from_stat(&s));
+        match meta.kind() {
+            Kind::Dir => {
+                match existing {
+                    Some(e) if e.is_dir() => {}
+                    Some(_) => return Err(Error::os(libc::ENOTDIR, r.path.as_os_str())),
+                    None => rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o700)).map_err(|e| at(e.into()))?,
+                }
+                let sub = Arc::new(open_host_dir(dir.as_fd(), name).map_err(at)?);
+                for (child, _) in view.list(&r.path)? {
+                    let cr = view.resolve(&r.path.join(&child), false)?;
+                    if cr.kind().is_some() {
+                        self.out_entry(view, &cr, &sub, &child)?;
+                    }
+                }
+                self.finish(dir.as_fd(), name, &meta).map_err(at)?;
+                return rustix::fs::utimensat(dir.as_fd(), name, &times(&meta), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| at(e.into()));
+            }
+            _ => {
+                if let Some(e) = existing {
+                    if e.is_dir() {
+                        return Err(Error::os(libc::EISDIR, r.path.as_os_str()));
+                    }
+                    // Replace, never write through what is there (it may be a symlink).
+                    rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::empty()).map_err(|e| at(e.into()))?;
+                }
+            }
+        }
+        match meta.kind() {
+            Kind::File => {
+                if meta.nlink > 1 {
+                    if let Some((first_dir, first)) = self.links_out.get(&(meta.dev, meta.ino)) {
+                        if rustix::fs::linkat(first_dir.as_fd(), first, dir.as_fd(), name, AtFlags::empty()).is_ok() {
+                            return Ok(());
+                        }
+                    }
+                    self.links_out.insert((meta.dev, meta.ino), (dir.clone(), name.to_os_string()));
+                }
+                let src = File::from(view.open_found(r, OFlags::RDONLY)?);
+                let fd = rustix::fs::openat(
+                    dir.as_fd(),
+                    name,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| at(e.into()))?;
+                let out = File::from(fd);
+                copy_data(&src, &out, meta.size).map_err(at)?;
+                self.finish(dir.as_fd(), name, &meta).map_err(at)?;
+                rustix::fs::futimens(&out, &times(&meta)).map_err(|e| at(e.into()))?;
+                self.tick(meta.size)?;
+            }
+            Kind::Symlink => {
+                let target = view.readlink(&r.path)?;
+                rustix::fs::symlinkat(target.as_os_str(), dir.as_fd(), name).map_err(|e| at(e.into()))?;
+                if let Owner::Keep(Privilege::Root) = self.owner {
+                    let _ = rustix::fs::chownat(
+                        dir.as_fd(),
+                        name,
+                        Some(rustix::fs::Uid::from_raw(meta.uid)),
+                        Some(rustix::fs::Gid::from_raw(meta.gid)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    );
+                }
+                rustix::fs::utimensat(dir.as_fd(), name, &times(&meta), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| at(e.into()))?;
+            }
+            Kind::Fifo | Kind::Char | Kind::Block => {
+                let ft = match meta.kind() {
+                    Kind::Fifo => FileType::Fifo,
+                    Kind::Char => FileType::CharacterDevice,
+                    _ => FileType::BlockDevice,
+                };
+                if ft == FileType::Fifo || rustix::process::geteuid().is_root() {
+                    rustix::fs::mknodat(dir.as_fd(), name, ft, Mode::from_raw_mode(0o600), meta.rdev).map_err(|e| at(e.into()))?;
+                    self.finish_path(dir.as_fd(), name, &meta).map_err(at)?;
+                } else if let Owner::Keep(Privilege::Rootless) = self.owner {
+                    // A device in a rootless store: an empty file with its override.
+                    rustix::fs::openat(dir.as_fd(), name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
+                        .map_err(|e| at(e.into()))?;
+                    self.finish(dir.as_fd(), name, &meta).map_err(at)?;
+                } else {
+                    return Err(Error::os(libc::EPERM, r.path.as_os_str()));
+                }
+            }
+            Kind::Socket | Kind::Dir => {}
+        }
+        Ok(())
+    }
+
+    /// Mode (and with `Keep`, owner) of a new host file or directory.
+    fn finish(&self, dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta) -> Result<()> {
+        match self.owner {
+            Owner::Keep(privilege) => apply_attrs(dir, name, None, &meta.attrs(), privilege),
+            Owner::Caller => {
+                let perm = meta.perm() & 0o777 | if meta.is_dir() { 0o700 } else { 0 };
+                Ok(rustix::fs::chmodat(dir, name, Mode::from_raw_mode(perm), AtFlags::empty())?)
+            }
+        }
+    }
+
+    fn finish_path(&self, dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta) -> Result<()> {
+        if let Owner::Keep(Privilege::Root) = self.owner {
+            rustix::fs::chownat(dir, name, Some(rustix::fs::Uid::from_raw(meta.uid)), Some(rustix::fs::Gid::from_raw(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.perm()), AtFlags::empty())?;
+        Ok(())
+    }
+}
+
+/// Host → container: copy `name` in the host directory `src_dir` to the container path `dst` (which
+/// must be free, or an existing directory to merge into, or a non-directory to replace).
+pub fn copy_in(view: &View, src_dir: BorrowedFd<'_>, name: &OsStr, dst: &Path, opts: CopyOptions<'_>) -> Result<u64> {
+    let mut c = Copier { owner: opts.owner, progress: opts.progress, done: 0, links_out: HashMap::new(), links_in: HashMap::new() };
+    if opts.contents {
+        let nofollow = if opts.follow { OFlags::empty() } else { OFlags::NOFOLLOW };
+        let sub = rustix::fs::openat(src_dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | nofollow, Mode::empty())?;
+        for (child, _) in sorted_host(sub.as_fd())? {
+            c.in_entry(view, sub.as_fd(), &child, &dst.join(&child), false)?;
+        }
+    } else {
+        c.in_entry(view, src_dir, name, dst, opts.follow)?;
+    }
+    Ok(c.done)
+}
+
+fn sorted_host(dir: BorrowedFd<'_>) -> Result<Vec<(OsString, Option<Kind>)>> {
+    let mut v = sys::read_dir(dir)?;
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(v)
+}
+
+impl Copier<'_> {
+    /// Copy one host entry (`follow`: a symlink there is copied as what it points to).
+    fn in_entry(&mut self, view: &View, dir: BorrowedFd<'_>, name: &OsStr, dst: &Path, follow: bool) -> Result<()> {
+        let nofollow = if follow { OFlags::empty() } else { OFlags::NOFOLLOW };
+        let flags = if follow { AtFlags::empty() } else { AtFlags::SYMLINK_NOFOLLOW };
+        let st = rustix::fs::statat(dir, name, flags).map_err(|e| Error::from(e).at(name))?;
+        let meta = Meta::from_stat(&st);
+        let existing = view.resolve(dst, false)?;
+        match meta.kind() {
+            Kind::Dir => {
+                match existing.kind() {
+                    None => view.mkdir(dst, 0o700)?,
+                    Some(Kind::Dir) => {}
+                    Some(_) => return Err(Error::os(libc::ENOTDIR, dst.as_os_str())),
+                }
+                let sub = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | nofollow, Mode::empty())?;
+                for (child, _) in sorted_host(sub.as_fd())? {
+                    self.in_entry(view, sub.as_fd(), &child, &dst.join(&child), false)?;
+                }
+                self.finish_in(view, dst, &meta)?;
+            }
+            Kind::File => {
+                if existing.kind() == Some(Kind::Dir) {
+                    return Err(Error::os(libc::EISDIR, dst.as_os_str()));
+                }
+                if meta.nlink > 1 {
+                    if let Some(first) = self.links_in.get(&(meta.dev, meta.ino)) {
+                        if existing.kind().is_some() {
+                            view.remove(dst)?;
+                        }
+                        return view.link(first, dst);
+                    }
+                    self.links_in.insert((meta.dev, meta.ino), dst.to_path_buf());
+                }
+                if existing.kind() == Some(Kind::Symlink) {
+                    view.remove(dst)?;
+                }
+                let src = File::from(rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC | nofollow, Mode::empty())?);
+                let out = File::from(view.open_write(dst, OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW, 0o600)?);
+                copy_data(&src, &out, meta.size).map_err(|e| e.at(dst.as_os_str()))?;
+                drop(out);
+                self.finish_in(view, dst, &meta)?;
+                self.tick(meta.size)?;
+            }
+            Kind::Symlink => {
+                if existing.kind() == Some(Kind::Dir) {
+                    return Err(Error::os(libc::EISDIR, dst.as_os_str()));
+                }
+                if existing.kind().is_some() {
+                    view.remove(dst)?;
+                }
+                let target = sys::readlink_at(dir, name)?;
+                view.symlink(&target, dst)?;
+                if let Owner::Keep(_) = self.owner {
+                    let _ = view.chown(dst, Some(meta.uid), Some(meta.gid), false);
+                }
+                view.utime(dst, Some(((meta.atime.0, meta.atime.1 as i64), (meta.mtime.0, meta.mtime.1 as i64))), false)?;
+            }
+            Kind::Fifo | Kind::Char | Kind::Block => {
+                if existing.kind().is_some() {
+                    view.remove(dst)?;
+                }
+                view.mknod(dst, meta.kind(), meta.perm(), meta.rdev)?;
+                self.finish_in(view, dst, &meta)?;
+            }
+            Kind::Socket => {}
+        }
+        Ok(())
+    }
+
+    fn finish_in(&self, view: &View, dst: &Path, meta: &Meta) -> Result<()> {
+        if let Owner::Keep(_) = self.owner {
+            view.chown(dst, Some(meta.uid), Some(meta.gid), false)?;
+        }
+        view.chmod(dst, meta.perm(), false)?;
+        view.utime(dst, Some(((meta.atime.0, meta.atime.1 as i64), (meta.mtime.0, meta.mtime.1 as i64))), false)
+    }
+}

@@ -1,0 +1,135 @@
+//! `docker commit`: the writable layer becomes a new immutable layer.
+//!
+//! Docker tars the writable layer, hashes the tar and untars it again. Here two things run side by side:
+//! the deterministic layer tar is streamed into a hasher (its sha256 is the diff_id), while the new layer
+//! directory is built by *hard-linking* the writable layer's files instead of copying them. The container
+//! keeps the same inodes; the list of shared inodes is returned so that the container's next change to
+//! such a file copies it first (see `ops.rs`), keeping the committed layer immutable.
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use crate::attrs::{Kind, Meta, Privilege};
+use crate::error::Result;
+use crate::layer::LayerTar;
+use crate::rw::copyup::clone_entry;
+use crate::sys;
+use crate::union::lower::Node;
+use crate::union::Lower;
+
+#[derive(Debug, Clone)]
+pub struct CommitReport {
+    pub diff_id: String,
+    pub tar_size: u64,
+    /// Bytes of content in the new layer.
+    pub size: u64,
+    /// Inodes now shared between the writable layer and the new layer.
+    pub shared: Vec<u64>,
+}
+
+/// Build the layer made of the writable layer `upper` (over `lower`) into the empty directory `dest`.
+pub fn commit_layer(upper: &Path, lower: Option<Arc<Lower>>, privilege: Privilege, dest: &Path) -> Result<CommitReport> {
+    let lower = lower.filter(|l| !l.is_empty());
+    let (hashed, mirrored) = std::thread::scope(|s| {
+        let tar_lower = lower.clone();
+        let hasher = s.spawn(move || -> Result<(String, u64)> {
+            let mut tar = LayerTar::walk(upper, privilege, tar_lower)?;
+            io::copy(&mut tar, &mut io::sink())?;
+            Ok((tar.digest(), tar.bytes_read()))
+        });
+        let mirrored = Mirror::run(upper, dest, lower.as_deref(), privilege);
+        (hasher.join().expect("hashing thread panicked"), mirrored)
+    });
+    let (diff_id, tar_size) = hashed?;
+    let (size, shared) = mirrored?;
+    sys::syncfs(sys::open_dir(dest)?.as_fd())?;
+    Ok(CommitReport { diff_id, tar_size, size, shared })
+}
+
+struct Mirror<'a> {
+    lower: Option<&'a Lower>,
+    privilege: Privilege,
+    size: u64,
+    shared: Vec<u64>,
+    seen: HashSet<u64>,
+}
+
+impl<'a> Mirror<'a> {
+    fn run(upper: &Path, dest: &Path, lower: Option<&'a Lower>, privilege: Privilege) -> Result<(u64, Vec<u64>)> {
+        let mut m = Mirror { lower, privilege, size: 0, shared: Vec::new(), seen: HashSet::new() };
+        let src = sys::open_dir(upper)?;
+        let dst = sys::open_dir(dest)?;
+        let below = lower.map(|l| l.root().clone());
+        m.dir(src.as_fd(), dst.as_fd(), below)?;
+        Ok((m.size, m.shared))
+    }
+
+    /// Mirror one directory's entries with the layer format's rules: whiteouts only where the directory
+    /// merges with a lower one, opaque markers only on directories that exist below.
+    fn dir(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, below: Option<Arc<Node>>) -> Result<()> {
+        for (name, _) in sys::read_dir(src)? {
+            let raw = Meta::from_stat(&sys::lstat_at(src, &name)?);
+            let lower_child = match (&below, self.lower) {
+                (Some(node), Some(lower)) => lower.child(node, &name)?,
+                _ => None,
+            };
+            if raw.is_whiteout() {
+                if below.is_some() {
+                    sys::make_whiteout(dst, &name)?;
+                }
+                continue;
+            }
+            let meta = sys::logical_meta(src, &name, raw, self.privilege);
+            match meta.kind() {
+                Kind::Dir => {
+                    clone_entry(src, &name, &meta, dst, &name, false, self.privilege)?;
+                    let lower_dir = match (&below, lower_child, self.lower) {
+                        (Some(node), Some(c), Some(lower)) if c.kind == Kind::Dir => Some(lower.node(node, &name, &c)),
+                        _ => None,
+                    };
+                    let opaque = sys::is_opaque(src, &name, self.privilege);
+                    if opaque && lower_dir.is_some() {
+                        sys::set_opaque(dst, &name, self.privilege)?;
+                    }
+                    let s = open_dir_at(src, &name)?;
+                    let d = open_dir_at(dst, &name)?;
+                    self.dir(s.as_fd(), d.as_fd(), if opaque { None } else { lower_dir })?;
+                    // Creating the children moved the directory's times; put them back.
+                    let ts = |t: (i64, u32)| Timespec { tv_sec: t.0, tv_nsec: t.1 as _ };
+                    rustix::fs::futimens(&d, &Timestamps { last_access: ts(meta.atime), last_modification: ts(meta.mtime) })?;
+                }
+                Kind::File => {
+                    if self.seen.insert(raw.ino) {
+                        self.size += meta.size;
+                    }
+                    match rustix::fs::linkat(src, &name, dst, &name, AtFlags::empty()) {
+                        Ok(()) => self.shared.push(raw.ino),
+                        // No hard link possible (link count limit, policy): copy instead.
+                        Err(Errno::MLINK) | Err(Errno::PERM) | Err(Errno::XDEV) => {
+                            clone_entry(src, &name, &meta, dst, &name, true, self.privilege)?
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Kind::Socket => {}
+                _ => {
+                    if meta.kind() == Kind::Symlink {
+                        self.size += meta.size;
+                    }
+                    clone_entry(src, &name, &meta, dst, &name, false, self.privilege)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn open_dir_at(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Result<OwnedFd> {
+    Ok(rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?)
+}
