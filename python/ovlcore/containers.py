@@ -8,6 +8,8 @@ layer, in the kernel overlayfs format), ``work/`` (the kernel's work directory f
 
 from __future__ import annotations
 
+import builtins
+
 import contextlib
 import errno
 import os
@@ -99,11 +101,11 @@ class Container:
         return dict(self._record.get("labels") or {})
 
     @property
-    def command(self) -> list[str]:
+    def command(self) -> builtins.list[str]:
         return list(self._record.get("command") or [])
 
     @property
-    def mounts(self) -> list[Mount]:
+    def mounts(self) -> builtins.list[Mount]:
         from .mounts import Mount
 
         return [Mount.from_record(m) for m in self._record.get("mounts") or []]
@@ -128,7 +130,7 @@ class Container:
 
     # ----- the merged view -----
 
-    def _mount_points(self) -> list[tuple[str, str, bool]]:
+    def _mount_points(self) -> builtins.list[tuple[str, str, bool]]:
         return [(m.target, m.host_path(self._store), m.read_only) for m in self.mounts]
 
     def _view(self) -> _ovlcore.View:
@@ -161,7 +163,7 @@ class Container:
 
     # ----- changes -----
 
-    def diff(self) -> list[Change]:
+    def diff(self) -> builtins.list[Change]:
         """``docker diff``: changes relative to the image, parents before children."""
         return [Change(k, p) for k, p in self._view().diff()]
 
@@ -171,7 +173,7 @@ class Container:
         *,
         message: str | None = None,
         author: str | None = None,
-        changes: list[str] | None = None,
+        changes: builtins.list[str] | None = None,
         created_by: str | None = None,
     ) -> Image:
         """``docker commit``: a new image = this container's image + one layer with its changes + a
@@ -238,7 +240,7 @@ class Container:
                 "the userspace view (container.fs) needs none",
                 str(target),
             ) from e
-        mounted: list[Path] = []
+        mounted: builtins.list[Path] = []
         try:
             marker.write_text(str(target))
             for m in self.mounts:
@@ -298,7 +300,7 @@ class Containers:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def _records(self) -> list[dict[str, Any]]:
+    def _records(self) -> builtins.list[dict[str, Any]]:
         out = []
         try:
             names = os.listdir(self._store._layout.containers)
@@ -332,7 +334,7 @@ class Containers:
         with self._store._lock.shared():
             return Container(self._store, self._resolve(ref))
 
-    def list(self) -> list[Container]:
+    def list(self) -> builtins.list[Container]:
         """Every container, newest first."""
         with self._store._lock.shared():
             recs = self._records()
@@ -352,7 +354,7 @@ class Containers:
         name: str | None = None,
         mounts: Any = (),
         labels: dict[str, str] | None = None,
-        command: list[str] | None = None,
+        command: builtins.list[str] | None = None,
     ) -> Container:
         """A new container: an empty writable layer on top of ``image``'s layers (nothing is copied)."""
         from .mounts import prepare_mounts
@@ -391,7 +393,7 @@ class Containers:
         """Delete the container and its writable layer (the image is unchanged); with ``volumes``, also
         its anonymous volumes."""
         store = self._store
-        trash: list[tuple[Path, int]] = []
+        trash: builtins.list[tuple[Path, int]] = []
         with store._lock.exclusive():
             rec = self._resolve(ref)  # type: ignore[arg-type]
             cdir = store._layout.container(str(rec["id"]))

@@ -6,6 +6,8 @@ what only this store knows (the parent image a commit started from). Tags live i
 
 from __future__ import annotations
 
+import builtins
+
 import json
 import os
 import platform
@@ -66,7 +68,7 @@ class HistoryEntry:
     size: int
     comment: str
     empty_layer: bool
-    tags: list[str]
+    tags: builtins.list[str]
 
 
 class Image:
@@ -86,27 +88,27 @@ class Image:
     @property
     def config(self) -> dict[str, Any]:
         """The OCI image config (a copy: edit with commit ``changes``)."""
-        if self._config is None:
-            self._config = json.loads(self._config_bytes)
-        return json.loads(json.dumps(self._config))
+        copy: dict[str, Any] = json.loads(json.dumps(self._cfg()))
+        return copy
 
     @property
     def config_bytes(self) -> bytes:
         return self._config_bytes
 
     @property
-    def diff_ids(self) -> list[str]:
+    def diff_ids(self) -> builtins.list[str]:
         return list((self._cfg().get("rootfs") or {}).get("diff_ids") or [])
 
     def _cfg(self) -> dict[str, Any]:
         if self._config is None:
-            self._config = json.loads(self._config_bytes)
+            loaded: dict[str, Any] = json.loads(self._config_bytes)
+            self._config = loaded
         return self._config
 
     @property
-    def chain_ids(self) -> list[str]:
+    def chain_ids(self) -> builtins.list[str]:
         """Chain ids of the layers, bottom first."""
-        out: list[str] = []
+        out: builtins.list[str] = []
         for d in self.diff_ids:
             out.append(_ovlcore.chain_id(out[-1] if out else None, d))
         return out
@@ -122,11 +124,11 @@ class Image:
         return str(p) if p else None
 
     @property
-    def tags(self) -> list[str]:
+    def tags(self) -> builtins.list[str]:
         return self._store.images._tags_of(self.id)
 
     @property
-    def layers(self) -> list[Layer]:
+    def layers(self) -> builtins.list[Layer]:
         """The layers, bottom first."""
         out = []
         for chain in self.chain_ids:
@@ -153,12 +155,12 @@ class Image:
 
         return ContainerFS.for_image(self)
 
-    def history(self) -> list[HistoryEntry]:
+    def history(self) -> builtins.list[HistoryEntry]:
         """``docker history``: one entry per build step, newest first, with the id of the local image each
         step produced where this store knows it (``<missing>`` elsewhere)."""
         cfg = self._cfg()
         layers = self.layers
-        rows: list[dict[str, Any]] = []
+        rows: builtins.list[dict[str, Any]] = []
         n = 0
         for h in cfg.get("history") or []:
             size = 0
@@ -168,7 +170,7 @@ class Image:
                 n += 1
             rows.append({"h": h, "size": size})
         rows.reverse()
-        ids: list[str] = []
+        ids: builtins.list[str] = []
         img: Image | None = self
         while img is not None and len(ids) < len(rows):
             ids.append(img.id)
@@ -194,7 +196,7 @@ class Image:
     def tag(self, ref: str) -> None:
         self._store.images.tag(self.id, ref)
 
-    def remove(self, force: bool = False) -> list[str]:
+    def remove(self, force: bool = False) -> builtins.list[str]:
         return self._store.images.remove(self.id, force=force)
 
     def __eq__(self, other: object) -> bool:
@@ -222,7 +224,7 @@ class Images:
             return {}
         return {str(k): str(v) for k, v in data.items()}
 
-    def _tags_of(self, image_id: str) -> list[str]:
+    def _tags_of(self, image_id: str) -> builtins.list[str]:
         return sorted(t for t, i in self._repositories().items() if i == image_id)
 
     def _maybe(self, image_id: str) -> Image | None:
@@ -235,7 +237,7 @@ class Images:
             return None
         return Image(self._store, "sha256:" + d.name, config, meta)
 
-    def _ids(self) -> list[str]:
+    def _ids(self) -> builtins.list[str]:
         try:
             return ["sha256:" + n for n in sorted(os.listdir(self._store._layout.images)) if len(n) == 64]
         except FileNotFoundError:
@@ -287,7 +289,7 @@ class Images:
             raise ImageNotFound(f"No such image: {ref}")
         return img
 
-    def list(self, *, all: bool = True) -> list[Image]:
+    def list(self, *, all: bool = True) -> builtins.list[Image]:
         """Every image (newest first)."""
         with self._store._lock.shared():
             imgs = [img for i in self._ids() if (img := self._maybe(i)) is not None]
@@ -302,7 +304,7 @@ class Images:
         *,
         tag: str | None = None,
         message: str | None = None,
-        changes: list[str] | None = None,
+        changes: builtins.list[str] | None = None,
         progress: ProgressCallback | None = None,
     ) -> Image:
         """``docker import``: a one-layer base image from a root file system archive (tar, gzip or zstd)."""
@@ -334,7 +336,7 @@ class Images:
         created_by: str = "",
         comment: str = "",
         author: str | None = None,
-        changes: list[str] | None = None,
+        changes: builtins.list[str] | None = None,
         config: dict[str, Any] | None = None,
     ) -> Image:
         """A new image: ``parent``'s layers plus ``layer`` (which must sit on the parent's top layer), and
@@ -411,13 +413,13 @@ class Images:
 
     # ----- removing -----
 
-    def remove(self, ref: str | Image, *, force: bool = False) -> list[str]:
+    def remove(self, ref: str | Image, *, force: bool = False) -> builtins.list[str]:
         """``docker rmi``: untag ``name:tag``; delete the image when its last tag goes or when removed by id
         (``ImageInUse`` while a container uses it, unless ``force``, which then only untags). Returns the
         lines Docker prints (``Untagged: ...``, ``Deleted: ...``)."""
         store = self._store
-        out: list[str] = []
-        trash: list[tuple[Path, int]] = []
+        out: builtins.list[str] = []
+        trash: builtins.list[tuple[Path, int]] = []
         with store._lock.exclusive():
             image_id, tag = self._resolve(ref)  # type: ignore[arg-type]
             repos = self._repositories()
@@ -454,9 +456,9 @@ class Images:
         from .store import PruneReport
 
         store = self._store
-        deleted: list[str] = []
+        deleted: builtins.list[str] = []
         reclaimed = 0
-        trash: list[tuple[Path, int]] = []
+        trash: builtins.list[tuple[Path, int]] = []
         with store._lock.exclusive():
             repos = self._repositories()
             tagged = set(repos.values())

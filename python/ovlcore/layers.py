@@ -7,6 +7,8 @@ archive, ``tar-split.zst`` the header bytes that let :meth:`Layer.tar` reproduce
 
 from __future__ import annotations
 
+import builtins
+
 import io
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -144,14 +146,14 @@ class Layer:
         """The content directory, in the kernel overlayfs format (read-only by contract)."""
         return self.dir / "diff"
 
-    def stack(self) -> list[Layer]:
+    def stack(self) -> builtins.list[Layer]:
         """This layer and every layer below it, top first."""
-        out: list[Layer] = [self]
+        out: builtins.list[Layer] = [self]
         while (p := out[-1].parent) is not None:
             out.append(p)
         return out
 
-    def stack_paths(self) -> list[str]:
+    def stack_paths(self) -> builtins.list[str]:
         return [str(layer.path) for layer in self.stack()]
 
     def tar(self, compression: str | None = None) -> TarReader:
@@ -219,7 +221,7 @@ class Layers:
             raise AmbiguousReference(f"layer prefix {digest!r} matches {len(matches)} layers")
         return matches[0]
 
-    def list(self) -> list[Layer]:
+    def list(self) -> builtins.list[Layer]:
         out = []
         try:
             names = sorted(os.listdir(self._store._layout.layers))

@@ -6,6 +6,8 @@ record (labels, creation time, whether it is anonymous).
 
 from __future__ import annotations
 
+import builtins
+
 import os
 import secrets
 from datetime import datetime, timezone
@@ -80,7 +82,7 @@ class Volumes:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def _users(self, name: str) -> list[str]:
+    def _users(self, name: str) -> builtins.list[str]:
         """Names of containers mounting volume ``name`` (store lock held)."""
         return sorted(
             str(rec["name"])
@@ -131,7 +133,7 @@ class Volumes:
             raise VolumeNotFound(f"No such volume: {name}")
         return found
 
-    def list(self) -> list[Volume]:
+    def list(self) -> builtins.list[Volume]:
         with self._store._lock.shared():
             try:
                 names = sorted(os.listdir(self._store._layout.volumes))

@@ -1,0 +1,553 @@
+"""The ``ovlcore`` command: Docker's storage verbs over an ovlcore store.
+
+Output follows Docker's (same columns, human sizes, relative times); ``--json`` gives the same data for
+scripts. Errors print one line on stderr and exit with status 1 (usage errors: 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import click
+
+from . import __version__
+from ._format import human_ago, human_size, table, truncate
+from .errors import OvlError
+from .mounts import Mount
+from .store import Store
+
+__all__ = ["main", "cli"]
+
+
+class Ctx:
+    def __init__(self, root: str | None, as_json: bool) -> None:
+        self.root = root
+        self.json = as_json
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.root)
+        return self._store
+
+    def emit(self, data: Any, text: Callable[[], str] | str) -> None:
+        if self.json:
+            click.echo(json.dumps(data, indent=2, default=str))
+        else:
+            out = text() if callable(text) else text
+            if out:
+                click.echo(out)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@contextlib.contextmanager
+def progress(label: str, total: int | None = None) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr for long operations: only on a terminal, and only after a moment."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+    start = time.monotonic()
+    bar: Progress | None = None
+    task = None
+
+    def update(done: int) -> None:
+        nonlocal bar, task
+        if bar is None:
+            if time.monotonic() - start < 0.3:
+                return
+            bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            bar.start()
+            task = bar.add_task(label, total=total)
+        assert task is not None
+        bar.update(task, completed=done)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for kv in pairs:
+        key, _, value = kv.partition("=")
+        out[key] = value
+    return out
+
+
+def fail(message: str) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+def describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        where = f": {e.filename}" if e.filename is not None else ""
+        where2 = f" -> {e.filename2}" if getattr(e, "filename2", None) else ""
+        return f"{e.strerror}{where}{where2}"
+    text = str(e)
+    if isinstance(e, KeyError) and text.startswith("'"):
+        text = text.strip("'")
+    return text
+
+
+class OvlGroup(click.Group):
+    """Turns ovlcore's exceptions into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (OvlError, OSError, ValueError, LookupError) as e:
+            fail(describe(e))
+        except KeyboardInterrupt:
+            click.echo("Interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=OvlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", envvar="OVLCORE_ROOT", type=click.Path(file_okay=False), help="Store directory (default: $OVLCORE_ROOT, else ~/.local/share/ovlcore).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.version_option(__version__, prog_name="ovlcore")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, as_json: bool) -> None:
+    """Docker's data-storage model without a daemon: images, layers, containers, volumes."""
+    ctx.obj = Ctx(root, as_json)
+
+
+# ----- images -----
+
+
+def _image_rows(store: Store, show_all: bool) -> list[dict[str, Any]]:
+    rows = []
+    for img in store.images.list():
+        tags = img.tags or ["<none>:<none>"]
+        for t in tags:
+            repo, _, tag = t.rpartition(":")
+            rows.append({"Repository": repo, "Tag": tag, "ID": img.id, "Created": img.created.isoformat(), "Size": img.size, "_img": img})
+    return rows
+
+
+@cli.command("images")
+@click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show all images.")
+@click.option("--no-trunc", is_flag=True, help="Don't truncate output.")
+@pass_ctx
+def images_cmd(c: Ctx, quiet: bool, show_all: bool, no_trunc: bool) -> None:
+    """List images."""
+    rows = _image_rows(c.store, show_all)
+    def ident(i: str) -> str:
+        return i if no_trunc else i[7:19]
+
+    if quiet:
+        seen: list[str] = []
+        for r in rows:
+            if r["ID"] not in seen:
+                seen.append(r["ID"])
+        c.emit(seen, "\n".join(ident(i) for i in seen))
+        return
+    data = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    c.emit(
+        data,
+        lambda: table(
+            ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+            [[r["Repository"], r["Tag"], ident(r["ID"]), human_ago(r["_img"].created), human_size(r["Size"])] for r in rows],
+        ),
+    )
+
+
+@cli.command("history")
+@click.argument("image")
+@click.option("--no-trunc", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True)
+@pass_ctx
+def history_cmd(c: Ctx, image: str, no_trunc: bool, quiet: bool) -> None:
+    """Show the history of an image."""
+    hist = c.store.images.get(image).history()
+    def ident(i: str) -> str:
+        return i if no_trunc or i == "<missing>" else i[7:19]
+
+    if quiet:
+        c.emit([h.id for h in hist], "\n".join(ident(h.id) for h in hist))
+        return
+    data = [
+        {"ID": h.id, "Created": h.created.isoformat() if h.created else None, "CreatedBy": h.created_by, "Size": h.size, "Comment": h.comment, "Tags": h.tags}
+        for h in hist
+    ]
+    c.emit(
+        data,
+        lambda: table(
+            ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"],
+            [
+                [ident(h.id), human_ago(h.created), h.created_by if no_trunc else truncate(h.created_by, 45), human_size(h.size), h.comment]
+                for h in hist
+            ],
+        ),
+    )
+
+
+@cli.command("import")
+@click.argument("source")
+@click.argument("reference", required=False)
+@click.option("-m", "--message", help="Commit message for the imported image.")
+@click.option("-c", "--change", "changes", multiple=True, help="Apply a Dockerfile instruction (ENV, CMD, ...).")
+@pass_ctx
+def import_cmd(c: Ctx, source: str, reference: str | None, message: str | None, changes: tuple[str, ...]) -> None:
+    """Import a root file system archive (tar, tar.gz, tar.zst; '-' for stdin) as an image."""
+    src: Any = sys.stdin.buffer if source == "-" else source
+    total = None if source == "-" else os.path.getsize(source)
+    with progress("Importing", total) as cb:
+        img = c.store.images.import_archive(src, tag=reference, message=message, changes=list(changes) or None, progress=cb)
+    c.emit({"ID": img.id}, img.id)
+
+
+@cli.command("tag")
+@click.argument("source")
+@click.argument("target")
+@pass_ctx
+def tag_cmd(c: Ctx, source: str, target: str) -> None:
+    """Create a tag TARGET that refers to SOURCE."""
+    c.store.images.tag(source, target)
+
+
+@cli.command("rmi")
+@click.argument("images", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True)
+@pass_ctx
+def rmi_cmd(c: Ctx, images: tuple[str, ...], force: bool) -> None:
+    """Remove images."""
+    out: list[str] = []
+    errors = []
+    for ref in images:
+        try:
+            lines = c.store.images.remove(ref, force=force)
+        except (OvlError, OSError) as e:
+            errors.append(describe(e))
+            continue
+        out.extend(lines)
+        if not c.json:
+            for line in lines:
+                click.echo(line)
+    if c.json:
+        click.echo(json.dumps(out, indent=2))
+    if errors:
+        fail("; ".join(errors))
+
+
+@cli.command("save")
+@click.argument("images", nargs=-1, required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
+@click.option("--format", "fmt", type=click.Choice(["docker", "oci"]), default="docker", show_default=True)
+@pass_ctx
+def save_cmd(c: Ctx, images: tuple[str, ...], output: str | None, fmt: str) -> None:
+    """Save images to a tar archive (stdout by default)."""
+    if output is None and sys.stdout.isatty():
+        fail("refusing to write the archive to a terminal; use -o or redirect stdout")
+    dest: Any = output if output is not None else sys.stdout.buffer
+    with progress("Saving") as cb:
+        c.store.images.save(list(images), dest, format=fmt, progress=cb)
+
+
+@cli.command("load")
+@click.option("-i", "--input", "source", default="-", help="Read from a tar archive file instead of stdin ('-').")
+@click.option("-q", "--quiet", is_flag=True)
+@pass_ctx
+def load_cmd(c: Ctx, source: str, quiet: bool) -> None:
+    """Load images from a tar archive (docker-archive or OCI layout)."""
+    src: Any = sys.stdin.buffer if source == "-" else source
+    total = None if source == "-" or os.path.isdir(source) else os.path.getsize(source)
+    with progress("Loading", total) as cb:
+        imgs = c.store.images.load(src, progress=cb)
+    lines: list[str] = []
+    for img in imgs:
+        if img.tags:
+            lines.extend(f"Loaded image: {t}" for t in img.tags)
+        else:
+            lines.append(f"Loaded image ID: {img.id}")
+    c.emit([{"ID": i.id, "Tags": i.tags} for i in imgs], "" if quiet else "\n".join(lines))
+
+
+# ----- containers -----
+
+
+@cli.command("create")
+@click.argument("image")
+@click.argument("command", nargs=-1)
+@click.option("--name", help="Assign a name to the container.")
+@click.option("--mount", "mounts", multiple=True, help="type=volume|bind,src=...,dst=...[,readonly]")
+@click.option("-v", "--volume", "volumes", multiple=True, help="NAME:/path, /host:/path[:ro], or /path.")
+@click.option("-l", "--label", "labels", multiple=True, help="key=value")
+@pass_ctx
+def create_cmd(c: Ctx, image: str, command: tuple[str, ...], name: str | None, mounts: tuple[str, ...], volumes: tuple[str, ...], labels: tuple[str, ...]) -> None:
+    """Create a container: a new writable layer over IMAGE's layers."""
+    ms = [Mount.parse(m) for m in mounts] + [Mount.parse_volume(v) for v in volumes]
+    lbl = _labels(labels)
+    ctr = c.store.containers.create(image, name=name, mounts=ms, labels=lbl, command=list(command) or None)
+    c.emit({"ID": ctr.id, "Name": ctr.name}, ctr.id)
+
+
+@cli.command("ps")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show all containers (all are stopped: always all).")
+@click.option("-s", "--size", is_flag=True, help="Display total file sizes.")
+@click.option("-q", "--quiet", is_flag=True)
+@click.option("--no-trunc", is_flag=True)
+@pass_ctx
+def ps_cmd(c: Ctx, show_all: bool, size: bool, quiet: bool, no_trunc: bool) -> None:
+    """List containers."""
+    ctrs = c.store.containers.list()
+    def ident(i: str) -> str:
+        return i if no_trunc else i[:12]
+
+    if quiet:
+        c.emit([x.id for x in ctrs], "\n".join(ident(x.id) for x in ctrs))
+        return
+    data = []
+    rows = []
+    for x in ctrs:
+        img = c.store.images._maybe(x.image_id)
+        image = (img.tags[0] if img and img.tags else x.image_id[7:19])
+        status = "Mounted" if (x.dir / "mounted").exists() else "Created"
+        d: dict[str, Any] = {"ID": x.id, "Image": image, "Command": " ".join(x.command), "Created": x.created.isoformat(), "Status": status, "Names": x.name}
+        row = [ident(x.id), image, truncate(json.dumps(" ".join(x.command)), 22), human_ago(x.created), status, x.name]
+        if size:
+            sz = x.size()
+            d["SizeRw"], d["SizeRootFs"] = sz.rw, sz.virtual
+            row.append(f"{human_size(sz.rw)} (virtual {human_size(sz.virtual)})")
+        data.append(d)
+        rows.append(row)
+    headers = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"] + (["SIZE"] if size else [])
+    c.emit(data, lambda: table(headers, rows))
+
+
+@cli.command("diff")
+@click.argument("container")
+@pass_ctx
+def diff_cmd(c: Ctx, container: str) -> None:
+    """List the changes to files in a container's file system (A added, C changed, D deleted)."""
+    changes = c.store.containers.get(container).diff()
+    c.emit([{"Kind": ch.kind, "Path": ch.path} for ch in changes], "\n".join(str(ch) for ch in changes))
+
+
+@cli.command("commit")
+@click.argument("container")
+@click.argument("reference", required=False)
+@click.option("-m", "--message")
+@click.option("-a", "--author")
+@click.option("-c", "--change", "changes", multiple=True)
+@pass_ctx
+def commit_cmd(c: Ctx, container: str, reference: str | None, message: str | None, author: str | None, changes: tuple[str, ...]) -> None:
+    """Create a new image from a container's changes."""
+    img = c.store.containers.get(container).commit(reference, message=message, author=author, changes=list(changes) or None)
+    c.emit({"ID": img.id}, img.id)
+
+
+@cli.command("export")
+@click.argument("container")
+@click.option("-o", "--output", type=click.Path(dir_okay=False))
+@pass_ctx
+def export_cmd(c: Ctx, container: str, output: str | None) -> None:
+    """Export a container's file system as a tar archive (stdout by default)."""
+    if output is None and sys.stdout.isatty():
+        fail("refusing to write the archive to a terminal; use -o or redirect stdout")
+    ctr = c.store.containers.get(container)
+    ctr.export(output if output is not None else sys.stdout.buffer)
+
+
+@cli.command("rm")
+@click.argument("containers", nargs=-1, required=True)
+@click.option("-v", "--volumes", is_flag=True, help="Remove anonymous volumes associated with the container.")
+@click.option("-f", "--force", is_flag=True)
+@pass_ctx
+def rm_cmd(c: Ctx, containers: tuple[str, ...], volumes: bool, force: bool) -> None:
+    """Remove containers."""
+    errors = []
+    for ref in containers:
+        try:
+            c.store.containers.remove(ref, volumes=volumes, force=force)
+            if not c.json:
+                click.echo(ref)
+        except (OvlError, OSError) as e:
+            errors.append(describe(e))
+    if errors:
+        fail("; ".join(errors))
+
+
+@cli.command("cp")
+@click.argument("src")
+@click.argument("dst")
+@click.option("-L", "--follow-link", is_flag=True, help="Always follow symbol link in SRC_PATH.")
+@click.option("-a", "--archive", is_flag=True, help="Archive mode (copy all uid/gid information).")
+@pass_ctx
+def cp_cmd(c: Ctx, src: str, dst: str, follow_link: bool, archive: bool) -> None:
+    """Copy files between a container and the host: CONTAINER:PATH on one side."""
+    with progress("Copying") as cb:
+        c.store.cp(src, dst, follow_symlinks=follow_link, archive=archive, progress=cb)
+
+
+@cli.command("mount")
+@click.argument("container")
+@click.argument("command", nargs=-1)
+@pass_ctx
+def mount_cmd(c: Ctx, container: str, command: tuple[str, ...]) -> None:
+    """Mount a container's merged file system and run COMMAND (default: a shell) in it; unmounts after."""
+    import subprocess
+
+    ctr = c.store.containers.get(container)
+    with ctr.mount() as where:
+        click.echo(f"{ctr.name} mounted at {where}", err=True)
+        cmd = list(command) or [os.environ.get("SHELL", "/bin/sh")]
+        rc = subprocess.call(cmd, cwd=where)
+    sys.exit(rc)
+
+
+# ----- volumes -----
+
+
+@cli.group("volume")
+def volume_grp() -> None:
+    """Manage volumes."""
+
+
+@volume_grp.command("create")
+@click.argument("name", required=False)
+@click.option("-l", "--label", "labels", multiple=True)
+@pass_ctx
+def volume_create(c: Ctx, name: str | None, labels: tuple[str, ...]) -> None:
+    lbl = _labels(labels)
+    v = c.store.volumes.create(name, labels=lbl)
+    c.emit({"Name": v.name}, v.name)
+
+
+def _volume_dict(v: Any) -> dict[str, Any]:
+    return {"Name": v.name, "Driver": "local", "Mountpoint": str(v.mountpoint), "Labels": v.labels, "CreatedAt": v.created.isoformat(), "Anonymous": v.anonymous, "Scope": "local"}
+
+
+@volume_grp.command("ls")
+@click.option("-q", "--quiet", is_flag=True)
+@pass_ctx
+def volume_ls(c: Ctx, quiet: bool) -> None:
+    vols = c.store.volumes.list()
+    if quiet:
+        c.emit([v.name for v in vols], "\n".join(v.name for v in vols))
+        return
+    c.emit([_volume_dict(v) for v in vols], lambda: table(["DRIVER", "VOLUME NAME"], [["local", v.name] for v in vols]))
+
+
+@volume_grp.command("inspect")
+@click.argument("names", nargs=-1, required=True)
+@pass_ctx
+def volume_inspect(c: Ctx, names: tuple[str, ...]) -> None:
+    click.echo(json.dumps([_volume_dict(c.store.volumes.get(n)) for n in names], indent=4))
+
+
+@volume_grp.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True)
+@pass_ctx
+def volume_rm(c: Ctx, names: tuple[str, ...], force: bool) -> None:
+    for n in names:
+        c.store.volumes.remove(n, force=force)
+        if not c.json:
+            click.echo(n)
+
+
+@volume_grp.command("prune")
+@click.option("-a", "--all", "prune_all", is_flag=True, help="Remove all unused volumes, not just anonymous ones.")
+@click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation.")
+@pass_ctx
+def volume_prune(c: Ctx, prune_all: bool, force: bool) -> None:
+    r = c.store.volumes.prune(all=prune_all)
+    _print_prune(c, r, "Deleted Volumes:")
+
+
+def _print_prune(c: Ctx, r: Any, title: str) -> None:
+    def text() -> str:
+        lines = [title, *r.deleted, ""] if r.deleted else []
+        lines.append(f"Total reclaimed space: {human_size(r.space_reclaimed)}")
+        return "\n".join(lines)
+
+    c.emit({"Deleted": r.deleted, "SpaceReclaimed": r.space_reclaimed}, text)
+
+
+# ----- system -----
+
+
+@cli.group("system")
+def system_grp() -> None:
+    """Manage the store."""
+
+
+@system_grp.command("df")
+@pass_ctx
+def system_df(c: Ctx) -> None:
+    """Show disk usage."""
+    rows = c.store.df()
+
+    def pct(r: Any) -> str:
+        return f"{human_size(r.reclaimable)} ({100 * r.reclaimable // r.size if r.size else 0}%)"
+
+    c.emit(
+        [{"Type": r.type, "TotalCount": r.total, "Active": r.active, "Size": r.size, "Reclaimable": r.reclaimable} for r in rows],
+        lambda: table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], [[r.type, str(r.total), str(r.active), human_size(r.size), pct(r)] for r in rows]),
+    )
+
+
+@system_grp.command("prune")
+@click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation.")
+@pass_ctx
+def system_prune(c: Ctx, force: bool) -> None:
+    """Remove dangling images, unused anonymous volumes and unreferenced layers."""
+    _print_prune(c, c.store.prune(), "Deleted:")
+
+
+@cli.command("check")
+@click.option("--repair", is_flag=True, help="Fix what can safely be fixed.")
+@click.option("--verify-digests", is_flag=True, help="Also re-hash every layer (slow).")
+@pass_ctx
+def check_cmd(c: Ctx, repair: bool, verify_digests: bool) -> None:
+    """Verify the store: metadata against content, references, leftovers."""
+    kwargs: dict[str, Any] = {"repair": repair}
+    if verify_digests:
+        kwargs["verify_digests"] = True
+    r = c.store.check(**kwargs)
+    c.emit(
+        {"Problems": r.problems, "Repaired": r.repaired, "OK": r.ok},
+        lambda: "\n".join([*(f"problem: {p}" for p in r.problems), *(f"repaired: {p}" for p in r.repaired)]) or "store is consistent",
+    )
+    if r.problems and not r.ok:
+        sys.exit(1)
+
+
+@cli.command("demo")
+@click.option("--keep", is_flag=True, help="Keep the images, containers and volumes the demo makes.")
+@pass_ctx
+def demo_cmd(c: Ctx, keep: bool) -> None:
+    """Walk through Docker's storage model on the store: layers, containers, copy-up, commit, volumes, cp."""
+    from .demo import run
+
+    run(c.store, keep=keep)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="ovlcore")
+
