@@ -13,8 +13,10 @@ import builtins
 import contextlib
 import errno
 import os
+import posixpath
 import secrets
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +27,7 @@ from ._storage import Staging, move_to_trash, read_json, write_json
 from .errors import AmbiguousReference, ContainerNotFound, InvalidReference, NameConflict
 from .fs import ContainerFS
 from .images import Image, format_time, parse_time
+from .layers import Source
 from .references import check_name
 
 if TYPE_CHECKING:
@@ -210,6 +213,39 @@ class Container:
         stream = self._view().export()
         _copy_stream(stream, dest)
 
+    def get_archive(self, path: str, chunk_size: int = 2 * 1024 * 1024) -> tuple[Iterator[bytes], dict[str, Any]]:
+        """As docker-py: a tar of ``path`` (and everything below it) streamed in chunks, and a stat dict
+        (``name``, ``size``, ``mode`` in Go's FileMode bits, ``mtime``, ``linkTarget``)."""
+        view = self._view()
+        st = view.stat(path, False)
+        link = view.readlink(path) if stat.S_ISLNK(st.st_mode) else ""
+        info = {
+            "name": posixpath.basename(path.rstrip("/")) or "/",
+            "size": st.st_size,
+            "mode": _go_file_mode(st.st_mode),
+            "mtime": format_time(datetime.fromtimestamp(st.st_mtime, timezone.utc)),
+            "linkTarget": link,
+        }
+        stream = view.get_archive(path)
+
+        def chunks() -> Iterator[bytes]:
+            while True:
+                data = stream.read(chunk_size)
+                if not data:
+                    return
+                yield data
+
+        return chunks(), info
+
+    def put_archive(self, path: str, data: Source) -> bool:
+        """As docker-py: extract a tar (bytes, a binary file or an iterable of chunks; plain, gzip or zstd)
+        into the existing directory ``path`` of the container, through copy-up. Returns True."""
+        from .layers import as_source
+
+        self._guard()
+        self._view().put_archive(path, as_source(data))
+        return True
+
     def size(self) -> ContainerSize:
         rw = self._view().upper_size()
         return ContainerSize(rw=rw, virtual=rw + self.image.size)
@@ -269,6 +305,20 @@ class Container:
 
     def remove(self, volumes: bool = False) -> None:
         self._store.containers.remove(self.id, volumes=volumes)
+
+
+def _go_file_mode(mode: int) -> int:
+    """A POSIX ``st_mode`` in Go's ``os.FileMode`` encoding (what Docker's archive API reports)."""
+    go = stat.S_IMODE(mode) & 0o777
+    kinds = {stat.S_IFDIR: 1 << 31, stat.S_IFLNK: 1 << 27, stat.S_IFBLK: 1 << 26, stat.S_IFCHR: (1 << 26) | (1 << 21), stat.S_IFIFO: 1 << 25, stat.S_IFSOCK: 1 << 24}
+    go |= kinds.get(stat.S_IFMT(mode), 0)
+    if mode & stat.S_ISUID:
+        go |= 1 << 23
+    if mode & stat.S_ISGID:
+        go |= 1 << 22
+    if mode & stat.S_ISVTX:
+        go |= 1 << 20
+    return go
 
 
 def _copy_stream(stream: Any, dest: str | os.PathLike[str] | IO[bytes]) -> None:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["Layer", "Layers", "Source"]
 
 #: What an archive can be read from: a host path, a binary file object, or an iterable of bytes chunks.
-Source = Union[str, "os.PathLike[str]", IO[bytes], Iterable[bytes]]
+Source = Union[str, "os.PathLike[str]", bytes, IO[bytes], Iterable[bytes]]
 
 ProgressCallback = Callable[[int], None]
 

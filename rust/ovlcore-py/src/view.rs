@@ -16,9 +16,9 @@ use rustix::fs::OFlags;
 
 use crate::errors::IntoPy;
 use crate::io::Progress;
-use ovlcore_core::cp::{copy_in, copy_out, CopyOptions, Owner};
+use ovlcore_core::cp::{copy_in, copy_out, extract_into, CopyOptions, Owner};
 use std::os::fd::AsFd;
-use crate::layers::{make_stream, TarStream};
+use crate::layers::{make_stream, Source, TarStream};
 use ovlcore_core::layer::LayerTar;
 use ovlcore_core::rw::{commit_layer, dir_usage};
 
@@ -226,8 +226,8 @@ impl View {
     /// `ns`: (atime_ns, mtime_ns), or None for now.
     #[pyo3(signature = (path, ns=None, follow_symlinks=true))]
     fn utime(&self, py: Python<'_>, path: PathBuf, ns: Option<(i128, i128)>, follow_symlinks: bool) -> PyResult<()> {
-        let split = |n: i128| ((n.div_euclid(1_000_000_000)) as i64, (n.rem_euclid(1_000_000_000)) as i64);
-        let times = ns.map(|(a, m)| (split(a), split(m)));
+        let ts = |n: i128| rustix::fs::Timespec { tv_sec: n.div_euclid(1_000_000_000) as i64, tv_nsec: n.rem_euclid(1_000_000_000) as _ };
+        let times = ns.map(|(a, m)| rustix::fs::Timestamps { last_access: ts(a), last_modification: ts(m) });
         py.detach(|| self.inner.utime(&path, times, follow_symlinks)).py()
     }
 
@@ -361,5 +361,20 @@ impl View {
             copy_in(&self.inner, dir.as_fd(), &name, &dst, opts)
         })
         .py()
+    }
+
+    // ----- docker-py's archive API -----
+
+    /// A tar of the entry at `path` and everything below it (named from its base name).
+    fn get_archive(&self, py: Python<'_>, path: PathBuf) -> PyResult<TarStream> {
+        let view = self.inner.clone();
+        let tar = py.detach(|| LayerTar::subtree(view, &path)).py()?;
+        make_stream(tar, None)
+    }
+
+    /// Extract a tar (path or binary file object; plain, gzip or zstd) into the existing directory `path`.
+    fn put_archive(&self, py: Python<'_>, path: PathBuf, source: Source) -> PyResult<u64> {
+        let reader = source.reader()?;
+        py.detach(|| extract_into(&self.inner, &path, reader)).py()
     }
 }

@@ -66,7 +66,36 @@ impl LayerTar {
     /// The flattened merged file system of a view (`docker export`): mount contents left out.
     pub fn merged(view: Arc<View>) -> Result<LayerTar> {
         let root = view.list(Path::new("/"))?;
-        let walker = MergedWalker { view, stack: vec![(PathBuf::from("/"), reversed(root))], links: HashMap::new() };
+        let walker = MergedWalker {
+            view,
+            base: PathBuf::from("/"),
+            exclude_mounts: true,
+            stack: vec![(PathBuf::from("/"), reversed(root))],
+            links: HashMap::new(),
+        };
+        Ok(LayerTar::new(Source::Merged(Box::new(walker))))
+    }
+
+    /// The entry at `path` of a view and everything below it, named from its base name (docker's
+    /// `get_archive`); mount contents included. A final symlink is archived as the link.
+    pub fn subtree(view: Arc<View>, path: &Path) -> Result<LayerTar> {
+        let r = view.resolve(path, false)?.require()?;
+        if r.path == Path::new("/") {
+            let mut t = LayerTar::merged(view)?;
+            if let Source::Merged(w) = &mut t.source {
+                w.exclude_mounts = false;
+            }
+            return Ok(t);
+        }
+        let parent = r.path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let kind = r.kind().expect("exists");
+        let walker = MergedWalker {
+            view,
+            base: parent.clone(),
+            exclude_mounts: false,
+            stack: vec![(parent, vec![(r.name.clone(), kind)])],
+            links: HashMap::new(),
+        };
         Ok(LayerTar::new(Source::Merged(Box::new(walker))))
     }
 
@@ -312,6 +341,9 @@ fn reversed(mut v: Vec<(OsString, Kind)>) -> Vec<(OsString, Kind)> {
 /// Walks a merged view for `docker export`.
 struct MergedWalker {
     view: Arc<View>,
+    /// Entry names are paths relative to this directory.
+    base: PathBuf,
+    exclude_mounts: bool,
     stack: Vec<(PathBuf, Vec<(OsString, Kind)>)>,
     links: HashMap<(u64, u64), Vec<u8>>,
 }
@@ -331,13 +363,13 @@ impl MergedWalker {
                 }
             };
             let path = dir.join(&name);
-            if self.view.mounts.iter().any(|m| path.starts_with(&m.target)) {
+            if self.exclude_mounts && self.view.mounts.iter().any(|m| path.starts_with(&m.target)) {
                 continue;
             }
             let view = self.view.clone();
             let r = view.resolve(&path, false)?;
             let meta = view.meta(&r)?;
-            let rel = path.strip_prefix("/").expect("absolute").as_os_str().as_bytes().to_vec();
+            let rel = path.strip_prefix(&self.base).expect("below the base").as_os_str().as_bytes().to_vec();
             let xattrs = if meta.kind() == Kind::Symlink {
                 Vec::new()
             } else {

@@ -154,14 +154,14 @@ struct Importer<'a> {
 }
 
 /// Everything the tar says about one entry, read before its content.
-struct Header {
-    perm: u32,
-    uid: u32,
-    gid: u32,
-    mtime: Timespec,
-    atime: Option<Timespec>,
-    dev: (u32, u32),
-    xattrs: Vec<(CString, Vec<u8>)>,
+pub(crate) struct Header {
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timespec,
+    pub atime: Option<Timespec>,
+    pub dev: (u32, u32),
+    pub xattrs: Vec<(CString, Vec<u8>)>,
 }
 
 impl<'a> Importer<'a> {
@@ -626,7 +626,7 @@ fn parse_time(v: &str) -> Option<Timespec> {
     Some(Timespec { tv_sec: secs, tv_nsec: nanos })
 }
 
-fn read_header<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Header> {
+pub(crate) fn read_header<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Header> {
     let h = entry.header();
     let kind = h.entry_type();
     // Like Go's archive/tar, an empty numeric field reads as 0; anything else must parse.

@@ -513,19 +513,13 @@ impl View {
     }
 
     /// Set access and modification times (`None`: now).
-    pub fn utime(&self, path: &Path, times: Option<((i64, i64), (i64, i64))>, follow: bool) -> Result<()> {
+    pub fn utime(&self, path: &Path, times: Option<Timestamps>, follow: bool) -> Result<()> {
         let r = self.resolve(path, follow)?.require()?;
         let t = self.prepare(&r, true)?;
-        let ts = match times {
-            Some(((asec, ans), (msec, mns))) => Timestamps {
-                last_access: Timespec { tv_sec: asec, tv_nsec: ans as _ },
-                last_modification: Timespec { tv_sec: msec, tv_nsec: mns as _ },
-            },
-            None => {
-                let now = Timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW as _ };
-                Timestamps { last_access: now, last_modification: now }
-            }
-        };
+        let ts = times.unwrap_or_else(|| {
+            let now = Timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW as _ };
+            Timestamps { last_access: now, last_modification: now }
+        });
         rustix::fs::utimensat(t.dir.as_fd(), &t.name, &ts, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| Error::from(e).at(r.path.as_os_str()))
     }
 
