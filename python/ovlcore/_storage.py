@@ -222,4 +222,30 @@ def recover(layout: Layout) -> list[str]:
         for entry in os.listdir(layout.trash):
             _ovlcore.remove_tree(str(layout.trash / entry))
             removed.append(f"trash/{entry}")
+    # Copy-ups in progress are built in each container's scratch directory, named after their process.
+    with contextlib.suppress(FileNotFoundError):
+        for cid in os.listdir(layout.containers):
+            scratch = layout.container(cid) / "scratch"
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                for entry in os.listdir(scratch):
+                    if not _owner_alive(entry):
+                        _ovlcore.remove_tree(str(scratch / entry))
+                        removed.append(f"containers/{cid}/scratch/{entry}")
     return removed
+
+
+def _owner_alive(scratch_name: str) -> bool:
+    """Scratch entries are named ``tmp-<pid>-<suffix>``: is that process still running?"""
+    parts = scratch_name.split("-")
+    if len(parts) < 3 or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -28,7 +28,7 @@ from .errors import AmbiguousReference, ContainerNotFound, InvalidReference, Nam
 from .fs import ContainerFS
 from .images import Image, format_time, parse_time
 from .layers import Source
-from .references import check_name
+from .references import check_name, full_tag
 
 if TYPE_CHECKING:
     from .mounts import Mount
@@ -183,30 +183,29 @@ class Container:
         history entry. The container goes on working. The new layer shares the writable layer's files
         (hard links) instead of copying them; a later change to one of them copies it first."""
         from ._changes import apply_changes
+        from .layers import StagedLayer
 
         self._guard()
         store = self._store
         image = self.image
         apply_changes({}, changes)
-        parent = image.top_layer
         with Staging(store._layout) as st:
             content = st.path / "diff"
             content.mkdir()
             diff_id, tar_size, size = self._view().commit(str(content), shared_file=str(self.dir / "shared-inodes"))
-            layer = store.layers._publish(st, diff_id, size, tar_size, parent, retain=False)
-        try:
-            return store.images.create(
-                layer=layer,
-                parent=image.id,
-                tag=tag,
+            staged = StagedLayer(st, diff_id, size, tar_size, image.top_layer)
+            config = store.images._child_config(
+                image,
+                staged.diff_id,
                 created_by=created_by if created_by is not None else " ".join(self.command),
                 comment=message or "",
                 author=author,
                 changes=changes,
             )
-        except BaseException:
-            store._collect_layers([layer.chain_id])
-            raise
+            with store.images._stage_image(config, image.id) as ist:
+                with store._lock.exclusive():
+                    store.layers._publish_locked(staged, retain=False)
+                    return store.images._publish_locked(ist, config, full_tag(tag) if tag is not None else None)
 
     def export(self, dest: str | os.PathLike[str] | IO[bytes]) -> None:
         """``docker export``: the flattened merged file system as one tar (mount contents excluded)."""
@@ -406,15 +405,21 @@ class Containers:
         labels: dict[str, str] | None = None,
         command: builtins.list[str] | None = None,
     ) -> Container:
-        """A new container: an empty writable layer on top of ``image``'s layers (nothing is copied)."""
-        from .mounts import prepare_mounts
+        """A new container: an empty writable layer on top of ``image``'s layers (nothing is copied).
+        ``mounts``: :class:`~ovlcore.Mount` objects (or ``--mount``/``-v`` strings); missing named volumes are
+        created, and an empty volume on an image directory is first filled with its content."""
+        from .mounts import plan_mounts
 
         store = self._store
         img = store.images.get(image)
         if name is not None:
             name = check_name(name)
+        plans = plan_mounts(store, img, mounts)
         cid = secrets.token_hex(32)
-        with Staging(store._layout) as st:
+        with contextlib.ExitStack() as cleanup, Staging(store._layout) as st:
+            for plan in plans:
+                cleanup.callback(plan.close)
+                plan.stage(store, img.fs._view)
             for sub in ("diff", "work", "scratch"):
                 (st.path / sub).mkdir()
             record: dict[str, Any] = {
@@ -434,7 +439,7 @@ class Containers:
                     raise NameConflict(f"Conflict. The container name {name!r} is already in use")
                 if store.images._maybe(img.id) is None:
                     raise ContainerNotFound(f"image {img.id} was removed meanwhile")
-                record["mounts"] = prepare_mounts(store, img, mounts, cid)
+                record["mounts"] = [plan.publish_locked(store) for plan in plans]
                 write_json(st.path / "container.json", record)
                 st.publish(store._layout.container(cid))
         return Container(store, record)

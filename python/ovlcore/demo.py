@@ -108,8 +108,7 @@ class Demo:
         self.c.print(t)
 
     def layer_step(self, parent: Image, created_by: str, entries: list[tuple[str, bytes | None, int]], tag: str) -> Image:
-        layer = self.store.layers._apply(io.BytesIO(_tar(entries)), parent=parent.top_layer, retain=False)
-        img = self.store.images.create(layer=layer, parent=parent, tag=tag, created_by=created_by)
+        img = self.store.images.apply(parent, io.BytesIO(_tar(entries)), tag=tag, created_by=created_by)
         self.made_images.append(img.id)
         return img
 

@@ -306,26 +306,57 @@ class Images:
         message: str | None = None,
         changes: builtins.list[str] | None = None,
         progress: ProgressCallback | None = None,
+        max_size: int | None = None,
     ) -> Image:
         """``docker import``: a one-layer base image from a root file system archive (tar, gzip or zstd)."""
+        origin = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "-"
+        return self._build(
+            None, source, tag=tag, created_by="", comment=message if message is not None else f"Imported from {origin}",
+            author=None, changes=changes, progress=progress, max_size=max_size,
+        )
+
+    def apply(
+        self,
+        parent: str | Image,
+        source: Source,
+        *,
+        tag: str | None = None,
+        created_by: str = "",
+        comment: str = "",
+        author: str | None = None,
+        changes: builtins.list[str] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Image:
+        """A build step: a new image = ``parent`` + the layer tar ``source`` applied on its top layer + a
+        history entry (``created_by`` as in ``docker history``). Layer and image appear together."""
+        return self._build(
+            self.get(parent), source, tag=tag, created_by=created_by, comment=comment, author=author,
+            changes=changes, progress=progress, max_size=None,
+        )
+
+    def _build(
+        self,
+        base: Image | None,
+        source: Source,
+        *,
+        tag: str | None,
+        created_by: str,
+        comment: str,
+        author: str | None,
+        changes: builtins.list[str] | None,
+        progress: ProgressCallback | None,
+        max_size: int | None,
+    ) -> Image:
         if tag is not None:
-            full_tag(tag)
-        cfg: dict[str, Any] = {}
-        apply_changes(cfg, changes)  # fail on bad changes before reading anything
-        layer = self._store.layers._apply(source, parent=None, retain=False, progress=progress)
-        try:
-            origin = source if isinstance(source, str) else "-"
-            return self.create(
-                layer=layer,
-                parent=None,
-                tag=tag,
-                comment=message if message is not None else f"Imported from {origin}",
-                created_by="",
-                changes=changes,
-            )
-        except BaseException:
-            self._store._collect_layers([layer.chain_id])
-            raise
+            tag = full_tag(tag)
+        apply_changes({}, changes)  # fail on bad changes before reading anything
+        layers = self._store.layers
+        with layers._stage(source, parent=base.top_layer if base else None, progress=progress, max_size=max_size) as staged:
+            config = self._child_config(base, staged.diff_id, created_by=created_by, comment=comment, author=author, changes=changes)
+            with self._stage_image(config, base.id if base else None) as st:
+                with self._store._lock.exclusive():
+                    layers._publish_locked(staged, retain=False)
+                    return self._publish_locked(st, config, tag)
 
     def create(
         self,
@@ -339,10 +370,9 @@ class Images:
         changes: builtins.list[str] | None = None,
         config: dict[str, Any] | None = None,
     ) -> Image:
-        """A new image: ``parent``'s layers plus ``layer`` (which must sit on the parent's top layer), and
-        a history entry. ``layer=None`` records a config-only step (``empty_layer``). This is what
-        ``commit`` uses, and what tools that build images layer by layer can use."""
-        store = self._store
+        """A new image: ``parent``'s layers plus ``layer`` (already in the store, sitting on the parent's
+        top layer: see :meth:`Layers.apply`), and a history entry. ``layer=None`` records a config-only step
+        (``empty_layer``), as ``CMD`` or ``ENV`` lines of a Dockerfile do."""
         base = self.get(parent) if parent is not None else None
         if tag is not None:
             tag = full_tag(tag)
@@ -352,6 +382,23 @@ class Images:
                 raise ValueError(
                     f"layer {layer.chain_id[:19]} sits on {layer.parent_chain_id}, not on the parent image's top layer {want_parent}"
                 )
+        cfg = self._child_config(
+            base, layer.diff_id if layer else None, created_by=created_by, comment=comment, author=author, changes=changes, config=config
+        )
+        return self._add(cfg, parent=base.id if base else None, tag=tag)
+
+    def _child_config(
+        self,
+        base: Image | None,
+        diff_id: str | None,
+        *,
+        created_by: str,
+        comment: str,
+        author: str | None,
+        changes: builtins.list[str] | None,
+        config: dict[str, Any] | None = None,
+    ) -> bytes:
+        """The config of ``base`` + one step: a layer ``diff_id`` (or none: ``empty_layer``) and history."""
         now = datetime.now(timezone.utc)
         if base is not None:
             cfg = base.config
@@ -367,34 +414,45 @@ class Images:
         if author:
             entry["author"] = author
             cfg["author"] = author
-        if layer is None:
+        if diff_id is None:
             entry["empty_layer"] = True
         else:
-            cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []}).setdefault("diff_ids", []).append(layer.diff_id)
+            cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []}).setdefault("diff_ids", []).append(diff_id)
         cfg.setdefault("history", []).append(entry)
-        return self._add(encode_config(cfg), parent=base.id if base else None, tag=tag)
+        return encode_config(cfg)
 
-    def _add(self, config: bytes, *, parent: str | None, tag: str | None, check_layers: bool = True) -> Image:
-        """Publish an image record for ``config`` (whose layers are all in the store)."""
-        store = self._store
-        image_id = _ovlcore.sha256(config)
-        with Staging(store._layout) as st:
+    def _stage_image(self, config: bytes, parent: str | None) -> Staging:
+        st = Staging(self._store._layout)
+        try:
             (st.path / "config.json").write_bytes(config)
             write_json(st.path / "image.json", {"parent": parent, "added": format_time(datetime.now(timezone.utc))})
-            with store._lock.exclusive():
-                img = Image(store, image_id, config, {"parent": parent})
-                if check_layers:
-                    for chain in img.chain_ids:
-                        if not store._layout.layer(chain).exists():
-                            raise LayerNotFound(f"layer {chain} of the new image is not in the store")
-                dest = store._layout.image(image_id)
-                if not dest.exists():
-                    st.publish(dest)
-                if tag is not None:
-                    self._set_tag(tag, image_id)
-        found = self._maybe(image_id)
-        assert found is not None
-        return found
+        except BaseException:
+            st.close()
+            raise
+        return st
+
+    def _publish_locked(self, st: Staging, config: bytes, tag: str | None) -> Image:
+        """Publish a staged image (unless the store has it) and tag it; the caller holds the store lock.
+        Every layer the config names must be in the store."""
+        store = self._store
+        image_id = _ovlcore.sha256(config)
+        meta = read_json(st.path / "image.json")
+        img = Image(store, image_id, config, meta)
+        for chain in img.chain_ids:
+            if not store._layout.layer(chain).exists():
+                raise LayerNotFound(f"layer {chain} of the new image is not in the store")
+        dest = store._layout.image(image_id)
+        if not dest.exists():
+            st.publish(dest)
+        if tag is not None:
+            self._set_tag(tag, image_id)
+        return img
+
+    def _add(self, config: bytes, *, parent: str | None, tag: str | None) -> Image:
+        """Publish an image record for ``config`` (whose layers are all in the store)."""
+        with self._stage_image(config, parent) as st:
+            with self._store._lock.exclusive():
+                return self._publish_locked(st, config, tag)
 
     # ----- tags -----
 

@@ -102,6 +102,34 @@ class TarReader(io.RawIOBase):
         return self._stream.size
 
 
+class StagedLayer:
+    """A layer extracted into a staging directory, not yet visible. A context manager: leaving it removes
+    whatever was not published."""
+
+    def __init__(self, staging: Staging, diff_id: str, size: int, tar_size: int, parent: Layer | None) -> None:
+        self.staging = staging
+        self.parent = parent
+        self.chain_id = _ovlcore.chain_id(parent.chain_id if parent else None, diff_id)
+        self.record: dict[str, Any] = {
+            "chain_id": self.chain_id,
+            "diff_id": diff_id,
+            "parent": parent.chain_id if parent else None,
+            "size": size,
+            "tar_size": tar_size,
+            "created": datetime.now(timezone.utc).isoformat(),
+        }
+
+    @property
+    def diff_id(self) -> str:
+        return str(self.record["diff_id"])
+
+    def __enter__(self) -> StagedLayer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.staging.close()
+
+
 class Layer:
     """One layer of the store. Immutable: its content directory :attr:`path` must never be changed."""
 
@@ -254,9 +282,23 @@ class Layers:
         progress: ProgressCallback | None = None,
         max_size: int | None = None,
     ) -> Layer:
+        with self._stage(source, parent=parent, progress=progress, max_size=max_size) as staged:
+            with self._store._lock.exclusive():
+                return self._publish_locked(staged, retain)
+
+    def _stage(
+        self,
+        source: Source,
+        *,
+        parent: Layer | str | None,
+        progress: ProgressCallback | None = None,
+        max_size: int | None = None,
+    ) -> StagedLayer:
+        """Extract a layer tar into a staging directory (no lock held: this is the long part)."""
         store = self._store
         parent_layer = self.get(parent) if isinstance(parent, str) else parent
-        with Staging(store._layout) as st:
+        st = Staging(store._layout)
+        try:
             content = st.path / "diff"
             content.mkdir()
             diff_id, size, tar_size = _ovlcore.import_layer(
@@ -268,35 +310,27 @@ class Layers:
                 max_size=max_size,
                 progress=progress,
             )
-            return self._publish(st, diff_id, size, tar_size, parent_layer, retain)
+            return StagedLayer(st, diff_id, size, tar_size, parent_layer)
+        except BaseException:
+            st.close()
+            raise
 
-    def _publish(
-        self, st: Staging, diff_id: str, size: int, tar_size: int, parent: Layer | None, retain: bool
-    ) -> Layer:
-        """Record and publish a staged layer (content in ``st.path/diff``), unless the store has it."""
+    def _publish_locked(self, staged: StagedLayer, retain: bool) -> Layer:
+        """Publish a staged layer, or return the store's copy when it has one (the store lock is held
+        exclusively by the caller, who may publish what references the layer in the same hold)."""
         store = self._store
-        chain = _ovlcore.chain_id(parent.chain_id if parent else None, diff_id)
-        record = {
-            "chain_id": chain,
-            "diff_id": diff_id,
-            "parent": parent.chain_id if parent else None,
-            "size": size,
-            "tar_size": tar_size,
-            "created": datetime.now(timezone.utc).isoformat(),
-            "retained": retain,
-        }
-        write_json(st.path / "layer.json", record)
-        dest = store._layout.layer(chain)
-        with store._lock.exclusive():
-            if parent is not None and not store._layout.layer(parent.chain_id).exists():
-                raise LayerNotFound(f"parent layer {parent.chain_id} was removed meanwhile")
-            existing = self._read(chain)
-            if existing is not None:
-                if retain and not existing._record.get("retained"):
-                    existing._record["retained"] = True
-                    write_json(existing.dir / "layer.json", existing._record)
-                return existing
-            st.publish(dest)
+        parent = staged.parent
+        if parent is not None and not store._layout.layer(parent.chain_id).exists():
+            raise LayerNotFound(f"parent layer {parent.chain_id} was removed meanwhile")
+        existing = self._read(staged.chain_id)
+        if existing is not None:
+            if retain and not existing._record.get("retained"):
+                existing._record["retained"] = True
+                write_json(existing.dir / "layer.json", existing._record)
+            return existing
+        record = dict(staged.record, retained=retain)
+        write_json(staged.staging.path / "layer.json", record)
+        staged.staging.publish(store._layout.layer(staged.chain_id))
         return Layer(store, record)
 
     def remove(self, digest: str) -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import posixpath
+import secrets
 import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
+from . import _ovlcore
+from ._storage import Staging
 from .references import check_name
 
 if TYPE_CHECKING:
@@ -148,11 +151,67 @@ def as_mount(m: Mount | str | dict[str, Any]) -> Mount:
     raise TypeError(f"a mount is a Mount, a --mount string or a dict, not {type(m).__name__}")
 
 
-def prepare_mounts(store: Store, image: Image, mounts: Iterable[Mount | str | dict[str, Any]], container_id: str) -> list[dict[str, Any]]:
-    """Check mounts and make their volumes (store lock held): named volumes are created when missing,
-    sourceless ones become anonymous volumes, and an empty volume mounted on an image directory is filled
-    with that directory's content (mode and owner too) unless ``nocopy``."""
-    records = []
+class MountPlan:
+    """One mount of a container being created. Volume data is prepared in a staging directory outside the
+    store lock (:meth:`stage`), then published together with the container (:meth:`publish_locked`)."""
+
+    def __init__(self, mount: Mount, image_kind: str | None) -> None:
+        self.mount = mount
+        self.anonymous = mount.type == "volume" and mount.source is None
+        self.name = secrets.token_hex(32) if self.anonymous else mount.source
+        self.fill = mount.type == "volume" and image_kind == "dir" and not mount.nocopy
+        self.staging: Staging | None = None
+
+    def stage(self, store: Store, view: Any) -> None:
+        """Build the volume's directory (filled from the image where it will be used) in staging, unless an
+        existing volume already holds data."""
+        if self.mount.type != "volume":
+            return
+        existing = store.volumes._read(str(self.name))
+        if existing is not None and (not self.fill or os.listdir(existing.mountpoint)):
+            return
+        st = Staging(store._layout)
+        try:
+            data = st.path / "_data"
+            data.mkdir(mode=0o755)
+            os.chmod(data, 0o755)
+            if self.fill:
+                view.copy_out(self.mount.target, str(st.path), "_data", follow_symlinks=True, archive=True, contents=True)
+                _take_attrs(store, str(data), view.stat(self.mount.target))
+                _ovlcore.sync_fs(str(data))
+        except BaseException:
+            st.close()
+            raise
+        self.staging = st
+
+    def publish_locked(self, store: Store) -> dict[str, Any]:
+        """Create the volume or fill it if it is still empty (store lock held); the mount's record."""
+        m = self.mount
+        if m.type == "volume":
+            vols = store.volumes
+            existing = vols._read(str(self.name))
+            if existing is None:
+                if self.staging is None:  # the volume vanished since staging: make an empty one
+                    vols._create_locked(self.name, None, self.anonymous)
+                else:
+                    vols._publish_locked(self.staging, str(self.name), None, self.anonymous)
+            elif self.staging is not None and self.fill and not os.listdir(existing.mountpoint):
+                os.rename(self.staging.path / "_data", existing.mountpoint)
+            m = Mount(m.target, self.name, type="volume", read_only=m.read_only, nocopy=m.nocopy)
+        rec = m.to_record()
+        rec["anonymous"] = self.anonymous
+        return rec
+
+    def close(self) -> None:
+        if self.staging is not None:
+            self.staging.close()
+
+
+def plan_mounts(store: Store, image: Image, mounts: Iterable[Mount | str | dict[str, Any]]) -> list[MountPlan]:
+    """Check a container's mounts against the image: bind sources must exist, a volume may not cover an
+    image file, targets are unique. An empty volume mounted on an image directory is to be filled with that
+    directory's content (mode and owner too) unless ``nocopy``."""
+    plans = []
     targets: set[str] = set()
     view = None
     for raw in mounts:
@@ -164,26 +223,15 @@ def prepare_mounts(store: Store, image: Image, mounts: Iterable[Mount | str | di
             assert m.source is not None
             if not os.path.lexists(m.source):
                 raise FileNotFoundError(2, f"bind source path does not exist: {m.source}", m.source)
-            records.append(m.to_record())
+            plans.append(MountPlan(m, None))
             continue
         if view is None:
             view = image.fs._view
         kind = view.kind(m.target, True)
         if kind is not None and kind != "dir":
             raise NotADirectoryError(20, f"cannot mount volume over image {kind} {m.target}", m.target)
-        name = m.source
-        anonymous = name is None
-        vol = store.volumes._ensure(name, anonymous=anonymous, container=container_id)
-        m = Mount(m.target, vol.name, type="volume", read_only=m.read_only, nocopy=m.nocopy)
-        data = vol.mountpoint
-        if kind == "dir" and not m.nocopy and not os.listdir(data):
-            view.copy_out(m.target, str(data.parent), data.name, follow_symlinks=True, archive=True, contents=True)
-            st = view.stat(m.target)
-            _take_attrs(store, str(data), st)
-        rec = m.to_record()
-        rec["anonymous"] = anonymous
-        records.append(rec)
-    return records
+        plans.append(MountPlan(m, kind))
+    return plans
 
 
 def _take_attrs(store: Store, path: str, st: Any) -> None:

@@ -86,7 +86,21 @@ class Store:
         self.containers = Containers(self)
         self.volumes = Volumes(self)
         self._closed = False
-        _storage.recover(self._layout)
+        self._recover()
+
+    def _recover(self) -> list[str]:
+        """Remove what crashed operations left: staging directories, trash, scratch files, and layers a
+        crash published without the image that was to use them (a live operation publishes both in one
+        hold of the store lock, so only a dead one leaves such a layer)."""
+        removed = _storage.recover(self._layout)
+        with self._lock.exclusive():
+            trash = self._unused_layers(self._unreferenced_layers())
+        self._empty(trash)
+        return removed + [f"layers/{p.name}" for p, _ in trash]
+
+    def _unreferenced_layers(self) -> list[str]:
+        used = self._image_chains()
+        return ["sha256:" + n for n in os.listdir(self._layout.layers) if "sha256:" + n not in used]
 
     def _init_info(self) -> str:
         """Read the store's record, writing it on first use. A store keeps the metadata convention it was
@@ -326,5 +340,5 @@ class Store:
                         write_json(self._layout.repositories, repos)
                         report.repaired.append(f"tag {tag}: removed")
         if repair:
-            report.repaired.extend(f"{p}: removed" for p in _storage.recover(self._layout))
+            report.repaired.extend(f"{p}: removed" for p in self._recover())
         return report

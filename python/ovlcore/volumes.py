@@ -99,21 +99,17 @@ class Volumes:
             check_name(name, "volume")
         if self._read(name) is not None:
             raise NameConflict(f"volume {name!r} already exists")
-        record = {"name": name, "labels": dict(labels or {}), "created": format_time(datetime.now(timezone.utc)), "anonymous": anonymous}
         with Staging(store._layout) as st:
             (st.path / "_data").mkdir(mode=0o755)
             os.chmod(st.path / "_data", 0o755)
-            write_json(st.path / "volume.json", record)
-            st.publish(store._layout.volume(name))
-        return Volume(store, record)
+            return self._publish_locked(st, name, labels, anonymous)
 
-    def _ensure(self, name: str | None, *, anonymous: bool, container: str) -> Volume:
-        """The volume a mount names, created if missing (store lock held)."""
-        if name is not None:
-            found = self._read(name)
-            if found is not None:
-                return found
-        return self._create_locked(name, None, anonymous)
+    def _publish_locked(self, st: Staging, name: str, labels: dict[str, str] | None, anonymous: bool) -> Volume:
+        """Publish a staged volume directory (holding ``_data``) as volume ``name`` (store lock held)."""
+        record = {"name": name, "labels": dict(labels or {}), "created": format_time(datetime.now(timezone.utc)), "anonymous": anonymous}
+        write_json(st.path / "volume.json", record)
+        st.publish(self._store._layout.volume(name))
+        return Volume(self._store, record)
 
     def create(self, name: str | None = None, *, labels: dict[str, str] | None = None) -> Volume:
         """A new volume; without a name, an anonymous one (64 hex digits). Creating an existing named
