@@ -234,6 +234,21 @@ def recover(layout: Layout) -> list[str]:
     return removed
 
 
+def held(lock_path: Path) -> bool:
+    """Whether some process holds the staging lock file ``lock_path``."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def _owner_alive(scratch_name: str) -> bool:
     """Scratch entries are named ``tmp-<pid>-<suffix>``: is that process still running?"""
     parts = scratch_name.split("-")

@@ -310,35 +310,82 @@ class Store:
 
         copy(self, os.fspath(src), os.fspath(dst), follow_symlinks=follow_symlinks, archive=archive, progress=progress)
 
-    def check(self, repair: bool = False) -> CheckReport:
-        """Verify metadata against content: every image's config and layers present, layer records
-        consistent, no leftovers. With ``repair``, remove what is safely removable."""
+    def check(self, repair: bool = False, *, verify_digests: bool = False) -> CheckReport:
+        """Verify metadata against content and report problems: image configs against their ids, every
+        image's layers present, layer records and parents, containers' images and volumes, tags, and
+        leftovers of crashed operations (staging directories, trash, scratch files, orphan layers).
+        ``verify_digests`` also re-hashes every layer's tar against its diff_id (reads everything).
+        With ``repair``, fix what can safely be fixed: leftovers and orphans removed, dangling tags
+        dropped; problems with no safe fix (a missing layer, a corrupt config) stay reported."""
         report = CheckReport()
+        lay = self._layout
         with self._lock.exclusive() if repair else self._lock.shared():
-            for image_id in self.images._ids():
+            for name in sorted(os.listdir(lay.images)):
+                image_id = "sha256:" + name
                 img = self.images._maybe(image_id)
                 if img is None:
                     report.problems.append(f"image {image_id}: record incomplete")
                     continue
                 if _ovlcore.sha256(img.config_bytes) != image_id:
-                    report.problems.append(f"image {image_id}: config digest mismatch")
+                    report.problems.append(f"image {image_id}: config does not match its digest")
                 for chain in img.chain_ids:
-                    if not (self._layout.layer(chain) / "diff").is_dir():
+                    if not (lay.layer(chain) / "diff").is_dir():
                         report.problems.append(f"image {image_id}: layer {chain} missing")
-            for name in os.listdir(self._layout.layers):
-                rec = self._layer_record(name)
-                if rec is None or "sha256:" + name != rec.get("chain_id"):
-                    report.problems.append(f"layer {name}: record missing or inconsistent")
-                elif rec.get("parent") and self._layer_record(str(rec["parent"])) is None:
-                    report.problems.append(f"layer {name}: parent {rec['parent']} missing")
-            for tag, image_id in self.images._repositories().items():
+            for name in sorted(os.listdir(lay.layers)):
+                rec = self._layer_record("sha256:" + name)
+                if rec is None or "sha256:" + name != rec.get("chain_id") or not (lay.layers / name / "diff").is_dir():
+                    report.problems.append(f"layer sha256:{name}: record or content missing or inconsistent")
+                    continue
+                if rec.get("parent") and self._layer_record(str(rec["parent"])) is None:
+                    report.problems.append(f"layer sha256:{name}: parent {rec['parent']} missing")
+                if verify_digests:
+                    layer = self.layers.get("sha256:" + name)
+                    with layer.tar() as t:
+                        while t.read(1 << 20):
+                            pass
+                        got = t.diff_id
+                    if got != layer.diff_id:
+                        report.problems.append(f"layer sha256:{name}: content hashes to {got}, recorded {layer.diff_id}")
+            volumes = set(os.listdir(lay.volumes))
+            for rec in self.containers._records():
+                cdir = lay.container(str(rec["id"]))
+                if self.images._maybe(str(rec["image"])) is None:
+                    report.problems.append(f"container {rec['name']}: image {rec['image']} missing")
+                if not (cdir / "diff").is_dir():
+                    report.problems.append(f"container {rec['name']}: writable layer missing")
+                for m in rec.get("mounts") or []:
+                    if m.get("type") == "volume" and m.get("source") not in volumes:
+                        report.problems.append(f"container {rec['name']}: volume {m.get('source')} missing")
+            repos = self.images._repositories()
+            for tag, image_id in sorted(repos.items()):
                 if self.images._maybe(image_id) is None:
                     report.problems.append(f"tag {tag}: image {image_id} missing")
                     if repair:
-                        repos = self.images._repositories()
-                        repos.pop(tag, None)
-                        write_json(self._layout.repositories, repos)
+                        del repos[tag]
+                        write_json(lay.repositories, repos)
                         report.repaired.append(f"tag {tag}: removed")
+            for p in self._leftovers():
+                report.problems.append(f"leftover {p}")
+            for chain in self._unreferenced_layers():
+                rec = self._layer_record(chain)
+                if rec is not None and not rec.get("retained"):
+                    report.problems.append(f"layer {chain}: no image uses it (left by a crash)")
         if repair:
             report.repaired.extend(f"{p}: removed" for p in self._recover())
         return report
+
+    def _leftovers(self) -> list[str]:
+        """Entries crashed operations left in tmp/, trash/ and containers' scratch directories."""
+        out = []
+        for entry in os.listdir(self._layout.trash):
+            out.append(f"trash/{entry}")
+        for entry in os.listdir(self._layout.tmp):
+            base = entry.removesuffix(".lock")
+            lock = self._layout.tmp / f"{base}.lock"
+            if not entry.endswith(".lock") and not entry.endswith(".pending") and not _storage.held(lock):
+                out.append(f"tmp/{entry}")
+        for cid in os.listdir(self._layout.containers):
+            scratch = self._layout.container(cid) / "scratch"
+            if scratch.is_dir():
+                out.extend(f"containers/{cid}/scratch/{e}" for e in os.listdir(scratch) if not _storage._owner_alive(e))
+        return out
