@@ -103,7 +103,11 @@ class StoreLock:
 
     @contextlib.contextmanager
     def _hold(self, op: int) -> Iterator[None]:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Readers open the lock file read-only, so a read-only store can still be read.
+        if op == fcntl.LOCK_SH and self.path.exists():
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, op)
             yield

@@ -3,6 +3,7 @@ number of processes and threads (see :mod:`ovlcore._storage` for the locking mod
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,8 @@ class Store:
         self._layout = Layout(self.root)
         self.root.mkdir(parents=True, exist_ok=True)
         for d in self._layout.dirs():
-            d.mkdir(exist_ok=True)
+            if not d.is_dir():
+                d.mkdir(exist_ok=True)
         self._lock = StoreLock(self._layout.lock)
         self.privilege = self._init_info()
         self.layers = Layers(self)
@@ -86,7 +88,12 @@ class Store:
         self.containers = Containers(self)
         self.volumes = Volumes(self)
         self._closed = False
-        self._recover()
+        try:
+            self._recover()
+        except OSError as e:
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            # A store that may only be read: nothing to recover from here.
 
     def _recover(self) -> list[str]:
         """Remove what crashed operations left: staging directories, trash, scratch files, and layers a
@@ -105,6 +112,10 @@ class Store:
     def _init_info(self) -> str:
         """Read the store's record, writing it on first use. A store keeps the metadata convention it was
         made with: ``root`` (native owners, devices) or ``rootless`` (override xattrs)."""
+        try:
+            return self._check_info(read_json(self._layout.info))
+        except FileNotFoundError:
+            pass
         with self._lock.exclusive():
             try:
                 info = read_json(self._layout.info)
@@ -114,6 +125,9 @@ class Store:
                     raise ValueError(f"OVLCORE_PRIVILEGE must be 'root' or 'rootless', not {privilege!r}") from None
                 info = {"version": _storage.STORE_VERSION, "privilege": privilege}
                 write_json(self._layout.info, info)
+        return self._check_info(info)
+
+    def _check_info(self, info: dict[str, Any]) -> str:
         if info.get("version") != _storage.STORE_VERSION:
             raise OvlError(f"store {self.root} has format version {info.get('version')}, this ovlcore reads {_storage.STORE_VERSION}")
         privilege = str(info["privilege"])
