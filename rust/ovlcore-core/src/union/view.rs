@@ -236,7 +236,9 @@ impl View {
         let must_be_dir = raw.len() > 1 && raw.ends_with(b"/");
         let follow = follow || must_be_dir;
         let mut todo: VecDeque<OsString> = split(raw);
-        let mut stack: Vec<(OsString, Dir)> = vec![(OsString::new(), self.root_dir())];
+        // The directories entered so far (root first) and, alongside, their canonical container path.
+        let mut stack: Vec<Dir> = vec![self.root_dir()];
+        let mut here = PathBuf::from("/");
         let mut links = 0;
         let err = |errno: i32| Error::os(errno, path.as_os_str());
 
@@ -247,22 +249,25 @@ impl View {
             if name == ".." {
                 if stack.len() > 1 {
                     stack.pop();
+                    here.pop();
                 }
                 continue;
             }
             let last = todo.is_empty();
-            let cur = stack.last().expect("root stays").1.clone();
-            let here = self.path_of(&stack, &name);
+            let cur = stack.last().expect("root stays").clone();
+            here.push(&name);
             let found = self.lookup(&cur, &here, &name)?;
             if found.kind() == Some(Kind::Symlink) && (follow || !last) {
                 links += 1;
                 if links > MAX_SYMLINKS {
                     return Err(err(libc::ELOOP));
                 }
+                here.pop();
                 let target = self.readlink_found(&cur, &name, &found)?;
                 let tb = target.as_bytes();
                 if tb.starts_with(b"/") {
                     stack.truncate(1);
+                    here = PathBuf::from("/");
                 }
                 for c in split(tb).into_iter().rev() {
                     todo.push_front(c);
@@ -279,34 +284,26 @@ impl View {
                 None => return Err(err(libc::ENOENT)),
                 Some(Kind::Dir) => {
                     let d = self.descend(&cur, &name, &found).map_err(|e| e.at(path.as_os_str()))?;
-                    stack.push((name, d));
+                    stack.push(d);
                 }
                 Some(_) => return Err(err(libc::ENOTDIR)),
             }
         }
         // The path ended on a directory already entered (`/`, `x/.`, `x/..`): describe it from its parent.
         if stack.len() == 1 {
-            return Ok(Resolved { path: PathBuf::from("/"), parent: None, name: OsString::new(), found: Found::Root });
+            return Ok(Resolved { path: here, parent: None, name: OsString::new(), found: Found::Root });
         }
-        let (name, _) = stack.pop().expect("len > 1");
-        let cur = stack.last().expect("root stays").1.clone();
-        let here = self.path_of(&stack, &name);
+        stack.pop();
+        let name = here.file_name().expect("below the root").to_os_string();
+        let cur = stack.last().expect("root stays").clone();
         let found = self.lookup(&cur, &here, &name)?;
         Ok(Resolved { path: here, parent: Some(cur), name, found })
     }
 
-    fn path_of(&self, stack: &[(OsString, Dir)], name: &OsStr) -> PathBuf {
-        let mut p = PathBuf::from("/");
-        for (n, _) in &stack[1..] {
-            p.push(n);
-        }
-        p.push(name);
-        p
-    }
-
     /// What `name` is in the directory `dir` (whose container path plus name is `here`).
     fn lookup(&self, dir: &Dir, here: &Path, name: &OsStr) -> Result<Found> {
-        if let Some(&idx) = self.mount_at.get(here) {
+        let mount = if self.mounts.is_empty() { None } else { self.mount_at.get(here) };
+        if let Some(&idx) = mount {
             let m = &self.mounts[idx];
             let meta = Meta::from_stat(&sys::lstat_at(m.parent.as_fd(), &m.name).map_err(|e| e.at(m.source.as_os_str()))?);
             return Ok(Found::MountRoot { idx, kind: meta.kind() });
