@@ -15,7 +15,6 @@ import contextlib
 import errno
 import gzip
 import hashlib
-import io
 import lzma
 import os
 import shutil

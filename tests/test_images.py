@@ -15,7 +15,7 @@ import pytest
 import ovlcore
 from ovlcore.errors import AmbiguousReference, ImageInUse, ImageNotFound, InvalidReference
 
-from conftest import TarBuilder, gzip_bytes, sha256_digest, tar_of, zstd_bytes
+from conftest import gzip_bytes, sha256_digest, tar_of, zstd_bytes
 
 ROOTFS = tar_of(
     ("d", "bin"),
@@ -216,6 +216,11 @@ class TestReferences:
         b.tag("third")
         assert sorted(store.images.get(b.id).tags) == ["a:latest", "third:latest"]
 
+    def test_tag_of_a_missing_image(self, store):
+        with pytest.raises(ImageNotFound):
+            store.images.tag("missing:1", "new")
+        assert store.images.list() == []
+
     def test_list_newest_first(self, store):
         imgs = [store.images.import_archive(layer_tar(str(i)), tag=f"img{i}") for i in range(3)]
         listed = store.images.list()
@@ -320,6 +325,13 @@ class TestRemove:
         assert [i.id for i in store.images.list()] == [tagged.id]
         assert [layer.chain_id for layer in store.layers.list()] == [tagged.layers[0].chain_id]
 
+    def test_prune_keeps_layers_shared_with_kept_images(self, store):
+        keep = store.images.import_archive(ROOTFS, tag="keep", message="kept")
+        store.images.import_archive(ROOTFS, message="dangling, same layer")
+        store.images.prune()
+        assert [i.id for i in store.images.list()] == [keep.id]
+        assert keep.layers[0].path.is_dir()
+
     def test_prune_all(self, store):
         store.images.import_archive(ROOTFS, tag="keep")
         store.images.prune(all=True)
@@ -376,6 +388,8 @@ class TestCreate:
         other = store.layers.apply(layer_tar("o"), parent=store.layers.apply(layer_tar("p")))
         with pytest.raises(ValueError):
             store.images.create(layer=other, parent=base)
+        with pytest.raises(ValueError):
+            store.images.create(layer=other, parent=None)  # it sits on a layer: a parent image is needed
         assert len(store.images.list()) == 1
 
     def test_config_only_step(self, store):

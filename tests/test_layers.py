@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import stat
@@ -13,7 +12,7 @@ import threading
 import pytest
 
 import ovlcore
-from ovlcore.errors import AmbiguousReference, Conflict, InvalidReference, LayerNotFound
+from ovlcore.errors import Conflict, InvalidReference, LayerNotFound
 
 from conftest import (
     FIXED_MTIME,
@@ -89,6 +88,52 @@ class TestApplySources:
         assert (plain.path / "etc" / "passwd").read_bytes() == b"root:x:0:0:root:/root:/bin/sh\n"
 
 
+class Trickle(io.RawIOBase):
+    """A raw stream returning at most ``n`` bytes per read, as pipes and sockets may."""
+
+    def __init__(self, data: bytes, n: int) -> None:
+        self._b = io.BytesIO(data)
+        self._n = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        d = self._b.read(min(len(buf), self._n))
+        buf[: len(d)] = d
+        return len(d)
+
+
+class TestShortReadsAndFailingSources:
+    @pytest.mark.parametrize("compression", ["plain", "gzip", "zstd"])
+    @pytest.mark.parametrize("n", [1, 3, 1000])
+    def test_short_reads(self, store, compression, n):
+        data = {"plain": lambda b: b, "gzip": gzip_bytes, "zstd": zstd_bytes}[compression](BASE)
+        layer = store.layers.apply(Trickle(data, n))
+        assert layer.diff_id == sha256_digest(BASE)
+
+    def test_chunks_of_one_byte_first(self, store):
+        data = gzip_bytes(BASE)
+        assert store.layers.apply(iter([data[:1], data[1:2], data[2:]])).diff_id == sha256_digest(BASE)
+
+    def test_error_raised_by_the_source_propagates(self, store):
+        # A failing source (a dropped connection) is not a malformed archive: its own exception
+        # reaches the caller, and nothing is left behind.
+        def chunks():
+            yield BASE[:1024]
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+        with pytest.raises(ConnectionResetError):
+            store.layers.apply(chunks())
+        assert store.layers.list() == []
+        assert os.listdir(store.root / "tmp") == []
+
+    def test_non_bytes_chunks_are_a_type_error(self, store):
+        with pytest.raises(TypeError):
+            store.layers.apply(["not", "bytes"])
+        assert store.layers.list() == []
+
+
 class TestIdentity:
     def test_diff_id_is_sha256_of_uncompressed_tar(self, store):
         t = tar_of(("f", "a", b"x" * 10000))
@@ -148,6 +193,18 @@ class TestIdentity:
             .bytes()
         )
         assert store.layers.apply(t).size == 5 + 1000 + 1
+
+    def test_pax_global_header_is_ignored_and_kept(self, store):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "global", "mtime": "1"}) as tf:
+            ti = tarfile.TarInfo("f")
+            ti.size, ti.mtime = 2, FIXED_MTIME
+            tf.addfile(ti, io.BytesIO(b"hi"))
+        data = buf.getvalue()
+        layer = store.layers.apply(data)
+        assert os.listdir(layer.path) == ["f"]
+        assert os.lstat(layer.path / "f").st_mtime == FIXED_MTIME
+        assert layer.tar().read() == data
 
     def test_concurrent_applies_of_one_tar_make_one_layer(self, store):
         results: list[str] = []
@@ -389,10 +446,10 @@ class TestOpaque:
         l1 = store.layers.apply(t, parent=l0)
         assert os.listdir(l1.path / "etc") == ["x"]
 
-    def test_opaque_xattr_in_an_archive_is_not_honoured(self, store):
+    def test_opaque_xattr_in_an_archive_is_not_honoured(self, any_store):
         # Storage-format xattrs come from markers only, never from the archive's own xattrs.
         t = TarBuilder().dir("etc", xattrs={"trusted.overlay.opaque": "y", "user.overlay.opaque": "y"}).bytes()
-        fs = apply_view(store, BASE, t)
+        fs = apply_view(any_store, BASE, t)
         assert fs.listdir("/etc") == ["hosts", "passwd"]
 
 
@@ -522,8 +579,16 @@ class TestMetadata:
     def test_devices(self, any_store):
         if any_store.privilege == "root" and not IS_ROOT:
             pytest.skip("device nodes need root")
-        t = TarBuilder().dir("dev").chardev("dev/null", 1, 3, mode=0o666).blockdev("dev/sda", 8, 0, mode=0o660, gid=6).bytes()
+        t = (
+            TarBuilder()
+            .dir("dev")
+            .chardev("dev/null", 1, 3, mode=0o666)
+            .blockdev("dev/sda", 8, 0, mode=0o660, gid=6)
+            .chardev("dev/big", 511, 1_000_000, mode=0o600)
+            .bytes()
+        )
         fs = apply_view(any_store, t)
+        assert fs.lstat("/dev/big").st_rdev == os.makedev(511, 1_000_000)
         null, sda = fs.lstat("/dev/null"), fs.lstat("/dev/sda")
         assert stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1 and os.minor(null.st_rdev) == 3
         assert stat.S_IMODE(null.st_mode) == 0o666

@@ -95,6 +95,16 @@ def test_reopen_removes_staging_left_by_a_crash(sandbox):
     assert os.listdir(s.root / "tmp") == []
 
 
+def test_store_prune_removes_unreferenced_layers(store):
+    kept = store.images.import_archive(tar_of(("f", "k", b"k")), tag="kept")
+    loose = store.layers.apply(tar_of(("f", "l", b"loose")))  # kept by apply until removed or pruned
+    report = store.prune()
+    assert loose.chain_id.removeprefix("sha256:") in report.deleted or loose.chain_id in report.deleted
+    assert report.space_reclaimed >= len(b"loose")
+    assert [layer.chain_id for layer in store.layers.list()] == [kept.layers[0].chain_id]
+    assert store.images.get("kept").fs.read_bytes("/k") == b"k"
+
+
 # ----- errors ----------------------------------------------------------------------------------------
 
 

@@ -243,6 +243,16 @@ class TestRead:
         # not followed: fine
         assert stat.S_ISLNK(fs.lstat("/self").st_mode)
 
+    def test_trailing_slash_in_a_link_target_requires_a_directory(self, store):
+        # As in the kernel: `l -> f/` with f a regular file does not resolve (ENOTDIR).
+        t = TarBuilder().file("f", b"x").dir("d").symlink("lf", "f/").symlink("labs", "/f/").symlink("ld", "d/").bytes()
+        fs = image_chain(store, [t]).fs
+        assert fs.is_dir("/ld")
+        for p in ("/lf", "/labs"):
+            assert not fs.exists(p), p
+            assert_oserror(NotADirectoryError, errno.ENOTDIR, p, lambda p=p: fs.stat(p))
+            assert_oserror(NotADirectoryError, errno.ENOTDIR, p, lambda p=p: fs.read_bytes(p))
+
     def test_readlink(self, fs):
         assert fs.readlink("/lib") == "usr/lib"
         assert fs.readlink("/passwdlink") == "/etc/passwd"
@@ -326,3 +336,35 @@ class TestIsolation:
         assert img.layers == []
         assert img.fs.listdir("/") == []
         assert not img.fs.exists("/etc")
+
+
+class TestLayerRecreation:
+    """A layer removed and imported again lives at the same path (its chain id) but is a new directory.
+    Views and imports must use the new one even while an older view of the old one is still alive."""
+
+    TAR = TarBuilder().dir("d").file("d/x", b"hello").file("d/y", b"y").bytes()
+
+    def test_new_view_after_reimport_while_an_old_view_lives(self, store):
+        old_fs = store.images.import_archive(self.TAR, tag="a").fs
+        assert old_fs.read_bytes("/d/x") == b"hello"
+        store.images.remove("a")
+        fs = store.images.import_archive(self.TAR, tag="a").fs
+        assert fs.listdir("/d") == ["x", "y"]
+        assert fs.read_bytes("/d/x") == b"hello"
+
+    def test_new_view_after_reimport_while_an_unused_old_view_lives(self, store):
+        old_fs = store.images.import_archive(self.TAR, tag="a").fs  # never read
+        store.images.remove("a")
+        fs = store.images.import_archive(self.TAR, tag="a").fs
+        assert fs.listdir("/d") == ["x", "y"]
+        assert fs.read_bytes("/d/y") == b"y"
+        del old_fs
+
+    def test_import_on_a_recreated_parent_keeps_its_whiteouts(self, store):
+        old_fs = store.images.import_archive(self.TAR, tag="a").fs  # a view of the base stack stays alive
+        store.images.remove("a")
+        base = store.layers.apply(self.TAR)
+        top = store.layers.apply(TarBuilder().dir("d").whiteout("d/x").bytes(), parent=base)
+        fs = store.images.create(layer=top, parent=store.images.create(layer=base)).fs
+        assert fs.listdir("/d") == ["y"]
+        del old_fs
