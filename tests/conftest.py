@@ -325,7 +325,6 @@ class Sandbox:
         self.outside = tmp_path / "outside"
         self.outside.mkdir()
         (self.outside / "secret").write_text("host secret\n")
-        self._before: dict[str, tuple] | None = None
 
     def snapshot_outside(self) -> dict[str, tuple]:
         """Everything under ``tmp_path`` except the store."""

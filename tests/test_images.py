@@ -180,6 +180,20 @@ class TestReferences:
         # a longer prefix tells them apart
         assert store.images.get(img.id[7:40]) == img
 
+    def test_a_tag_wins_over_an_id_prefix(self, store):
+        # Docker resolves a reference as a name first.
+        by_id = store.images.import_archive(ROOTFS)
+        prefix = by_id.id[7:13]
+        by_tag = store.images.import_archive(layer_tar("t"), tag=prefix)
+        assert store.images.get(prefix) == by_tag
+        assert store.images.get("sha256:" + prefix) == by_id
+
+    def test_remove_by_prefix_untags_and_deletes(self, store):
+        img = store.images.import_archive(ROOTFS, tag="one")
+        out = store.images.remove(img.id[7:15])
+        assert out == ["Untagged: one:latest", f"Deleted: {img.id}"]
+        assert store.images.list() == []
+
     def test_unknown_references(self, store):
         store.images.import_archive(ROOTFS, tag="present")
         for ref in ("absent", "absent:tag", "present:other", "sha256:" + "f" * 64, "ffffffff"):
@@ -331,6 +345,16 @@ class TestRemove:
         store.images.prune()
         assert [i.id for i in store.images.list()] == [keep.id]
         assert keep.layers[0].path.is_dir()
+
+    def test_prune_keeps_untagged_parents_of_other_images(self, store):
+        # Docker's dangling images are untagged images no other image is built on; an untagged
+        # parent of a tagged image is an intermediate image, kept (its id stays in the history).
+        base = store.images.import_archive(ROOTFS)
+        child = derive(store, base, layer_tar("c"), tag="child")
+        report = store.images.prune()
+        assert base.id not in report.deleted
+        assert store.images.get(base.id) == base
+        assert [e.id for e in store.images.get("child").history()] == [child.id, base.id]
 
     def test_prune_all(self, store):
         store.images.import_archive(ROOTFS, tag="keep")

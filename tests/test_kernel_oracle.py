@@ -104,7 +104,9 @@ def layers(draw, index: int) -> Layer:
         if any(a in layer.entries and layer.entries[a]["kind"] != "dir" for a in paths):
             return False
         for a in paths:
-            layer.entries.setdefault(a, meta("dir"))
+            if a not in layer.entries:
+                # Some directories have no entry of their own: the importer creates them (implied).
+                layer.entries[a] = {**meta("dir"), "implied": draw(st.booleans())}
         return True
 
     path_st = st.sampled_from(all_paths())
@@ -130,9 +132,16 @@ def layers(draw, index: int) -> Layer:
             if files:
                 layer.entries[p] = {"kind": "hardlink", "link": draw(st.sampled_from(files))}
 
+    # Known product bug (see test_layers.py::TestWhiteouts): `.wh.d` followed by something under an implied
+    # `d` fails. Generated stacks avoid that one pattern so this test keeps looking for other bugs.
+    for d in layer.whiteouts:
+        if d in layer.entries:
+            layer.entries[d].pop("implied", None)
+
     # A random tar order in which every directory entry precedes what lies below it and a hard link's
     # target precedes the link (as in any tar); whiteouts and opaque markers go anywhere after their parent.
-    items = [("entry", p) for p in layer.entries] + [("whiteout", p) for p in layer.whiteouts] + [("opaque", p) for p in layer.opaques]
+    items = [("entry", p) for p, e in layer.entries.items() if not e.get("implied")]
+    items += [("whiteout", p) for p in layer.whiteouts] + [("opaque", p) for p in layer.opaques]
     items = draw(st.permutations(sorted(items)))
     done: set[tuple[str, str]] = set()
 
@@ -140,8 +149,9 @@ def layers(draw, index: int) -> Layer:
         if item in done:
             return
         what, p = item
-        for a in parents(p):
-            emit(("entry", a))
+        for a in parents(p) + ([p] if what == "opaque" and p in layer.whiteouts else []):
+            if not layer.entries[a].get("implied"):
+                emit(("entry", a))
         if what == "entry" and layer.entries[p]["kind"] == "hardlink":
             emit(("entry", layer.entries[p]["link"]))
         done.add(item)
@@ -169,13 +179,25 @@ def model_tree(stack: list[Layer]) -> dict[str, dict]:
         for q in [q for q in tree if q.startswith(p + "/") or (q == p and not keep_self)]:
             del tree[q]
 
+    implied_meta = {"kind": "dir", "mode": 0o755, "uid": 0, "gid": 0, "mtime": None}
     for layer in stack:
         # Deletions act on the layers below only, before anything this layer adds.
         for d in layer.opaques:
             drop(d, keep_self=True)
         for p in layer.whiteouts:
             drop(p)
+        made: set[str] = set()  # directories this layer has already put in place
         for what, p in layer.order:
+            # Missing directories above an entry (and the directory of an opaque marker) are created
+            # root-owned 0755, replacing any lower non-directory and topping any lower directory.
+            for a in parents(p) + ([p] if what == "opaque" else []):
+                if a in made:
+                    continue
+                made.add(a)
+                old = tree.get(a)
+                if old is None or old["kind"] != "dir":
+                    drop(a)
+                tree[a] = dict(implied_meta)
             if what != "entry":
                 continue
             e = dict(layer.entries[p])
@@ -185,8 +207,7 @@ def model_tree(stack: list[Layer]) -> dict[str, dict]:
             if not (e["kind"] == "dir" and old is not None and old["kind"] == "dir"):
                 drop(p)
             tree[p] = e
-        # Directories implied by opaque markers and whiteouts are explicit entries here, so every
-        # directory of this layer is already in the tree.
+            made.add(p)
     return tree
 
 
@@ -276,6 +297,16 @@ def view_tree(fs: ovlcore.ContainerFS) -> set[str]:
     return seen
 
 
+def logical(st_: os.stat_result) -> tuple:
+    return (stat.S_IMODE(st_.st_mode), st_.st_uid, st_.st_gid, st_.st_mtime_ns)
+
+
+def expected(m: dict, actual: os.stat_result) -> tuple:
+    """The model's metadata; an implied directory's time is whenever it was made."""
+    mtime = actual.st_mtime_ns if m["mtime"] is None else m["mtime"] * 10**9
+    return (m["mode"], m["uid"], m["gid"], mtime)
+
+
 def meta_of(st_: os.stat_result, *, with_size: bool) -> tuple:
     return (stat.S_IFMT(st_.st_mode), stat.S_IMODE(st_.st_mode), st_.st_uid, st_.st_gid, st_.st_mtime_ns) + ((st_.st_size,) if with_size else ())
 
@@ -326,8 +357,7 @@ def check_mount(mnt: Path, fs: ovlcore.ContainerFS, model: dict[str, dict], priv
         elif m["kind"] == "symlink":
             assert k["target"] == m["target"], p
         if native and m["kind"] != "symlink":
-            assert (stat.S_IMODE(k["st"].st_mode), k["st"].st_uid, k["st"].st_gid, k["st"].st_mtime_ns) == (
-                m["mode"], m["uid"], m["gid"], m["mtime"] * 10**9), p
+            assert logical(k["st"]) == expected(m, k["st"]), p
 
     # 2. the view shows the same tree as the kernel
     assert sorted(view_tree(fs)) == sorted(ktree), "view tree differs from the kernel's"
@@ -341,8 +371,7 @@ def check_mount(mnt: Path, fs: ovlcore.ContainerFS, model: dict[str, dict], priv
             assert stat.S_IFMT(vst.st_mode) == stat.S_IFMT(k["st"].st_mode), cp
             m = model[p]
             if m["kind"] != "symlink":  # the view reports the recorded (logical) metadata
-                assert (stat.S_IMODE(vst.st_mode), vst.st_uid, vst.st_gid, vst.st_mtime_ns) == (
-                    m["mode"], m["uid"], m["gid"], m["mtime"] * 10**9), cp
+                assert logical(vst) == expected(m, vst), cp
         if k["kind"] == "dir":
             assert fs.listdir(cp) == k["list"], cp
         elif k["kind"] == "file":

@@ -339,6 +339,12 @@ class TestWhiteouts:
         assert fs.listdir("/usr") == ["new"]
         assert not fs.exists("/usr/lib")
 
+    def test_whiteout_then_opaque_marker_then_directory(self, store):
+        # `.wh.usr`, `usr/.wh..wh..opq`, `usr/`: delete the lower /usr, re-add it (opaque) in this layer.
+        t = TarBuilder().whiteout("usr").opaque("usr").dir("usr").file("usr/new", b"n").bytes()
+        fs = apply_view(store, BASE, t)
+        assert fs.listdir("/usr") == ["new"]
+
     def test_whiteout_after_implied_parent_directory(self, store):
         t = TarBuilder().file("usr/new", b"n").whiteout("usr").bytes()
         fs = apply_view(store, BASE, t)
@@ -612,6 +618,19 @@ class TestMetadata:
             st = fs.stat(d)
             assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o755
             assert (st.st_uid, st.st_gid) == (0, 0)
+
+    def test_root_without_an_entry_is_0755_whatever_the_umask(self, any_store):
+        # Like Docker's overlay2 diff directories (made 0755 explicitly), the layer root of an archive
+        # without a `./` entry must not depend on the importing process's umask.
+        old = os.umask(0o077)
+        try:
+            fs = apply_view(any_store, tar_of(("f", "a/b", b"x"), ("d", "c")))
+        finally:
+            os.umask(old)
+        st = fs.stat("/")
+        assert stat.S_IMODE(st.st_mode) == 0o755
+        assert (st.st_uid, st.st_gid) == (0, 0)
+        assert stat.S_IMODE(fs.stat("/a").st_mode) == 0o755
 
     def test_root_entry_sets_root_metadata(self, any_store):
         t = TarBuilder().dir("./", mode=0o750, mtime=1_300_000_000).file("f", b"x").bytes()
