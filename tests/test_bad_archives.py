@@ -95,6 +95,24 @@ def test_file_through_a_symlink_to_outside(store, sandbox):
     no_host_path(str(sandbox.outside / "file"))
 
 
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo", "chardev"])
+def test_other_entry_kinds_through_a_symlink(any_store, sandbox, kind):
+    t = TarBuilder().file("real", b"r").symlink("link", str(sandbox.outside))
+    name = "link/planted"
+    if kind == "symlink":
+        t.symlink(name, "/etc/passwd")
+    elif kind == "hardlink":
+        t.hardlink(name, "real")
+    elif kind == "fifo":
+        t.fifo(name)
+    else:
+        if any_store.privilege == "root" and os.geteuid() != 0:
+            pytest.skip("device nodes need root")
+        t.chardev(name, 1, 3)
+    expect_refused(any_store, sandbox, t.bytes(), name)
+    no_host_path(str(sandbox.outside / "planted"))
+
+
 def test_file_through_a_relative_symlink_climbing_out(store, sandbox):
     t = TarBuilder().symlink("up", "../../../..").file("up/planted", b"evil").bytes()
     expect_refused(store, sandbox, t, "up/planted")

@@ -539,6 +539,23 @@ class TestMetadata:
         assert fs.stat("/f").st_mtime_ns == 1_600_000_000_123_456_789
         assert fs.stat("/d").st_mtime_ns == 1_500_000_000_500_000_000
 
+    @pytest.mark.parametrize(
+        "value,ns",
+        [("1.000000001", 1_000_000_001), ("1600000000.1", 1_600_000_000_100_000_000), ("-86400", -86_400 * 10**9),
+         ("-1.5", -1_500_000_000), ("-0.25", -250_000_000)],
+    )
+    def test_pax_mtime_values(self, store, value, ns):
+        # PAX times are decimal seconds, negative ones included (before 1970).
+        fs = apply_view(store, TarBuilder().file("f", b"x", pax={"mtime": value}).bytes())
+        assert fs.stat("/f").st_mtime_ns == ns
+
+    def test_gnu_base256_numbers(self, any_store):
+        t = TarBuilder(format=tarfile.GNU_FORMAT).file("f", b"x", uid=3_000_000, gid=4_000_000, mtime=-86400).bytes()
+        layer = any_store.layers.apply(t)
+        st = any_store.images.create(layer=layer).fs.stat("/f")
+        assert (st.st_uid, st.st_gid, st.st_mtime_ns) == (3_000_000, 4_000_000, -86_400 * 10**9)
+        assert layer.tar().read() == t
+
     def test_xattrs_from_pax_schily(self, any_store):
         t = TarBuilder().file("f", b"x", xattrs={"user.comment": "hello", "user.other": "v2"}).dir("d", xattrs={"user.d": "dir"}).bytes()
         fs = apply_view(any_store, t)
