@@ -81,6 +81,12 @@ class TestApplySources:
         layer = store.layers.apply(zstd_bytes(BASE))
         assert layer.diff_id == sha256_digest(BASE)
 
+    def test_multi_member_gzip(self, store):
+        # pigz and concatenated gzip files: several members form one stream.
+        half = len(BASE) // 2
+        layer = store.layers.apply(gzip_bytes(BASE[:half]) + gzip_bytes(BASE[half:]))
+        assert layer.diff_id == sha256_digest(BASE)
+
     def test_content_is_the_same_whatever_the_compression(self, store):
         plain = store.layers.apply(BASE)
         gz = store.layers.apply(gzip_bytes(BASE))
