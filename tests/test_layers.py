@@ -20,6 +20,7 @@ from conftest import (
     TarBuilder,
     chain_id,
     gzip_bytes,
+    image_chain,
     is_opaque,
     is_whiteout,
     needs_root,
@@ -42,14 +43,7 @@ BASE = tar_of(
 
 def apply_view(store: ovlcore.Store, *tars: bytes) -> ovlcore.ContainerFS:
     """Apply ``tars`` as a stack (bottom first) and return the merged read-only view of it."""
-    img = None
-    parent = None
-    for t in tars:
-        layer = store.layers.apply(t, parent=parent)
-        img = store.images.create(layer=layer, parent=img)
-        parent = layer
-    assert img is not None
-    return img.fs
+    return image_chain(store, list(tars)).fs
 
 
 # ----- sources, identity -------------------------------------------------------------------------
