@@ -41,9 +41,12 @@ def main(path: str) -> int:
         for b in sorted(items, key=lambda b: b["stats"]["median"]):
             s = b["stats"]
             line = f"  {b['name']:<42} mean {fmt(s['mean']):>10}  median {fmt(s['median']):>10}  rounds {s['rounds']:>7}"
-            if ours and b not in ours:
-                o = ours[0]["stats"]
+            o = ours[0]["stats"] if ours else None
+            role = b.get("extra_info", {}).get("role")
+            if o and role == "baseline":
                 line += f"   ours/this: mean {o['mean'] / s['mean']:.2f}x median {o['median'] / s['median']:.2f}x"
+            elif o and role == "info":
+                line += f"   this/ours: mean {s['mean'] / o['mean']:.3g}x median {s['median'] / o['median']:.3g}x"
             print(line)
     failed = 0
     print("\ntargets:")
