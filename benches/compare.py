@@ -1,0 +1,68 @@
+"""Ratios of ovlcore to its baselines, from a pytest-benchmark JSON report, checked against the targets.
+
+    pytest benches --benchmark-only --benchmark-json=/tmp/bench.json
+    python benches/compare.py /tmp/bench.json
+
+Exit status 1 when a target is missed (or its benchmarks are missing from the report).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+#: (group, ours, baseline, the largest acceptable ratio of ours to the baseline, by mean and median)
+TARGETS = [
+    ("layer-apply", "test_apply_ovlcore", "test_apply_tar_x", 1.0),
+    ("union-stat", "test_stat_ovlcore", "test_stat_kernel", 2.0),
+    ("union-listdir", "test_listdir_ovlcore", "test_listdir_kernel", 2.0),
+]
+
+
+def fmt(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def main(path: str) -> int:
+    with open(path) as f:
+        report = json.load(f)
+    benches = {b["name"]: b for b in report["benchmarks"]}
+    groups: dict[str, list[dict]] = {}
+    for b in report["benchmarks"]:
+        groups.setdefault(b["group"] or "", []).append(b)
+    print(f"machine: {report.get('machine_info', {}).get('cpu', {}).get('brand_raw', '?')}, "
+          f"{report.get('machine_info', {}).get('cpu', {}).get('count', '?')} CPUs; {report.get('datetime', '')}")
+    for group, items in groups.items():
+        ours = [b for b in items if b.get("extra_info", {}).get("role") == "ours"]
+        print(f"\n[{group}]")
+        for b in sorted(items, key=lambda b: b["stats"]["median"]):
+            s = b["stats"]
+            line = f"  {b['name']:<42} mean {fmt(s['mean']):>10}  median {fmt(s['median']):>10}  rounds {s['rounds']:>7}"
+            o = ours[0]["stats"] if ours else None
+            role = b.get("extra_info", {}).get("role")
+            if o and role == "baseline":
+                line += f"   ours/this: mean {o['mean'] / s['mean']:.2f}x median {o['median'] / s['median']:.2f}x"
+            elif o and role == "info":
+                line += f"   this/ours: mean {s['mean'] / o['mean']:.3g}x median {s['median'] / o['median']:.3g}x"
+            print(line)
+    failed = 0
+    print("\ntargets:")
+    for group, ours, base, limit in TARGETS:
+        if ours not in benches or base not in benches:
+            print(f"  {group}: MISSING ({ours} or {base} not in the report)")
+            failed += 1
+            continue
+        o, b = benches[ours]["stats"], benches[base]["stats"]
+        rm, rmed = o["mean"] / b["mean"], o["median"] / b["median"]
+        ok = rm <= limit and rmed <= limit
+        failed += not ok
+        print(f"  {group}: {ours} / {base} = {rm:.2f}x (mean), {rmed:.2f}x (median); target <= {limit:g}x: "
+              f"{'met' if ok else 'MISSED'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
