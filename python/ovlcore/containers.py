@@ -27,7 +27,7 @@ from ._storage import Staging, move_to_trash, read_json, write_json
 from .errors import AmbiguousReference, ContainerNotFound, InvalidReference, NameConflict
 from .fs import ContainerFS
 from .images import Image, format_time, parse_time
-from .layers import Source
+from .layers import Source, make_layer_root
 from .references import check_name, full_tag
 
 if TYPE_CHECKING:
@@ -190,8 +190,7 @@ class Container:
         image = self.image
         apply_changes({}, changes)
         with Staging(store._layout) as st:
-            content = st.path / "diff"
-            content.mkdir()
+            content = make_layer_root(st.path / "diff")
             diff_id, tar_size, size = self._view().commit(str(content), shared_file=str(self.dir / "shared-inodes"))
             staged = StagedLayer(st, diff_id, size, tar_size, image.top_layer)
             config = store.images._child_config(
@@ -420,7 +419,8 @@ class Containers:
             for plan in plans:
                 cleanup.callback(plan.close)
                 plan.stage(store, img.fs._view)
-            for sub in ("diff", "work", "scratch"):
+            make_layer_root(st.path / "diff")
+            for sub in ("work", "scratch"):
                 (st.path / sub).mkdir()
             record: dict[str, Any] = {
                 "id": cid,

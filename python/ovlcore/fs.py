@@ -156,16 +156,18 @@ class ContainerFS:
                 if onerror is not None:
                     onerror(e)
                 continue
-            dirs = [e.name for e in entries if e.is_dir(follow_symlinks=followlinks)]
-            files = [e.name for e in entries if not e.is_dir(follow_symlinks=followlinks)]
+            # As os.walk: a symlink to a directory is listed with the directories, entered only when
+            # following links.
+            dirs = [e.name for e in entries if e.is_dir()]
+            files = [e.name for e in entries if not e.is_dir()]
+            links = {e.name for e in entries if e.is_symlink()}
             base = item.rstrip("/")
-            if topdown:
-                yield item, dirs, files
-                for d in reversed(dirs):
-                    stack.append(f"{base}/{d}")
-            else:
+            if not topdown:
                 stack.append((item, dirs, files))
-                for d in reversed(dirs):
+            else:
+                yield item, dirs, files
+            for d in reversed(dirs):
+                if followlinks or d not in links:
                     stack.append(f"{base}/{d}")
 
     def readlink(self, path: str | os.PathLike[str]) -> str:
@@ -188,6 +190,9 @@ class ContainerFS:
             fd = self._open_write(p, flags)
         else:
             fd = self._view.open_read(p, True)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", p)
         try:
             f = io.open(fd, mode, buffering, encoding, errors, newline, closefd=True)
         except BaseException:

@@ -520,10 +520,14 @@ class Images:
         with store._lock.exclusive():
             repos = self._repositories()
             tagged = set(repos.values())
+            # An untagged image that other images were built from is not dangling (as in Docker).
+            parents = {img.parent_id for i in self._ids() if (img := self._maybe(i)) is not None and img.parent_id}
             for image_id in self._ids():
                 if store._containers_using(image_id):
                     continue
                 if image_id in tagged and not all:
+                    continue
+                if image_id in parents and not all:
                     continue
                 img = self._maybe(image_id)
                 if img is None:

@@ -31,6 +31,14 @@ Source = Union[str, "os.PathLike[str]", bytes, IO[bytes], Iterable[bytes]]
 ProgressCallback = Callable[[int], None]
 
 
+def make_layer_root(path: Path) -> Path:
+    """A layer's (or writable layer's) root directory: 0755 whatever the umask, as Docker makes it. An
+    archive's ``./`` entry, if any, sets it afterwards."""
+    path.mkdir()
+    os.chmod(path, 0o755)
+    return path
+
+
 class _ChunkReader:
     """A ``read(n)`` file interface over an iterable of bytes chunks."""
 
@@ -299,8 +307,7 @@ class Layers:
         parent_layer = self.get(parent) if isinstance(parent, str) else parent
         st = Staging(store._layout)
         try:
-            content = st.path / "diff"
-            content.mkdir()
+            content = make_layer_root(st.path / "diff")
             diff_id, size, tar_size = _ovlcore.import_layer(
                 as_source(source),
                 str(content),

@@ -273,7 +273,7 @@ class Store:
             chains = [str(rec["chain_id"]) for n in names if (rec := self._layer_record(n)) and rec["chain_id"] not in used]
             trash = self._unused_layers(chains, include_retained=True)
         self._empty(trash)
-        report.deleted.extend(str(p.name) for p, _ in trash)
+        report.deleted.extend(chain for chain in chains if not self._layout.layer(chain).exists())
         report.space_reclaimed += sum(s for _, s in trash)
         return report
 

@@ -271,13 +271,14 @@ pub fn makedev(major: u32, minor: u32) -> u64 {
 pub fn rootless_storage(attrs: &Attrs) -> (u32, bool) {
     let real = match attrs.kind {
         Kind::Dir => (attrs.perm & 0o777) | 0o700,
-        Kind::File | Kind::Char | Kind::Block => (attrs.perm & 0o777) | 0o600,
+        Kind::File | Kind::Char | Kind::Block | Kind::Fifo => (attrs.perm & 0o777) | 0o600,
         _ => attrs.perm & 0o777,
     };
+    // Devices and FIFOs are regular files on disk: only the override says what they are.
     let needs = attrs.uid != 0
         || attrs.gid != 0
         || real != attrs.perm
-        || matches!(attrs.kind, Kind::Char | Kind::Block);
+        || matches!(attrs.kind, Kind::Char | Kind::Block | Kind::Fifo);
     (real, needs)
 }
 

@@ -1,6 +1,6 @@
 //! Compression of layer streams: detection by magic bytes, decoding and encoding of gzip and zstd.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 
 use crate::error::{Error, Result};
 
@@ -45,11 +45,21 @@ impl Compression {
 }
 
 /// A reader of the decompressed bytes of `input`, whatever its (supported) compression.
-pub fn decompressed<'a, R: Read + 'a>(input: R) -> Result<Box<dyn Read + 'a>> {
-    let mut buffered = BufReader::with_capacity(1 << 20, input);
-    // The first fill of a fresh BufReader holds what one read() gave: enough for the magic numbers.
-    let head = buffered.fill_buf()?;
-    Ok(match Compression::detect(head)? {
+pub fn decompressed<'a, R: Read + 'a>(mut input: R) -> Result<Box<dyn Read + 'a>> {
+    // Pipes and sockets may hand out a byte at a time: read until the magic numbers are known.
+    let mut head = Vec::with_capacity(6);
+    let mut buf = [0u8; 6];
+    while head.len() < 6 {
+        match input.read(&mut buf[..6 - head.len()]) {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let kind = Compression::detect(&head)?;
+    let buffered = BufReader::with_capacity(1 << 20, io::Cursor::new(head).chain(input));
+    Ok(match kind {
         Compression::None => Box::new(buffered),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),

@@ -148,6 +148,12 @@ pub fn logical_meta(dir: BorrowedFd<'_>, name: &OsStr, raw: Meta, privilege: Pri
     raw.logical(privilege, over)
 }
 
+/// The type a rootless override gives a regular file (`None` without one).
+pub fn override_kind(dir: BorrowedFd<'_>, name: &OsStr) -> Option<Kind> {
+    let v = xattr_get(dir, name, OVERRIDE_XATTR).ok()??;
+    Attrs::from_override(&v, Kind::File).map(|a| a.kind)
+}
+
 /// Whether directory `name` in `dir` is marked opaque (either xattr flavour).
 pub fn is_opaque(dir: BorrowedFd<'_>, name: &OsStr, privilege: Privilege) -> bool {
     matches!(xattr_get(dir, name, privilege.opaque_xattr()), Ok(Some(v)) if v == b"y")

@@ -6,14 +6,21 @@ use ovlcore_core::Error;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-/// A `Read` over a Python binary file object (anything with `read(n)`); takes the GIL per chunk.
+/// A `Read` over a Python binary file object (anything with `read(n)`); takes the GIL per chunk. An
+/// exception raised by the object is kept, so the caller can re-raise it as it was (see [`PyReader::take_error`]).
 pub struct PyReader {
     obj: Py<PyAny>,
+    error: std::sync::Arc<std::sync::Mutex<Option<PyErr>>>,
 }
 
 impl PyReader {
     pub fn new(obj: Py<PyAny>) -> Self {
-        PyReader { obj }
+        PyReader { obj, error: Default::default() }
+    }
+
+    /// A handle to the exception the source raised, if it raises one.
+    pub fn error_slot(&self) -> std::sync::Arc<std::sync::Mutex<Option<PyErr>>> {
+        self.error.clone()
     }
 }
 
@@ -21,12 +28,20 @@ impl Read for PyReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         Python::attach(|py| {
             py.check_signals().map_err(|_| io::Error::other(Error::Cancelled))?;
-            let chunk = self.obj.call_method1(py, "read", (buf.len(),)).map_err(|e| io::Error::other(e.to_string()))?;
-            let bytes = chunk.bind(py).cast::<PyBytes>().map_err(|_| io::Error::other("read() must return bytes"))?;
-            let data = bytes.as_bytes();
-            let n = data.len().min(buf.len());
-            buf[..n].copy_from_slice(&data[..n]);
-            Ok(n)
+            let result = self.obj.call_method1(py, "read", (buf.len(),)).and_then(|chunk| {
+                let bytes = chunk.bind(py).cast::<PyBytes>().map_err(|_| {
+                    pyo3::exceptions::PyTypeError::new_err("the archive source's read() must return bytes")
+                })?;
+                let data = bytes.as_bytes();
+                let n = data.len().min(buf.len());
+                buf[..n].copy_from_slice(&data[..n]);
+                Ok(n)
+            });
+            result.map_err(|e| {
+                let msg = e.to_string();
+                *self.error.lock().unwrap() = Some(e);
+                io::Error::other(format!("reading the source failed: {msg}"))
+            })
         })
     }
 }

@@ -24,13 +24,25 @@ pub enum Source {
     File(Py<PyAny>),
 }
 
+/// The Python exception a source raised, kept to be re-raised unchanged.
+pub type SourceError = std::sync::Arc<std::sync::Mutex<Option<PyErr>>>;
+
 impl Source {
-    pub fn reader(self) -> PyResult<Box<dyn Read + Send>> {
+    pub fn reader(self) -> PyResult<(Box<dyn Read + Send>, SourceError)> {
         Ok(match self {
-            Source::Path(p) => Box::new(File::open(&p).map_err(|e| Error::from(e).at(p.as_os_str())).py()?),
-            Source::File(obj) => Box::new(PyReader::new(obj)),
+            Source::Path(p) => (Box::new(File::open(&p).map_err(|e| Error::from(e).at(p.as_os_str())).py()?), Default::default()),
+            Source::File(obj) => {
+                let r = PyReader::new(obj);
+                let slot = r.error_slot();
+                (Box::new(r), slot)
+            }
         })
     }
+}
+
+/// Map a core error, preferring the exception the Python source raised when that is what failed.
+pub fn source_result<T>(r: Result<T, Error>, slot: &SourceError) -> PyResult<T> {
+    r.map_err(|e| slot.lock().unwrap().take().unwrap_or_else(|| crate::errors::to_py(e)))
 }
 
 /// Import an OCI layer tar (plain, gzip or zstd) into the empty directory `dest`.
@@ -49,9 +61,9 @@ pub fn import_layer(
     progress: Option<Py<PyAny>>,
 ) -> PyResult<(String, u64, u64)> {
     let privilege = parse_privilege(privilege)?;
-    let reader = source.reader()?;
+    let (reader, failure) = source.reader()?;
     let progress = Progress::new(progress);
-    py.detach(|| {
+    let result = py.detach(|| {
         let lower = if lower.is_empty() { None } else { Some(Lower::shared(&lower, privilege)?) };
         let split = match &tarsplit {
             Some(p) => Some(File::create(p).map_err(|e| Error::from(e).at(p.as_os_str()))?),
@@ -61,8 +73,8 @@ pub fn import_layer(
         let opts = ImportOptions { privilege, lower: lower.as_deref(), max_size, progress: Some(&mut report) };
         let r = core_import(reader, &dest, split, opts)?;
         Ok((r.diff_id, r.size, r.tar_size))
-    })
-    .py()
+    });
+    source_result(result, &failure)
 }
 
 struct StreamState {
@@ -161,7 +173,8 @@ impl TarStream {
                 Ok(out)
             })
             .py()?;
-        if size != 0 && data.is_empty() {
+        // The end: an empty read, a read of everything, or a read that came back short.
+        if size < 0 || (size != 0 && (data.len() as i64) < size) {
             self.finished = true;
         }
         Ok(PyBytes::new(py, &data))

@@ -18,7 +18,7 @@ use crate::errors::IntoPy;
 use crate::io::Progress;
 use ovlcore_core::cp::{copy_in, copy_out, extract_into, CopyOptions, Owner};
 use std::os::fd::AsFd;
-use crate::layers::{make_stream, Source, TarStream};
+use crate::layers::{make_stream, source_result, Source, TarStream};
 use ovlcore_core::layer::LayerTar;
 use ovlcore_core::rw::{commit_layer, dir_usage};
 
@@ -164,7 +164,7 @@ impl View {
         let v = py.detach(|| self.inner.getxattr(&path, &attr, follow_symlinks)).py()?;
         match v {
             Some(v) => Ok(PyBytes::new(py, &v)),
-            None => Err(pyo3::exceptions::PyOSError::new_err((libc::ENODATA, "No data available", path))),
+            None => Err(pyo3::exceptions::PyOSError::new_err((libc::ENODATA, "No data available", path.into_os_string()))),
         }
     }
 
@@ -374,7 +374,8 @@ impl View {
 
     /// Extract a tar (path or binary file object; plain, gzip or zstd) into the existing directory `path`.
     fn put_archive(&self, py: Python<'_>, path: PathBuf, source: Source) -> PyResult<u64> {
-        let reader = source.reader()?;
-        py.detach(|| extract_into(&self.inner, &path, reader)).py()
+        let (reader, failure) = source.reader()?;
+        let result = py.detach(|| extract_into(&self.inner, &path, reader));
+        source_result(result, &failure)
     }
 }

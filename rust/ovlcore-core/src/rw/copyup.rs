@@ -113,8 +113,8 @@ pub fn clone_entry(
             Ok(())
         }
         Kind::Fifo | Kind::Char | Kind::Block | Kind::Socket => {
-            let native = privilege == Privilege::Root || meta.kind() == Kind::Fifo;
-            if native {
+            // A rootless store keeps FIFOs and devices as regular files carrying their override.
+            if privilege == Privilege::Root {
                 let ft = match meta.kind() {
                     Kind::Fifo => FileType::Fifo,
                     Kind::Char => FileType::CharacterDevice,
@@ -122,20 +122,18 @@ pub fn clone_entry(
                     _ => FileType::Socket,
                 };
                 rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(0o600), meta.rdev)?;
-                if privilege == Privilege::Root {
-                    rustix::fs::chownat(
-                        dir,
-                        name,
-                        Some(rustix::fs::Uid::from_raw(meta.uid)),
-                        Some(rustix::fs::Gid::from_raw(meta.gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )?;
-                }
-                rustix::fs::chmodat(dir, name, Mode::from_raw_mode(if privilege == Privilege::Root { meta.perm() } else { meta.perm() & 0o777 | 0o600 }), AtFlags::empty())?;
+                rustix::fs::chownat(
+                    dir,
+                    name,
+                    Some(rustix::fs::Uid::from_raw(meta.uid)),
+                    Some(rustix::fs::Gid::from_raw(meta.gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+                rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.perm()), AtFlags::empty())?;
                 rustix::fs::utimensat(dir, name, &times_of(meta), AtFlags::SYMLINK_NOFOLLOW)?;
                 Ok(())
             } else {
-                // Rootless device: an empty file with its override.
+                // Rootless FIFO or device: an empty file with its override.
                 let fd = rustix::fs::openat(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))?;
                 finish_attrs(fd.as_fd(), dir, name, &attrs, &xattrs, meta, privilege)
             }

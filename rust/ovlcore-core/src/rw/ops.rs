@@ -604,7 +604,17 @@ impl View {
         if ft == FileType::CharacterDevice && rdev == 0 {
             return Err(Error::os(libc::EPERM, path.as_os_str()));
         }
-        self.create_at(&r, &|dir, name| Ok(rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(mode), rdev)?))?;
+        let rootless = self.privilege == Privilege::Rootless && r.mount().is_none();
+        self.create_at(&r, &|dir, name| {
+            if rootless {
+                // Kept as the convention says: an empty file whose override names the real type.
+                let fd = rustix::fs::openat(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))?;
+                let a = crate::attrs::Attrs { kind, perm: mode & 0o7777, uid: 0, gid: 0, rdev };
+                apply_attrs(dir, name, Some(fd.as_fd()), &a, self.privilege)
+            } else {
+                Ok(rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(mode), rdev)?)
+            }
+        })?;
         Ok(())
     }
 }

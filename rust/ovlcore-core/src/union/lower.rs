@@ -66,19 +66,42 @@ impl Lower {
         Ok(Lower { layers, privilege, root: Arc::new(Node::new(PathBuf::new(), all)) })
     }
 
-    /// A process-wide shared stack for these layers (immutable, so any holder may reuse it).
+    /// A process-wide shared stack for these layers (immutable, so any holder may reuse it). Stacks are
+    /// found by the identity (device, inode) of their directories, so a layer removed and imported again
+    /// at the same path is never served from a stale stack. The most recently used few stay open even
+    /// when no view holds them, so short-lived views (one call each) stay cheap.
     pub fn shared(paths: &[PathBuf], privilege: Privilege) -> Result<Arc<Lower>> {
-        type Key = (Vec<PathBuf>, Privilege);
-        static CACHE: OnceLock<Mutex<HashMap<Key, Weak<Lower>>>> = OnceLock::new();
-        let cache = CACHE.get_or_init(Default::default);
-        let key = (paths.to_vec(), privilege);
-        if let Some(l) = cache.lock().unwrap().get(&key).and_then(Weak::upgrade) {
-            return Ok(l);
+        type Key = (Vec<(u64, u64)>, Privilege);
+        struct Cache {
+            all: HashMap<Key, Weak<Lower>>,
+            recent: std::collections::VecDeque<(Key, Arc<Lower>)>,
+        }
+        const RECENT: usize = 8;
+        static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+        let cache = CACHE.get_or_init(|| Mutex::new(Cache { all: HashMap::new(), recent: Default::default() }));
+        let mut ids = Vec::with_capacity(paths.len());
+        for p in paths {
+            let st = rustix::fs::stat(p).map_err(|e| crate::Error::from(e).at(p.as_os_str()))?;
+            ids.push((st.st_dev, st.st_ino));
+        }
+        let key = (ids, privilege);
+        let remember = |c: &mut Cache, l: &Arc<Lower>| {
+            c.recent.retain(|(k, _)| *k != key);
+            c.recent.push_front((key.clone(), l.clone()));
+            c.recent.truncate(RECENT);
+        };
+        {
+            let mut c = cache.lock().unwrap();
+            if let Some(l) = c.all.get(&key).and_then(Weak::upgrade) {
+                remember(&mut c, &l);
+                return Ok(l);
+            }
         }
         let l = Arc::new(Lower::open(paths, privilege)?);
-        let mut map = cache.lock().unwrap();
-        map.retain(|_, w| w.strong_count() > 0);
-        map.insert(key, Arc::downgrade(&l));
+        let mut c = cache.lock().unwrap();
+        c.all.retain(|_, w| w.strong_count() > 0);
+        c.all.insert(key.clone(), Arc::downgrade(&l));
+        remember(&mut c, &l);
         Ok(l)
     }
 
@@ -139,6 +162,12 @@ impl Lower {
                         meta.kind()
                     }
                     Some(k) => k,
+                };
+                // A rootless store keeps devices and FIFOs as regular files: their override says so.
+                let kind = if kind == Kind::File && self.privilege == Privilege::Rootless {
+                    sys::override_kind(dir.as_fd(), &name).unwrap_or(kind)
+                } else {
+                    kind
                 };
                 if let Some(b) = map.get_mut(&name) {
                     if !b.sealed {

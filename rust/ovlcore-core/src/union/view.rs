@@ -269,6 +269,10 @@ impl View {
                     stack.truncate(1);
                     here = PathBuf::from("/");
                 }
+                // `link -> dir/`: what the link names must be a directory.
+                if tb.len() > 1 && tb.ends_with(b"/") {
+                    todo.push_front(OsString::from("."));
+                }
                 for c in split(tb).into_iter().rev() {
                     todo.push_front(c);
                 }
@@ -310,7 +314,7 @@ impl View {
         }
         match dir {
             Dir::Mount { idx, fd } => match sys::lstat_at(fd.as_fd(), name) {
-                Ok(st) => Ok(Found::InMount { idx: *idx, kind: Meta::from_stat(&st).kind() }),
+                Ok(st) => Ok(Found::InMount { idx: *idx, kind: self.stored_kind(fd.as_fd(), name, Meta::from_stat(&st).kind()) }),
                 Err(e) if e.is_errno(libc::ENOENT) => Ok(Found::Missing { whiteout: false }),
                 Err(e) => Err(e.at(here.as_os_str())),
             },
@@ -322,7 +326,7 @@ impl View {
                             if meta.is_whiteout() {
                                 return Ok(Found::Missing { whiteout: true });
                             }
-                            return Ok(Found::Upper { kind: meta.kind() });
+                            return Ok(Found::Upper { kind: self.stored_kind(ufd.as_fd(), name, meta.kind()) });
                         }
                         Err(e) if e.is_errno(libc::ENOENT) => {}
                         Err(e) => return Err(e.at(here.as_os_str())),
@@ -335,6 +339,16 @@ impl View {
                 }
                 Ok(Found::Missing { whiteout: false })
             }
+        }
+    }
+
+    /// The type of an entry of the writable layer or a mount: as on disk, except that a rootless store
+    /// keeps devices and FIFOs as regular files whose override names the real type.
+    fn stored_kind(&self, dir: BorrowedFd<'_>, name: &OsStr, on_disk: Kind) -> Kind {
+        if on_disk == Kind::File && self.privilege == Privilege::Rootless {
+            sys::override_kind(dir, name).unwrap_or(on_disk)
+        } else {
+            on_disk
         }
     }
 
@@ -437,8 +451,12 @@ impl View {
     /// The merged listing of a directory: (name, kind), sorted by name.
     pub fn list(&self, path: &Path) -> Result<Vec<(OsString, Kind)>> {
         let r = self.resolve(path, true)?;
-        let dir = self.enter(&r)?;
-        self.list_dir(&dir, &r.path).map_err(|e| e.at(r.path.as_os_str()))
+        // Errors name the path as given, as os.listdir does.
+        let dir = self.enter(&r).map_err(|e| match e {
+            Error::Os { errno, .. } => Error::os(errno, path.as_os_str()),
+            other => other,
+        })?;
+        self.list_dir(&dir, &r.path).map_err(|e| e.at(path.as_os_str()))
     }
 
     pub fn list_dir(&self, dir: &Dir, here: &Path) -> Result<Vec<(OsString, Kind)>> {
@@ -451,6 +469,7 @@ impl View {
                         Some(k) => k,
                         None => Meta::from_stat(&sys::lstat_at(d.as_fd(), &name)?).kind(),
                     };
+                    let kind = self.stored_kind(d.as_fd(), &name, kind);
                     out.push((name, kind));
                 }
             }
@@ -475,6 +494,7 @@ impl View {
                             }
                             Some(k) => k,
                         };
+                        let kind = self.stored_kind(d.as_fd(), &name, kind);
                         merged.insert(name, kind);
                     }
                 }
