@@ -35,7 +35,26 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (host ownership 
 FIXED_MTIME = 1_600_000_000
 
 VENV_BIN = Path(sys.executable).parent
-OVLCORE_BIN = VENV_BIN / "ovlcore"
+
+
+def _find_console_script() -> list[str]:
+    """The installed ``ovlcore`` console script next to this interpreter (a venv), else on PATH, else
+    the same entry point through this interpreter."""
+    import shutil
+
+    here = VENV_BIN / "ovlcore"
+    if here.exists():
+        return [str(here)]
+    found = shutil.which("ovlcore")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "import sys; from ovlcore.cli import main; sys.argv[0] = 'ovlcore'; main()"]
+
+
+#: argv prefix running the ``ovlcore`` command
+OVLCORE_CMD = _find_console_script()
+#: the same as one shell word sequence (for ``sh -c`` and tmux)
+OVLCORE_SH = " ".join(__import__("shlex").quote(a) for a in OVLCORE_CMD)
 
 # --------------------------------------------------------------------------------------------------
 # Tars
@@ -228,7 +247,7 @@ def tar_names(data: bytes) -> list[str]:
 
 def run_cli(*args: str, root: Path | None = None, input: bytes | None = None, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
     """Run the installed ``ovlcore`` console script (stdout and stderr captured as pipes)."""
-    cmd = [str(OVLCORE_BIN)]
+    cmd = list(OVLCORE_CMD)
     if root is not None:
         cmd += ["--root", str(root)]
     cmd += list(args)

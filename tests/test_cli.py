@@ -28,7 +28,6 @@ from ovlcore.cli import cli as ovl_cli
 from _helpers_56 import (
     BASE_ENTRIES,
     IS_ROOT,
-    OVLCORE_BIN,
     PASSWD,
     F,
     make_tar,
@@ -206,6 +205,16 @@ def test_images_json_is_the_same_data(pcli: CLI, base_tar: Path) -> None:
     for d in data:
         assert d["ID"] == img.id and d["Size"] == img.size
         assert datetime.fromisoformat(d["Created"]) == img.created
+
+
+def test_json_for_import_volume_create_and_prune(cli: CLI, base_tar: Path) -> None:
+    d = cli.json("import", str(base_tar), "j:1")
+    assert d == {"ID": cli.store().images.get("j:1").id}
+    assert cli.json("volume", "create", "jv") == {"Name": "jv"}
+    anon = cli.json("volume", "create")["Name"]
+    assert cli.store().volumes.get(anon).anonymous
+    d = cli.json("system", "prune", "-f")
+    assert anon in d["Deleted"] and isinstance(d["SpaceReclaimed"], int)
 
 
 def test_images_quiet_and_no_trunc(cli: CLI, base_tar: Path) -> None:
@@ -774,3 +783,14 @@ def test_human_size(n: int, s: str) -> None:
 def test_human_ago(delta: timedelta, s: str) -> None:
     now = datetime(2024, 1, 1, tzinfo=timezone.utc)
     assert human_ago(now - delta, now) == s
+
+
+@pytest.mark.skipif(IS_ROOT, reason="checks the error an unprivileged user gets")
+def test_mount_unprivileged_is_a_clear_error(tmp_path: Path, base_tar: Path) -> None:
+    root = tmp_path / "s"
+    assert run_cli("import", str(base_tar), "base:1", root=root).returncode == 0
+    assert run_cli("create", "--name", "m", "base:1", root=root).returncode == 0
+    p = run_cli("mount", "m", "--", "true", root=root)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "root" in err or "privilege" in err

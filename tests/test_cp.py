@@ -412,12 +412,41 @@ def test_in_through_container_link_component(env: Env, src: Path) -> None:
 
 
 @needs_root
-def test_out_archive_keeps_owner_and_mode(store: ovlcore.Store, image: ovlcore.Image, tmp_path: Path) -> None:
-    store.containers.create(image, name="c")
-    store.cp("c:/data", str(tmp_path / "a"), archive=True)
+def test_out_archive_keeps_owner_and_mode(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
+    """Host files get real owners when the copier can chown (root), whatever convention the store
+    uses internally: the store's override xattr is no substitute on the host."""
+    pstore.containers.create(pimage, name="c")
+    pstore.cp("c:/data", str(tmp_path / "a"), archive=True)
     for rel, want in {"": (1234, 5678, 0o750), "seed.txt": (1234, 5678, 0o640), "sub": (1234, 5678, 0o711), "sub/deep.txt": (42, 43, 0o600)}.items():
         st = os.lstat(tmp_path / "a" / rel)
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == want, rel
+
+
+def test_mtime_kept_both_ways(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
+    c = pstore.containers.create(pimage, name="c")
+    pstore.cp("c:/srv/dir", str(tmp_path / "d"))
+    assert os.stat(tmp_path / "d" / "one.txt").st_mtime == 1_600_000_000
+    assert os.stat(tmp_path / "d").st_mtime == 1_600_000_000
+    f = tmp_path / "f"
+    f.write_text("x")
+    os.utime(f, (1_000_000_000, 1_000_000_000))
+    pstore.cp(str(f), "c:/tmp/f")
+    assert c.fs.stat("/tmp/f").st_mtime == 1_000_000_000
+
+
+def test_hard_links_kept_both_ways(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
+    c = pstore.containers.create(pimage, name="c")
+    c.fs.link("/srv/a.png", "/srv/hl.png")
+    pstore.cp("c:/srv", str(tmp_path / "out"))
+    assert os.stat(tmp_path / "out" / "a.png").st_ino == os.stat(tmp_path / "out" / "hl.png").st_ino
+    d = tmp_path / "h"
+    d.mkdir()
+    (d / "one").write_text("same")
+    os.link(d / "one", d / "two")
+    pstore.cp(str(d), "c:/tmp/")
+    assert c.fs.stat("/tmp/h/one").st_ino == c.fs.stat("/tmp/h/two").st_ino
+    c.fs.write_text("/tmp/h/one", "changed")
+    assert c.fs.read_text("/tmp/h/two") == "changed"
 
 
 def test_out_without_archive_owner_is_caller_mode_kept(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
@@ -469,6 +498,12 @@ def test_glob_into_container(env: Env, tmp_path: Path) -> None:
         (pics / n).write_text(n)
     env.store.cp(str(pics / "*.png"), "my_container:/shared/")
     assert sorted(os.listdir(env.shared)) == ["x.png", "y.png"]
+
+
+def test_glob_matches_directories_too(env: Env) -> None:
+    env.store.cp("my_container:/srv/*", str(env.host))
+    t = host_tree(env.host)
+    assert sorted(t) == sorted(["a.png", "b.png", "notes.txt", "dir", "dir/one.txt", "dir/nested", "dir/nested/two.txt"])
 
 
 def test_glob_no_match_is_error(env: Env, tmp_path: Path) -> None:

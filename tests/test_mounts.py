@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -642,6 +643,24 @@ def test_kernel_mount_binds_volumes_and_sources(store: ovlcore.Store, image: ovl
 
 
 @needs_root
+def test_kernel_mount_of_rootless_convention_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store made with the rootless convention (opaque markers in ``user.overlay.opaque``) mounts with
+    ``userxattr``; as root that must work too, with its volumes."""
+    from _helpers_56 import open_store
+
+    s = open_store(tmp_path / "rstore", "rootless", monkeypatch)
+    img = import_image(s)
+    c = s.containers.create(img, mounts=[Mount("/data", "rv")])
+    c.fs.rmtree("/srv/dir")
+    c.fs.mkdir("/srv/dir")  # opaque directory
+    c.fs.write_text("/srv/dir/only.txt", "only")
+    with c.mount() as where:
+        assert (where / "etc" / "passwd").read_text() == PASSWD
+        assert sorted(os.listdir(where / "srv" / "dir")) == ["only.txt"]
+        assert (where / "data" / "seed.txt").read_text() == "seed from the image\n"
+
+
+@needs_root
 @pytest.mark.parametrize("order", ["outer_first", "inner_first"])
 def test_kernel_mount_nested_mounts(store: ovlcore.Store, image: ovlcore.Image, order: str) -> None:
     mounts = [Mount("/data", "outer"), Mount("/data/inner", "innervol")]
@@ -723,3 +742,71 @@ def test_vanished_bind_source_error_names_it(orphaned: tuple[ovlcore.Store, Path
     c.remove()
     store.containers.get("lost_vol").remove(volumes=True)
     assert store.containers.list() == []
+
+
+# ==================================================================================================
+# The kernel mount must resolve mount targets inside the container (CVE-2021-30465 class)
+
+
+_ESCAPE_CHILD = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import ovlcore
+from ovlcore import Mount
+from _helpers_56 import BASE_ENTRIES, L, import_image
+tmp, kind = sys.argv[2], sys.argv[3]
+hostside = os.path.join(tmp, "hostside")
+os.mkdir(hostside)
+bind = os.path.join(tmp, "bindsrc")
+os.mkdir(bind)
+s = ovlcore.Store(os.path.join(tmp, "store"))
+img = import_image(s, BASE_ENTRIES + [L("links/to_host", hostside)], tag="esc:1")  # /links/to_root -> / is in BASE_ENTRIES
+target = {"link": "/links/to_host/escape", "root": "/links/to_root" + hostside + "/escape"}[kind]
+mounts = [Mount(target, "ev"), Mount(target + "2", bind, type="bind")]
+c = s.containers.create(img, mounts=mounts)
+(s.volumes.get("ev").mountpoint / "marker").write_text("volume")
+result = {}
+try:
+    with c.mount() as where:
+        result["host_entries"] = sorted(os.listdir(hostside))
+        result["host_mounts"] = [l.split()[4] for l in open("/proc/self/mountinfo") if l.split()[4].startswith(hostside)]
+except OSError as e:
+    result["error"] = repr(e)
+result["after"] = sorted(os.listdir(hostside))
+print(json.dumps(result))
+"""
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) to contain the probe's mounts")
+@pytest.mark.parametrize("kind", ["link", "root"])
+def test_kernel_mount_target_through_container_symlink_stays_inside(tmp_path: Path, kind: str) -> None:
+    """A mount target reached through a symlink of the image (``/links/to_host -> /some/host/dir``,
+    ``/links/to_root -> /``) must be resolved inside the container's root, as Docker does
+    (FollowSymlinkInScope): ``mount()`` may neither create directories nor mount anything on the host
+    path the link names. The probe runs in its own mount namespace so a failure cannot leak a mount."""
+    script = tmp_path / "probe.py"
+    script.write_text(_ESCAPE_CHILD)
+    p = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", sys.executable, str(script), str(Path(__file__).parent), str(tmp_path), kind],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr.decode()[-3000:]
+    import json
+
+    r = json.loads(p.stdout.decode().strip().splitlines()[-1])
+    assert r.get("host_mounts", []) == [], f"mount() mounted onto the host: {r}"
+    assert r.get("host_entries", []) == [], f"mount() created entries on the host: {r}"
+    assert r["after"] == [], r
+
+
+@pytest.mark.skipif(IS_ROOT, reason="checks the error an unprivileged user gets")
+def test_kernel_mount_unprivileged_raises_permission_error(store: ovlcore.Store, image: ovlcore.Image) -> None:
+    c = store.containers.create(image, mounts=[Mount("/data", "v")])
+    with pytest.raises(PermissionError):
+        with c.mount():
+            pass
+    assert not (c.dir / "mounted").exists()
+    c.fs.write_text("/etc/after", "writable again")  # no stale "mounted" marker blocks the API

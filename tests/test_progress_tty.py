@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from _helpers_56 import BASE_ENTRIES, OVLCORE_BIN, make_tar, run_cli
+from _helpers_56 import BASE_ENTRIES, OVLCORE_CMD, OVLCORE_SH, make_tar, run_cli
 
 HAVE_TMUX = shutil.which("tmux") is not None
 
@@ -116,7 +116,7 @@ def _on_pty(cmd: list[str], *, stdout_to_pipe: bool = True, timeout: float = 120
 def test_import_progress_on_pty(tmp_path: Path, big_tar: Path) -> None:
     root = tmp_path / "store"
     try:
-        term, out, rc, duration = _on_pty([str(OVLCORE_BIN), "--root", str(root), "import", str(big_tar), "big:1"])
+        term, out, rc, duration = _on_pty([*OVLCORE_CMD, "--root", str(root), "import", str(big_tar), "big:1"])
         assert rc == 0, term.decode(errors="replace")
         assert out.decode().startswith("sha256:")
         if duration < 0.6:
@@ -132,7 +132,7 @@ def test_import_progress_on_pty(tmp_path: Path, big_tar: Path) -> None:
 def test_slow_stdin_import_progress_on_pty(tmp_path: Path) -> None:
     """The same with a deterministic duration: the archive arrives slowly through stdin."""
     root = tmp_path / "store"
-    term, out, rc, duration = _on_pty(["sh", "-c", f"{slow_tar_cmd()} | {OVLCORE_BIN} --root {root} import - slow:1"])
+    term, out, rc, duration = _on_pty(["sh", "-c", f"{slow_tar_cmd()} | {OVLCORE_SH} --root {root} import - slow:1"])
     assert rc == 0, term.decode(errors="replace")
     assert duration > 1.0
     assert out.decode().startswith("sha256:")
@@ -144,7 +144,7 @@ def test_slow_stdin_import_progress_on_pty(tmp_path: Path) -> None:
 def test_slow_stdin_import_silent_when_stderr_is_a_pipe(tmp_path: Path) -> None:
     root = tmp_path / "store"
     start = time.monotonic()
-    p = subprocess.run(["sh", "-c", f"{slow_tar_cmd()} | {OVLCORE_BIN} --root {root} import - slow:1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), timeout=120)
+    p = subprocess.run(["sh", "-c", f"{slow_tar_cmd()} | {OVLCORE_SH} --root {root} import - slow:1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), timeout=120)
     assert time.monotonic() - start > 1.0
     assert p.returncode == 0, p.stderr
     assert p.stderr == b""
@@ -154,7 +154,7 @@ def test_slow_stdin_import_silent_when_stderr_is_a_pipe(tmp_path: Path) -> None:
 def test_file_import_silent_when_stderr_is_a_pipe(tmp_path: Path, big_tar: Path) -> None:
     root = tmp_path / "store"
     try:
-        p = subprocess.run([str(OVLCORE_BIN), "--root", str(root), "import", str(big_tar), "big:1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), timeout=120)
+        p = subprocess.run([*OVLCORE_CMD, "--root", str(root), "import", str(big_tar), "big:1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), timeout=120)
         assert p.returncode == 0, p.stderr
         assert p.stderr == b""
         assert p.stdout.decode().startswith("sha256:") and len(p.stdout.decode().split()) == 1
@@ -166,7 +166,7 @@ def test_quick_command_shows_no_progress_on_pty(tmp_path: Path) -> None:
     """Only operations that run longer than a moment show a bar."""
     small = tmp_path / "small.tar"
     small.write_bytes(make_tar(BASE_ENTRIES))
-    term, out, rc, duration = _on_pty([str(OVLCORE_BIN), "--root", str(tmp_path / "store"), "import", str(small), "small:1"])
+    term, out, rc, duration = _on_pty([*OVLCORE_CMD, "--root", str(tmp_path / "store"), "import", str(small), "small:1"])
     assert rc == 0
     assert duration < 5
     text = term.decode(errors="replace")
@@ -185,13 +185,13 @@ def test_cp_progress_on_pty_and_not_in_pipe(tmp_path: Path) -> None:
     for i in range(3000):  # many small files: the copy takes over a second, progress advances file by file
         (src / f"f{i:05}").write_bytes(block)
     try:
-        term, out, rc, duration = _on_pty([str(OVLCORE_BIN), "--root", str(root), "cp", str(src), "c:/tmp/"])
+        term, out, rc, duration = _on_pty([*OVLCORE_CMD, "--root", str(root), "cp", str(src), "c:/tmp/"])
         assert rc == 0, term
         if duration < 0.8:
             pytest.skip(f"the copy took only {duration:.2f}s on this machine: too short for a bar")
         text = term.decode(errors="replace")
         assert "Copying" in text and any(g in text for g in BAR_GLYPHS), text[:2000]
-        p = subprocess.run([str(OVLCORE_BIN), "--root", str(root), "cp", str(src), "c:/tmp/again"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+        p = subprocess.run([*OVLCORE_CMD, "--root", str(root), "cp", str(src), "c:/tmp/again"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
         assert p.returncode == 0 and p.stderr == b"" and p.stdout == b""
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -203,7 +203,7 @@ def test_archive_never_written_to_a_terminal(tmp_path: Path) -> None:
     root = tmp_path / "store"
     assert run_cli("import", str(small), "b:1", root=root).returncode == 0
     assert run_cli("create", "--name", "c", "b:1", root=root).returncode == 0
-    term, _, rc, _ = _on_pty([str(OVLCORE_BIN), "--root", str(root), "export", "c"], stdout_to_pipe=False)
+    term, _, rc, _ = _on_pty([*OVLCORE_CMD, "--root", str(root), "export", "c"], stdout_to_pipe=False)
     assert rc == 1
     text = term.decode(errors="replace")
     assert "terminal" in text and "Traceback" not in text
@@ -253,7 +253,7 @@ def test_import_progress_under_tmux(tmp_path: Path) -> None:
     root = tmp_path / "store"
     t = Tmux(tmp_path)
     try:
-        raw, screens, rc = t.run(f"{slow_tar_cmd()} | {OVLCORE_BIN} --root {root} import - big:1 > {tmp_path / 'id.txt'}")
+        raw, screens, rc = t.run(f"{slow_tar_cmd()} | {OVLCORE_SH} --root {root} import - big:1 > {tmp_path / 'id.txt'}")
         assert rc == 0, raw
         assert (tmp_path / "id.txt").read_text().startswith("sha256:")
         seen = raw + "\n".join(screens)
@@ -270,7 +270,7 @@ def test_no_progress_under_tmux_when_stderr_is_piped(tmp_path: Path) -> None:
     root = tmp_path / "store"
     t = Tmux(tmp_path)
     try:
-        raw, screens, rc = t.run(f"{slow_tar_cmd()} | {OVLCORE_BIN} --root {root} import - big:1 2>&1 | cat > {tmp_path / 'all.txt'}")
+        raw, screens, rc = t.run(f"{slow_tar_cmd()} | {OVLCORE_SH} --root {root} import - big:1 2>&1 | cat > {tmp_path / 'all.txt'}")
         assert rc == 0
         both = (tmp_path / "all.txt").read_text()
         assert both.startswith("sha256:") and len(both.split()) == 1
