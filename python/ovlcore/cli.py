@@ -88,6 +88,11 @@ def progress(label: str, total: int | None = None) -> Iterator[Callable[[int], N
             bar.stop()
 
 
+def _after_dashes(args: tuple[str, ...]) -> tuple[str, ...]:
+    """A command given after ``--`` (which click passes through once options stop being parsed)."""
+    return args[1:] if args[:1] == ("--",) else args
+
+
 def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for kv in pairs:
@@ -290,7 +295,7 @@ def load_cmd(c: Ctx, source: str, quiet: bool) -> None:
 # ----- containers -----
 
 
-@cli.command("create")
+@cli.command("create", context_settings={"allow_interspersed_args": False})
 @click.argument("image")
 @click.argument("command", nargs=-1)
 @click.option("--name", help="Assign a name to the container.")
@@ -300,6 +305,7 @@ def load_cmd(c: Ctx, source: str, quiet: bool) -> None:
 @pass_ctx
 def create_cmd(c: Ctx, image: str, command: tuple[str, ...], name: str | None, mounts: tuple[str, ...], volumes: tuple[str, ...], labels: tuple[str, ...]) -> None:
     """Create a container: a new writable layer over IMAGE's layers."""
+    command = _after_dashes(command)
     ms = [Mount.parse(m) for m in mounts] + [Mount.parse_volume(v) for v in volumes]
     lbl = _labels(labels)
     ctr = c.store.containers.create(image, name=name, mounts=ms, labels=lbl, command=list(command) or None)
@@ -381,13 +387,17 @@ def export_cmd(c: Ctx, container: str, output: str | None) -> None:
 def rm_cmd(c: Ctx, containers: tuple[str, ...], volumes: bool, force: bool) -> None:
     """Remove containers."""
     errors = []
+    removed = []
     for ref in containers:
         try:
             c.store.containers.remove(ref, volumes=volumes, force=force)
+            removed.append(ref)
             if not c.json:
                 click.echo(ref)
         except (OvlError, OSError) as e:
             errors.append(describe(e))
+    if c.json:
+        click.echo(json.dumps(removed))
     if errors:
         fail("; ".join(errors))
 
@@ -404,7 +414,7 @@ def cp_cmd(c: Ctx, src: str, dst: str, follow_link: bool, archive: bool) -> None
         c.store.cp(src, dst, follow_symlinks=follow_link, archive=archive, progress=cb)
 
 
-@cli.command("mount")
+@cli.command("mount", context_settings={"allow_interspersed_args": False})
 @click.argument("container")
 @click.argument("command", nargs=-1)
 @pass_ctx
@@ -412,6 +422,7 @@ def mount_cmd(c: Ctx, container: str, command: tuple[str, ...]) -> None:
     """Mount a container's merged file system and run COMMAND (default: a shell) in it; unmounts after."""
     import subprocess
 
+    command = _after_dashes(command)
     ctr = c.store.containers.get(container)
     with ctr.mount() as where:
         click.echo(f"{ctr.name} mounted at {where}", err=True)
@@ -469,6 +480,8 @@ def volume_rm(c: Ctx, names: tuple[str, ...], force: bool) -> None:
         c.store.volumes.remove(n, force=force)
         if not c.json:
             click.echo(n)
+    if c.json:
+        click.echo(json.dumps(list(names)))
 
 
 @volume_grp.command("prune")

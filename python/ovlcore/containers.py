@@ -274,25 +274,23 @@ class Container:
                 "the userspace view (container.fs) needs none",
                 str(target),
             ) from e
-        mounted: builtins.list[Path] = []
+        scaffolding: builtins.list[str] = []
         try:
             marker.write_text(str(target))
-            for m in self.mounts:
-                where = target / m.target.lstrip("/")
-                if not where.exists():
-                    where.mkdir(parents=True, exist_ok=True)
-                _ovlcore.bind_mount(m.host_path(self._store), str(where), read_only=m.read_only)
-                mounted.append(where)
+            # Outer mounts first, so that a mount inside another one's target lands on top of it. Targets
+            # are resolved again in the container as it is now (FollowSymlinkInScope).
+            for m in sorted(self.mounts, key=lambda m: m.target.count("/")):
+                where = view.canonical(m.target)
+                scaffolding += _ovlcore.bind_mount_in(str(target), where, m.host_path(self._store), read_only=m.read_only)
             yield target
         finally:
-            for where in reversed(mounted):
-                _ovlcore.unmount(str(where), lazy=True)
-            try:
-                _ovlcore.unmount(str(target))
-            except OSError:
-                _ovlcore.unmount(str(target), lazy=True)
+            # Detaching the overlay detaches the bind mounts below it too.
+            _ovlcore.unmount(str(target), lazy=True)
             with contextlib.suppress(FileNotFoundError):
                 marker.unlink()
+            # Mount points the image did not have were made in the writable layer: take them out again,
+            # so they never show in diff or commit (as Docker's mount points do not).
+            view.remove_empty_mount_points(list(reversed(scaffolding)))
 
     def _empty_lower(self) -> Path:
         p = self.dir / "empty"

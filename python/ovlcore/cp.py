@@ -86,8 +86,7 @@ def copy(
     if s.container is None and d.container is None:
         raise ValueError("one side of a copy must be CONTAINER:PATH")
     if s.container is not None:
-        s.path = _abs(s.path)
-        s.container._guard()
+        s.path = _abs(s.path)  # reading a mounted container is fine: only writes must go through the mount
     else:
         assert d.container is not None
         d.path = _abs(d.path)
@@ -121,8 +120,11 @@ def _glob(s: _Side) -> list[str]:
 def _kind(side: _Side, path: str, follow: bool) -> str | None:
     """``"dir"``, ``"file"`` (any non-directory), or ``None`` when missing."""
     if side.container is not None:
-        k = side.container.fs._view.kind(path, follow)
-        return None if k is None else ("dir" if k == "dir" else "file")
+        try:
+            mode = side.container.fs._view.stat(path, follow).st_mode
+        except FileNotFoundError:
+            return None
+        return "dir" if stat.S_ISDIR(mode) else "file"
     try:
         st = os.stat(path) if follow else os.lstat(path)
     except FileNotFoundError:

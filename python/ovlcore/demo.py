@@ -82,6 +82,18 @@ class Demo:
         self.made_containers: list[str] = []
         self.made_volumes: list[str] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="ovlcore-demo-"))
+        self.prefix = self._free_prefix()
+
+    def _free_prefix(self) -> str:
+        """``ovlcore-demo``, or ``ovlcore-demo2``... when an earlier ``--keep`` run left its objects."""
+        tags = {t for img in self.store.images.list() for t in img.tags}
+        names = {c.name for c in self.store.containers.list()} | {v.name for v in self.store.volumes.list()}
+        n = 1
+        while True:
+            prefix = PREFIX if n == 1 else f"{PREFIX}{n}"
+            if not any(t.startswith(prefix + "/") for t in tags) and not any(x.startswith(prefix + "-") for x in names):
+                return prefix
+            n += 1
 
     def say(self, text: str) -> None:
         self.c.print(text)
@@ -118,7 +130,7 @@ class Demo:
 
         self.step(1, "An image is a stack of read-only layers")
         self.say("We make a tiny root file system archive and import it: that is a [bold]base image[/bold], one layer.")
-        base = s.images.import_archive(io.BytesIO(_base_rootfs()), tag=f"{PREFIX}/alpine:3.6", changes=['CMD ["/bin/sh"]'], message="base root file system")
+        base = s.images.import_archive(io.BytesIO(_base_rootfs()), tag=f"{self.prefix}/alpine:3.6", changes=['CMD ["/bin/sh"]'], message="base root file system")
         self.made_images.append(base.id)
         self.say(f"  image [bold]{base.short_id}[/bold] tagged {base.tags[0]}, {len(base.layers)} layer, {human_size(base.size)}")
         self.say("Then two build steps, as a Dockerfile's [italic]RUN apk update[/italic] and [italic]RUN apk add git[/italic] would make them:")
@@ -126,7 +138,7 @@ class Demo:
             base,
             "/bin/sh -c apk update",
             [("var", None, 0o755), ("var/cache", None, 0o755), ("var/cache/apk", None, 0o755), ("var/cache/apk/APKINDEX.tar.gz", os.urandom(20000), 0o644)],
-            f"{PREFIX}/step:update",
+            f"{self.prefix}/step:update",
         )
         git = self.layer_step(
             updated,
@@ -137,9 +149,9 @@ class Demo:
                 ("etc/apk/world", b"alpine-baselayout\nbusybox\ngit\n", 0o644),
                 ("lib/apk/db/installed", b"P:busybox\nV:1.26.2\nP:git\nV:2.13.7\n", 0o644),
             ],
-            f"{PREFIX}/step:git",
+            f"{self.prefix}/step:git",
         )
-        final = s.images.create(layer=None, parent=git, tag=f"{PREFIX}/git:latest", created_by='/bin/sh -c #(nop)  CMD ["/bin/sh" "-c" "git"]', changes=['CMD ["/bin/sh", "-c", "git"]'])
+        final = s.images.create(layer=None, parent=git, tag=f"{self.prefix}/git:latest", created_by='/bin/sh -c #(nop)  CMD ["/bin/sh" "-c" "git"]', changes=['CMD ["/bin/sh", "-c", "git"]'])
         self.made_images.append(final.id)
         self.say(f"\n[bold]history[/bold] of {final.tags[0]} (newest first; each line a build step, most with a layer):")
         self.history(final)
@@ -147,8 +159,8 @@ class Demo:
         self.say(f"  the top layer holds only what [italic]apk add git[/italic] changed: {', '.join(sorted(os.listdir(final.layers[-1].path)))}")
 
         self.step(2, "Containers share the image's layers and add one writable layer each")
-        a = s.containers.create(final, name=f"{PREFIX}-a")
-        b = s.containers.create(final, name=f"{PREFIX}-b")
+        a = s.containers.create(final, name=f"{self.prefix}-a")
+        b = s.containers.create(final, name=f"{self.prefix}-b")
         self.made_containers += [a.id, b.id]
         same = [la.path for la in a.image.layers] == [lb.path for lb in b.image.layers]
         self.check("both containers read the very same layer directories (nothing was copied)", same)
@@ -173,18 +185,18 @@ class Demo:
             self.say(f"  {ch.kind} {ch.path}")
 
         self.step(5, "commit turns the changes into a new layer and image")
-        committed = a.commit(f"{PREFIX}/committed:1", message="notes and motd", author="ovlcore demo", created_by="/bin/sh -c edit-things")
+        committed = a.commit(f"{self.prefix}/committed:1", message="notes and motd", author="ovlcore demo", created_by="/bin/sh -c edit-things")
         self.made_images.append(committed.id)
         self.history(committed)
-        c = s.containers.create(committed, name=f"{PREFIX}-c")
+        c = s.containers.create(committed, name=f"{self.prefix}-c")
         self.made_containers.append(c.id)
         self.check("a container of the new image sees exactly what a saw", c.fs.read_text("/etc/motd") == a.fs.read_text("/etc/motd") and not c.fs.exists("/usr/share/locale"))
 
         self.step(6, "Volumes and bind mounts keep data outside the layers")
         shared = self.tmp / "shared_mount"
         shared.mkdir()
-        vol_name = f"{PREFIX}-vol"
-        d = s.containers.create(final, name=f"{PREFIX}-d", mounts=[Mount("/data", vol_name), Mount("/shared", str(shared), type="bind")])
+        vol_name = f"{self.prefix}-vol"
+        d = s.containers.create(final, name=f"{self.prefix}-d", mounts=[Mount("/data", vol_name), Mount("/shared", str(shared), type="bind")])
         self.made_containers.append(d.id)
         self.made_volumes.append(vol_name)
         d.fs.write_text("/data/db.txt", "kept in a volume\n")
@@ -200,7 +212,7 @@ class Demo:
         pics.mkdir()
         for i in range(3):
             (pics / f"photo{i}.png").write_bytes(b"\x89PNG fake image %d" % i)
-        e = s.containers.create(final, name=f"{PREFIX}-e", mounts=[Mount("/shared", vol_name)])
+        e = s.containers.create(final, name=f"{self.prefix}-e", mounts=[Mount("/shared", vol_name)])
         self.made_containers.append(e.id)
         s.cp(str(pics / "*.png"), f"{e.name}:/shared/")
         self.say(f"  ovlcore cp {pics}/*.png {e.name}:/shared/  →  {', '.join(e.fs.listdir('/shared'))}")

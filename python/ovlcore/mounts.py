@@ -176,7 +176,7 @@ class MountPlan:
             data.mkdir(mode=0o755)
             os.chmod(data, 0o755)
             if self.fill:
-                view.copy_out(self.mount.target, str(st.path), "_data", follow_symlinks=True, archive=True, contents=True)
+                view.copy_out(self.mount.target, str(st.path), "_data", follow_symlinks=True, contents=True, store_convention=True)
                 _take_attrs(store, str(data), view.stat(self.mount.target))
                 _ovlcore.sync_fs(str(data))
         except BaseException:
@@ -216,6 +216,13 @@ def plan_mounts(store: Store, image: Image, mounts: Iterable[Mount | str | dict[
     view = None
     for raw in mounts:
         m = as_mount(raw)
+        if view is None:
+            view = image.fs._view
+        # Targets are resolved inside the image, symlinks included, as Docker's FollowSymlinkInScope does.
+        canonical = view.canonical(m.target)
+        if canonical == "/":
+            raise ValueError(f"cannot mount over the container's root ({m.target})")
+        m = Mount(canonical, m.source, type=m.type, read_only=m.read_only, nocopy=m.nocopy)
         if m.target in targets:
             raise ValueError(f"duplicate mount point: {m.target}")
         targets.add(m.target)
@@ -225,8 +232,6 @@ def plan_mounts(store: Store, image: Image, mounts: Iterable[Mount | str | dict[
                 raise FileNotFoundError(2, f"bind source path does not exist: {m.source}", m.source)
             plans.append(MountPlan(m, None))
             continue
-        if view is None:
-            view = image.fs._view
         kind = view.kind(m.target, True)
         if kind is not None and kind != "dir":
             raise NotADirectoryError(20, f"cannot mount volume over image {kind} {m.target}", m.target)

@@ -66,8 +66,10 @@ def normalize_id(ref: str) -> str:
 
 
 def check_name(name: str, what: str = "container") -> str:
-    """Validate a container or volume name (``[a-zA-Z0-9][a-zA-Z0-9_.-]*``)."""
-    if not isinstance(name, str) or not _CONTAINER_NAME.match(name):
+    """Validate a container or volume name (``[a-zA-Z0-9][a-zA-Z0-9_.-]*``; a container name may be
+    written with Docker's leading ``/``). Returns the name without it."""
+    ok = isinstance(name, str) and _CONTAINER_NAME.match(name) and (what == "container" or not name.startswith("/"))
+    if not ok:
         raise InvalidReference(
             f"invalid {what} name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, starting with a letter or digit"
         )

@@ -31,8 +31,17 @@ pub type Progress<'a> = &'a mut dyn FnMut(u64) -> Result<()>;
 pub enum Owner {
     /// The copier owns them (`docker cp` without `-a`).
     Caller,
-    /// Keep the source's owner, stored the way the store keeps metadata (`-a`, volume pre-population).
+    /// Keep the source's owner for real where the process may (`docker cp -a` to the host: root only).
+    Real,
+    /// Keep the source's owner, stored the way the store keeps metadata (into a container, volume
+    /// pre-population): natively, or through the rootless override.
     Keep(Privilege),
+}
+
+impl Owner {
+    fn chowns(self) -> bool {
+        matches!(self, Owner::Keep(Privilege::Root)) || (self == Owner::Real && rustix::process::geteuid().is_root())
+    }
 }
 
 pub struct CopyOptions<'a> {
@@ -152,7 +161,7 @@ impl Copier<'_> {
             Kind::Symlink => {
                 let target = view.readlink(&r.path)?;
                 rustix::fs::symlinkat(target.as_os_str(), dir.as_fd(), name).map_err(|e| at(e.into()))?;
-                if let Owner::Keep(Privilege::Root) = self.owner {
+                if self.owner.chowns() {
                     let _ = rustix::fs::chownat(
                         dir.as_fd(),
                         name,
@@ -190,6 +199,12 @@ impl Copier<'_> {
     fn finish(&self, dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta) -> Result<()> {
         match self.owner {
             Owner::Keep(privilege) => apply_attrs(dir, name, None, &meta.attrs(), privilege),
+            Owner::Real => {
+                if self.owner.chowns() {
+                    rustix::fs::chownat(dir, name, Some(rustix::fs::Uid::from_raw(meta.uid)), Some(rustix::fs::Gid::from_raw(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+                }
+                Ok(rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.perm() | if meta.is_dir() { 0o700 } else { 0 }), AtFlags::empty())?)
+            }
             Owner::Caller => {
                 let perm = meta.perm() & 0o777 | if meta.is_dir() { 0o700 } else { 0 };
                 Ok(rustix::fs::chmodat(dir, name, Mode::from_raw_mode(perm), AtFlags::empty())?)
@@ -198,7 +213,7 @@ impl Copier<'_> {
     }
 
     fn finish_path(&self, dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta) -> Result<()> {
-        if let Owner::Keep(Privilege::Root) = self.owner {
+        if self.owner.chowns() {
             rustix::fs::chownat(dir, name, Some(rustix::fs::Uid::from_raw(meta.uid)), Some(rustix::fs::Gid::from_raw(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
         }
         rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.perm()), AtFlags::empty())?;
@@ -281,7 +296,7 @@ impl Copier<'_> {
                 }
                 let target = sys::readlink_at(dir, name)?;
                 view.symlink(&target, dst)?;
-                if let Owner::Keep(_) = self.owner {
+                if self.owner != Owner::Caller {
                     let _ = view.chown(dst, Some(meta.uid), Some(meta.gid), false);
                 }
                 view.utime(dst, Some(times(&meta)), false)?;
@@ -299,7 +314,7 @@ impl Copier<'_> {
     }
 
     fn finish_in(&self, view: &View, dst: &Path, meta: &Meta) -> Result<()> {
-        if let Owner::Keep(_) = self.owner {
+        if self.owner != Owner::Caller {
             view.chown(dst, Some(meta.uid), Some(meta.gid), false)?;
         }
         view.chmod(dst, meta.perm(), false)?;

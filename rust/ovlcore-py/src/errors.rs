@@ -2,7 +2,7 @@
 //! and the `ovlcore.errors` classes for everything else.
 
 use ovlcore_core::Error;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyPermissionError, PyValueError};
 use pyo3::prelude::*;
 
 pub fn to_py(err: Error) -> PyErr {
@@ -11,6 +11,13 @@ pub fn to_py(err: Error) -> PyErr {
             let msg = std::io::Error::from_raw_os_error(errno).to_string();
             // OSError(errno, strerror, filename, winerror, filename2) picks FileNotFoundError & co itself.
             let msg = msg.split(" (os error").next().unwrap_or(&msg).to_string();
+            // Python picks no subclass for EROFS; a read-only file system or mount is a permission matter.
+            if errno == libc::EROFS {
+                return match path {
+                    Some(p) => PyPermissionError::new_err((errno, msg, p)),
+                    None => PyPermissionError::new_err((errno, msg)),
+                };
+            }
             match (path, path2) {
                 (Some(p), Some(q)) => PyOSError::new_err((errno, msg, p, Option::<i32>::None, q)),
                 (Some(p), None) => PyOSError::new_err((errno, msg, p)),

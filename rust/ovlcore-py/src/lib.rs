@@ -35,10 +35,13 @@ fn mount_overlay(py: Python<'_>, lower: Vec<PathBuf>, upper: PathBuf, work: Path
     py.detach(|| ovlcore_core::mount::mount_overlay(&lower, &upper, &work, &target, userxattr)).py()
 }
 
+/// Bind-mount `source` at the container path `target` inside the mounted tree `root`, safely; returns the
+/// mount points it had to create.
 #[pyfunction]
-#[pyo3(signature = (source, target, *, read_only=false))]
-fn bind_mount(py: Python<'_>, source: PathBuf, target: PathBuf, read_only: bool) -> PyResult<()> {
-    py.detach(|| ovlcore_core::mount::bind_mount(&source, &target, read_only)).py()
+#[pyo3(signature = (root, target, source, *, read_only=false))]
+fn bind_mount_in(py: Python<'_>, root: PathBuf, target: PathBuf, source: PathBuf, read_only: bool) -> PyResult<Vec<std::ffi::OsString>> {
+    let created = py.detach(|| ovlcore_core::mount::bind_mount_in(&root, &target, &source, read_only)).py()?;
+    Ok(created.into_iter().map(PathBuf::into_os_string).collect())
 }
 
 #[pyfunction]
@@ -77,7 +80,7 @@ fn _ovlcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sync_fs, m)?)?;
     m.add_function(wrap_pyfunction!(sha256, m)?)?;
     m.add_function(wrap_pyfunction!(mount_overlay, m)?)?;
-    m.add_function(wrap_pyfunction!(bind_mount, m)?)?;
+    m.add_function(wrap_pyfunction!(bind_mount_in, m)?)?;
     m.add_function(wrap_pyfunction!(unmount, m)?)?;
     m.add_function(wrap_pyfunction!(dir_usage, m)?)?;
     m.add_function(wrap_pyfunction!(chain_id, m)?)?;

@@ -146,6 +146,11 @@ impl View {
         Ok(entries.into_iter().map(|(n, k)| (n, kind_name(k))).collect())
     }
 
+    /// The path with symlinks resolved inside the container's root (the missing rest kept as written).
+    fn canonical(&self, py: Python<'_>, path: PathBuf) -> PyResult<OsString> {
+        Ok(py.detach(|| self.inner.canonical(&path)).py()?.into_os_string())
+    }
+
     fn readlink(&self, py: Python<'_>, path: PathBuf) -> PyResult<OsString> {
         py.detach(|| self.inner.readlink(&path)).py()
     }
@@ -290,6 +295,11 @@ impl View {
         .py()
     }
 
+    /// Remove these mount points from the writable layer if they are still empty (deepest first).
+    fn remove_empty_mount_points(&self, py: Python<'_>, paths: Vec<PathBuf>) -> PyResult<()> {
+        py.detach(|| self.inner.remove_empty_mount_points(&paths)).py()
+    }
+
     /// Give every file still shared with a committed layer its own inode; returns how many.
     fn unshare_all(&self, py: Python<'_>) -> PyResult<u64> {
         py.detach(|| self.inner.unshare_all()).py()
@@ -314,7 +324,9 @@ impl View {
     // ----- copying between the container and the host -----
 
     /// Copy the container entry `src` to `name` inside the host directory `dst_dir`; returns bytes copied.
-    #[pyo3(signature = (src, dst_dir, name, *, follow_symlinks=false, archive=false, contents=false, progress=None))]
+    /// `archive` keeps owners (for real, when root); `store_convention` keeps them the way the store keeps
+    /// metadata, for a destination inside the store (volume pre-population).
+    #[pyo3(signature = (src, dst_dir, name, *, follow_symlinks=false, archive=false, contents=false, store_convention=false, progress=None))]
     #[allow(clippy::too_many_arguments)]
     fn copy_out(
         &self,
@@ -325,9 +337,14 @@ impl View {
         follow_symlinks: bool,
         archive: bool,
         contents: bool,
+        store_convention: bool,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<u64> {
-        let owner = if archive { Owner::Keep(self.inner.privilege) } else { Owner::Caller };
+        let owner = match (store_convention, archive) {
+            (true, _) => Owner::Keep(self.inner.privilege),
+            (false, true) => Owner::Real,
+            (false, false) => Owner::Caller,
+        };
         let progress = Progress::new(progress);
         py.detach(|| {
             let dir = ovlcore_core::sys::open_dir(&dst_dir)?;

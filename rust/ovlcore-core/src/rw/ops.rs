@@ -59,7 +59,19 @@ impl View {
             }
             let (parent, name, child) = match self.lower.lookup(&rel)? {
                 Some(found) if found.2.kind == Kind::Dir => found,
-                _ => return Err(Error::os(libc::ENOENT, dir.as_os_str())),
+                _ => {
+                    // A mount point no layer has: it becomes a plain directory once written into.
+                    let mount_point = Path::new("/").join(&rel);
+                    if !self.holds_mount(&mount_point) {
+                        return Err(Error::os(libc::ENOENT, dir.as_os_str()));
+                    }
+                    match rustix::fs::mkdirat(cur.as_fd(), comp, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(Error::from(e).at(dir.as_os_str())),
+                    }
+                    cur = Arc::new(open_subdir(cur.as_fd(), comp).map_err(|e| Error::from(e).at(dir.as_os_str()))?);
+                    continue;
+                }
             };
             let meta = self.lower.meta(&parent, &name, &child)?;
             let src = self.lower.open_parent(child.layer, &rel)?;
@@ -101,6 +113,7 @@ impl View {
         self.check_mount_writable(r)?;
         match &r.found {
             Found::Missing { .. } => Err(Error::os(libc::ENOENT, r.path.as_os_str())),
+            Found::Virtual => Err(Error::os(libc::EBUSY, r.path.as_os_str())),
             Found::Lower { .. } => self.copy_up(r, data),
             Found::Root => {
                 let up = self.upper_or_rofs(&r.path)?;
@@ -182,7 +195,7 @@ impl View {
         self.check_mount_writable(r)?;
         let at = |e: Error| e.at(r.path.as_os_str());
         match (&r.found, &r.parent) {
-            (Found::Root, _) | (Found::MountRoot { .. }, _) => Err(Error::os(libc::EBUSY, r.path.as_os_str())),
+            (Found::Root, _) | (Found::MountRoot { .. }, _) | (Found::Virtual, _) => Err(Error::os(libc::EBUSY, r.path.as_os_str())),
             (Found::Missing { .. }, _) => Err(Error::os(libc::ENOENT, r.path.as_os_str())),
             (_, Some(Dir::Mount { fd, .. })) => sys::remove_all_at(fd.as_fd(), &r.name).map_err(at),
             (Found::Lower { .. }, _) => {
@@ -590,6 +603,42 @@ impl View {
         }
         up.shared.write().unwrap().retain(|i| !seen.contains(i));
         Ok(count)
+    }
+
+    /// Remove, from the writable layer itself, the given entries if they are empty directories or empty
+    /// files: the mount points a kernel mount had to create (deepest first). Anything else stays.
+    pub fn remove_empty_mount_points(&self, paths: &[PathBuf]) -> Result<()> {
+        let up = match &self.upper {
+            Some(u) => u,
+            None => return Ok(()),
+        };
+        for path in paths {
+            let comps: Vec<&OsStr> = path.iter().skip(1).collect();
+            let Some((last, parents)) = comps.split_last() else { continue };
+            let mut dir = up.fd.clone();
+            let mut ok = true;
+            for c in parents {
+                match open_subdir(dir.as_fd(), c) {
+                    Ok(fd) => dir = Arc::new(fd),
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if !ok {
+                continue;
+            }
+            if let Ok(st) = sys::lstat_at(dir.as_fd(), last) {
+                let m = Meta::from_stat(&st);
+                let _ = match m.kind() {
+                    Kind::Dir => rustix::fs::unlinkat(dir.as_fd(), *last, AtFlags::REMOVEDIR),
+                    Kind::File if m.size == 0 => rustix::fs::unlinkat(dir.as_fd(), *last, AtFlags::empty()),
+                    _ => Ok(()),
+                };
+            }
+        }
+        Ok(())
     }
 
     /// Make a FIFO (and, as root, a device node) at a free path.

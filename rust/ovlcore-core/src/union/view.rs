@@ -23,33 +23,40 @@ use crate::union::lower::{Child, Lower, Node};
 
 const MAX_SYMLINKS: u32 = 40;
 
-/// A volume or bind mount as the view sees it.
+/// A volume or bind mount as the view sees it. The source is opened when a path reaches it, so a
+/// vanished source only affects paths below its target.
 pub struct MountPoint {
     /// Absolute, normalized container path.
     pub target: PathBuf,
     pub source: PathBuf,
     pub read_only: bool,
-    /// The directory holding the source and the source's name in it ("." for a directory source).
-    parent: Arc<OwnedFd>,
-    name: OsString,
-    /// The source itself when it is a directory.
-    dir: Option<Arc<OwnedFd>>,
+}
+
+/// An opened mount source: the directory holding it and its name there ("." for a directory source),
+/// and the source itself when it is a directory.
+pub struct OpenedSource {
+    pub parent: Arc<OwnedFd>,
+    pub name: OsString,
+    pub dir: Option<Arc<OwnedFd>>,
 }
 
 impl MountPoint {
     pub fn new(target: &Path, source: &Path, read_only: bool) -> Result<MountPoint> {
-        let target = normalize(target);
-        let meta = Meta::from_stat(&rustix::fs::stat(source).map_err(|e| Error::from(e).at(source.as_os_str()))?);
+        Ok(MountPoint { target: normalize(target), source: source.into(), read_only })
+    }
+
+    pub fn open(&self) -> Result<OpenedSource> {
+        let at = |e: rustix::io::Errno| Error::from(e).at(self.source.as_os_str());
+        let meta = Meta::from_stat(&rustix::fs::stat(&self.source).map_err(at)?);
         if meta.is_dir() {
-            let fd = Arc::new(open_path_dir(source)?);
-            Ok(MountPoint { target, source: source.into(), read_only, parent: fd.clone(), name: ".".into(), dir: Some(fd) })
+            let fd = Arc::new(open_path_dir(&self.source)?);
+            Ok(OpenedSource { parent: fd.clone(), name: ".".into(), dir: Some(fd) })
         } else {
-            let (parent, name) = match (source.parent(), source.file_name()) {
+            let (parent, name) = match (self.source.parent(), self.source.file_name()) {
                 (Some(p), Some(n)) => (p, n),
-                _ => return Err(Error::os(libc::EINVAL, source.as_os_str())),
+                _ => return Err(Error::os(libc::EINVAL, self.source.as_os_str())),
             };
-            let parent = Arc::new(open_path_dir(parent)?);
-            Ok(MountPoint { target, source: source.into(), read_only, parent, name: name.into(), dir: None })
+            Ok(OpenedSource { parent: Arc::new(open_path_dir(parent)?), name: name.into(), dir: None })
         }
     }
 }
@@ -124,6 +131,8 @@ pub struct View {
 pub enum Dir {
     Union { upper: Option<Arc<OwnedFd>>, lower: Option<Arc<Node>> },
     Mount { idx: usize, fd: Arc<OwnedFd> },
+    /// A directory that exists only because a mount target lies below it.
+    Virtual,
 }
 
 /// What a path names.
@@ -141,13 +150,16 @@ pub enum Found {
     InMount { idx: usize, kind: Kind },
     /// A mount target itself.
     MountRoot { idx: usize, kind: Kind },
+    /// A directory the layers do not have, standing only because a mount target lies below it (Docker
+    /// creates such mount points when the container starts).
+    Virtual,
 }
 
 impl Found {
     pub fn kind(&self) -> Option<Kind> {
         match self {
             Found::Missing { .. } => None,
-            Found::Root => Some(Kind::Dir),
+            Found::Root | Found::Virtual => Some(Kind::Dir),
             Found::Upper { kind } | Found::InMount { kind, .. } | Found::MountRoot { kind, .. } => Some(*kind),
             Found::Lower { child, .. } => Some(child.kind),
         }
@@ -309,10 +321,26 @@ impl View {
         let mount = if self.mounts.is_empty() { None } else { self.mount_at.get(here) };
         if let Some(&idx) = mount {
             let m = &self.mounts[idx];
-            let meta = Meta::from_stat(&sys::lstat_at(m.parent.as_fd(), &m.name).map_err(|e| e.at(m.source.as_os_str()))?);
+            let meta = Meta::from_stat(&rustix::fs::stat(&m.source).map_err(|e| Error::from(e).at(m.source.as_os_str()))?);
             return Ok(Found::MountRoot { idx, kind: meta.kind() });
         }
+        let found = self.lookup_layers(dir, here, name)?;
+        if let Found::Missing { .. } = found {
+            if self.holds_mount(here) {
+                return Ok(Found::Virtual);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether a mount target lies strictly below `path`.
+    pub fn holds_mount(&self, path: &Path) -> bool {
+        self.mounts.iter().any(|m| m.target != path && m.target.starts_with(path))
+    }
+
+    fn lookup_layers(&self, dir: &Dir, here: &Path, name: &OsStr) -> Result<Found> {
         match dir {
+            Dir::Virtual => Ok(Found::Missing { whiteout: false }),
             Dir::Mount { idx, fd } => match sys::lstat_at(fd.as_fd(), name) {
                 Ok(st) => Ok(Found::InMount { idx: *idx, kind: self.stored_kind(fd.as_fd(), name, Meta::from_stat(&st).kind()) }),
                 Err(e) if e.is_errno(libc::ENOENT) => Ok(Found::Missing { whiteout: false }),
@@ -357,9 +385,9 @@ impl View {
         Ok(match (parent, found) {
             (_, Found::Root) => self.root_dir(),
             (_, Found::MountRoot { idx, .. }) => {
-                let m = &self.mounts[*idx];
-                Dir::Mount { idx: *idx, fd: m.dir.clone().ok_or(Error::errno(libc::ENOTDIR))? }
+                Dir::Mount { idx: *idx, fd: self.mounts[*idx].open()?.dir.ok_or(Error::errno(libc::ENOTDIR))? }
             }
+            (_, Found::Virtual) => Dir::Virtual,
             (Dir::Mount { idx, fd }, Found::InMount { .. }) => {
                 Dir::Mount { idx: *idx, fd: Arc::new(open_subdir(fd.as_fd(), name)?) }
             }
@@ -395,7 +423,8 @@ impl View {
     pub fn host_parent(&self, r: &Resolved) -> Option<(Arc<OwnedFd>, OsString)> {
         match (&r.found, &r.parent) {
             (Found::Lower { .. }, _) => None,
-            (Found::MountRoot { idx, .. }, _) => Some((self.mounts[*idx].parent.clone(), self.mounts[*idx].name.clone())),
+            (Found::MountRoot { idx, .. }, _) => self.mounts[*idx].open().ok().map(|o| (o.parent, o.name)),
+            (Found::Virtual, _) => None,
             (Found::Root, _) => self.upper.as_ref().map(|u| (u.fd.clone(), OsString::from("."))),
             (_, Some(Dir::Mount { fd, .. })) => Some((fd.clone(), r.name.clone())),
             (_, Some(Dir::Union { upper: Some(fd), .. })) => Some((fd.clone(), r.name.clone())),
@@ -407,8 +436,8 @@ impl View {
         match (found, dir) {
             (Found::Lower { node, child }, _) => self.lower.readlink(node, name, child),
             (Found::MountRoot { idx, .. }, _) => {
-                let m = &self.mounts[*idx];
-                sys::readlink_at(m.parent.as_fd(), &m.name)
+                let o = self.mounts[*idx].open()?;
+                sys::readlink_at(o.parent.as_fd(), &o.name)
             }
             (_, Dir::Mount { fd, .. }) | (_, Dir::Union { upper: Some(fd), .. }) => sys::readlink_at(fd.as_fd(), name),
             _ => Err(Error::errno(libc::EINVAL)),
@@ -427,6 +456,7 @@ impl View {
                 Some(m) => Ok(m),
                 None => Err(Error::os(libc::ENOENT, r.path.as_os_str())),
             },
+            Found::Virtual => Ok(virtual_dir_meta()),
             _ => {
                 let (fd, name) = self.host_parent(r).ok_or_else(|| Error::os(libc::ENOENT, r.path.as_os_str()))?;
                 sys::read_meta(fd.as_fd(), &name, self.privilege).map_err(at)
@@ -437,6 +467,39 @@ impl View {
     pub fn stat(&self, path: &Path, follow: bool) -> Result<Meta> {
         let r = self.resolve(path, follow)?;
         self.meta(&r)
+    }
+
+    /// The canonical form of a container path: symlinks resolved inside the root (as Docker's
+    /// FollowSymlinkInScope), also where the path does not exist yet: the missing rest is kept as written.
+    pub fn canonical(&self, path: &Path) -> Result<PathBuf> {
+        self.canonical_in(path, &mut 0)
+    }
+
+    fn canonical_in(&self, path: &Path, links: &mut u32) -> Result<PathBuf> {
+        match self.resolve(path, true) {
+            Ok(r) => return Ok(r.path),
+            Err(e) if !e.is_errno(libc::ENOENT) => return Err(e),
+            Err(_) => {}
+        }
+        // Something on the way is missing: settle the parent first, then this last component.
+        let norm = normalize(path);
+        let (parent, name) = match (norm.parent(), norm.file_name()) {
+            (Some(p), Some(n)) => (p, n),
+            _ => return Ok(norm),
+        };
+        let base = self.canonical_in(parent, links)?.join(name);
+        match self.resolve(&base, false) {
+            Ok(r) if r.kind() == Some(Kind::Symlink) => {
+                *links += 1;
+                if *links > MAX_SYMLINKS {
+                    return Err(Error::os(libc::ELOOP, path.as_os_str()));
+                }
+                let target = self.readlink(&r.path)?;
+                let next = r.path.parent().unwrap_or(Path::new("/")).join(target);
+                self.canonical_in(&next, links)
+            }
+            _ => Ok(base),
+        }
     }
 
     pub fn readlink(&self, path: &Path) -> Result<OsString> {
@@ -462,6 +525,7 @@ impl View {
     pub fn list_dir(&self, dir: &Dir, here: &Path) -> Result<Vec<(OsString, Kind)>> {
         let mut out: Vec<(OsString, Kind)> = Vec::new();
         match dir {
+            Dir::Virtual => {}
             Dir::Mount { fd, .. } => {
                 let d = rustix::fs::openat(fd.as_fd(), ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
                 for (name, kind) in sys::read_dir(d.as_fd())? {
@@ -501,12 +565,12 @@ impl View {
                 out.extend(merged);
             }
         }
-        // Mount targets show up in their parent directory even where the image has nothing.
+        // Mount targets (and the directories leading to them) show up even where the image has nothing.
         let mut extra = BTreeSet::new();
         for m in &self.mounts {
-            if m.target.parent() == Some(here) {
-                if let Some(n) = m.target.file_name() {
-                    extra.insert(n.to_os_string());
+            if let Ok(rest) = m.target.strip_prefix(here) {
+                if let Some(first) = rest.iter().next() {
+                    extra.insert(first.to_os_string());
                 }
             }
         }
@@ -583,6 +647,25 @@ impl View {
             }
             _ => self.host_parent(r).ok_or_else(|| Error::os(libc::ENOENT, r.path.as_os_str())),
         }
+    }
+}
+
+/// What a mount point directory that no layer has looks like: root's, 0755.
+fn virtual_dir_meta() -> Meta {
+    Meta {
+        mode: libc::S_IFDIR | 0o755,
+        ino: 0,
+        dev: 0,
+        nlink: 2,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        size: 0,
+        blksize: 4096,
+        blocks: 0,
+        atime: (0, 0),
+        mtime: (0, 0),
+        ctime: (0, 0),
     }
 }
 
