@@ -141,9 +141,8 @@ class Container:
             image = self._store.images._maybe(self.image_id)
             if image is None:
                 raise ContainerNotFound(f"container {self.name}: its image {self.image_id} is gone")
-            top = image.top_layer
             self._view_cache = _ovlcore.View(
-                top.stack_paths() if top else [],
+                image.stack_paths(),
                 str(self.upper),
                 scratch=str(self.dir / "scratch"),
                 shared=str(self.dir / "shared-inodes"),
@@ -262,9 +261,7 @@ class Container:
         view.unshare_all()  # the kernel writes in place: committed layers must not share inodes
         with contextlib.suppress(FileNotFoundError):
             os.truncate(self.dir / "shared-inodes", 0)
-        image = self.image
-        top = image.top_layer
-        lower = top.stack_paths() if top else [str(self._empty_lower())]
+        lower = self.image.stack_paths() or [str(self._empty_lower())]
         try:
             _ovlcore.mount_overlay(lower, str(self.upper), str(self.dir / "work"), str(target), userxattr=self._store.privilege == "rootless")
         except PermissionError as e:

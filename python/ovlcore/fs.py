@@ -87,9 +87,7 @@ class ContainerFS:
 
     @classmethod
     def for_image(cls, image: Image) -> ContainerFS:
-        top = image.top_layer
-        lower = top.stack_paths() if top else []
-        view = _ovlcore.View(lower, None, privilege=image._store.privilege)
+        view = _ovlcore.View(image.stack_paths(), None, privilege=image._store.privilege)
         return cls(view, writable=False, owner=f"image {image.short_id}")
 
     def __repr__(self) -> str:

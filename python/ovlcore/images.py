@@ -80,6 +80,7 @@ class Image:
         self._config_bytes = config_bytes
         self._meta = meta
         self._config: dict[str, Any] | None = None
+        self._fs: ContainerFS | None = None
 
     @property
     def short_id(self) -> str:
@@ -138,6 +139,10 @@ class Image:
                 raise LayerNotFound(f"image {self.short_id} is missing layer {chain}") from None
         return out
 
+    def stack_paths(self) -> builtins.list[str]:
+        """The content directories of the layers, top first (no record needs reading: chain ids name them)."""
+        return [str(self._store._layout.layer(c) / "diff") for c in reversed(self.chain_ids)]
+
     @property
     def top_layer(self) -> Layer | None:
         layers = self.layers
@@ -150,10 +155,12 @@ class Image:
 
     @property
     def fs(self) -> ContainerFS:
-        """The merged file system of the image, read-only."""
+        """The merged file system of the image, read-only (made once: images never change)."""
         from .fs import ContainerFS
 
-        return ContainerFS.for_image(self)
+        if self._fs is None:
+            self._fs = ContainerFS.for_image(self)
+        return self._fs
 
     def history(self) -> builtins.list[HistoryEntry]:
         """``docker history``: one entry per build step, newest first, with the id of the local image each
