@@ -667,12 +667,6 @@ def env(request: Any, tmp_path: Path, monkeypatch: Any) -> Images:
     return make_images(make_store(tmp_path / "store", request.param, monkeypatch))
 
 
-@pytest.fixture
-def env1(tmp_path: Path, monkeypatch: Any) -> Images:
-    """The same, with the process's default convention only."""
-    return make_images(make_store(tmp_path / "store", None, monkeypatch))
-
-
 # --------------------------------------------------------------------------------------------------
 # Random operation sequences (hypothesis), applied to a ContainerFS or to a host directory
 # --------------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ with an in-memory model, must give the container's merged view), diff_id determi
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
@@ -23,7 +22,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import ovlcore  # noqa: E402
 from _helpers_containers import (  # noqa: E402,F401
-    BIG,
     IS_ROOT,
     T0,
     Images,
@@ -38,7 +36,6 @@ from _helpers_containers import (  # noqa: E402,F401
     gnu_tar_apply,
     host_tree,
     make_images,
-    make_store,
     model_of_fs,
     op_strategy,
     read_all,

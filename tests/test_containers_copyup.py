@@ -21,7 +21,6 @@ from _helpers_containers import (  # noqa: E402,F401
     T0,
     Images,
     assert_parents_first,
-    compare_trees,
     diff_pairs,
     env,
     expected_diff,
