@@ -261,7 +261,8 @@ class ContainerFS:
         self._view.chmod(self._w(path), mode, follow_symlinks)
 
     def chown(self, path: str | os.PathLike[str], uid: int, gid: int, *, follow_symlinks: bool = True) -> None:
-        """Change owner (``-1`` keeps one). Works unprivileged: the store records it."""
+        """Change owner (``-1`` keeps one). Works unprivileged: a rootless store records the owner in
+        an xattr; a symlink cannot carry one there, so changing a symlink's own owner raises EPERM."""
         self._view.chown(self._w(path), uid, gid, follow_symlinks)
 
     def lchown(self, path: str | os.PathLike[str], uid: int, gid: int) -> None:

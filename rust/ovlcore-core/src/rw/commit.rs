@@ -58,11 +58,13 @@ struct Mirror<'a> {
     size: u64,
     shared: Vec<u64>,
     seen: HashSet<u64>,
+    /// Multiply-linked files copied so far: inode → (directory, name) of the copy in the new layer.
+    copies: std::collections::HashMap<u64, (OwnedFd, std::ffi::OsString)>,
 }
 
 impl<'a> Mirror<'a> {
     fn run(upper: &Path, dest: &Path, lower: Option<&'a Lower>, privilege: Privilege) -> Result<(u64, Vec<u64>)> {
-        let mut m = Mirror { lower, privilege, size: 0, shared: Vec::new(), seen: HashSet::new() };
+        let mut m = Mirror { lower, privilege, size: 0, shared: Vec::new(), seen: HashSet::new(), copies: Default::default() };
         let src = sys::open_dir(upper)?;
         let dst = sys::open_dir(dest)?;
         let below = lower.map(|l| l.root().clone());
@@ -104,18 +106,11 @@ impl<'a> Mirror<'a> {
                     let ts = |t: (i64, u32)| Timespec { tv_sec: t.0, tv_nsec: t.1 as _ };
                     rustix::fs::futimens(&d, &Timestamps { last_access: ts(meta.atime), last_modification: ts(meta.mtime) })?;
                 }
-                Kind::File => {
+                _ if raw.kind() == Kind::File => {
                     if self.seen.insert(raw.ino) {
                         self.size += meta.size;
                     }
-                    match rustix::fs::linkat(src, &name, dst, &name, AtFlags::empty()) {
-                        Ok(()) => self.shared.push(raw.ino),
-                        // No hard link possible (link count limit, policy): copy instead.
-                        Err(Errno::MLINK) | Err(Errno::PERM) | Err(Errno::XDEV) => {
-                            clone_entry(src, &name, &meta, dst, &name, true, self.privilege)?
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+                    self.file(src, dst, &name, &raw, &meta)?;
                 }
                 Kind::Socket => {}
                 _ => {
@@ -125,6 +120,33 @@ impl<'a> Mirror<'a> {
                     clone_entry(src, &name, &meta, dst, &name, false, self.privilege)?;
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Mirror<'_> {
+    /// A regular file (or rootless stand-in) of the writable layer into the new layer. A file with one
+    /// name is taken over by a hard link (no data copied); the container copies it before changing it.
+    /// A file the container itself hard-linked is copied once, and its names linked in the new layer,
+    /// so the container's own links keep working after the commit.
+    fn file(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &std::ffi::OsStr, raw: &Meta, meta: &Meta) -> Result<()> {
+        if raw.nlink == 1 {
+            match rustix::fs::linkat(src, name, dst, name, AtFlags::empty()) {
+                Ok(()) => {
+                    self.shared.push(raw.ino);
+                    return Ok(());
+                }
+                // No hard link possible (link count limit, policy): copy instead.
+                Err(Errno::MLINK) | Err(Errno::PERM) | Err(Errno::XDEV) => {}
+                Err(e) => return Err(e.into()),
+            }
+        } else if let Some((dir, first)) = self.copies.get(&raw.ino) {
+            return Ok(rustix::fs::linkat(dir.as_fd(), first, dst, name, AtFlags::empty())?);
+        }
+        clone_entry(src, name, meta, dst, name, true, self.privilege)?;
+        if raw.nlink > 1 {
+            self.copies.insert(raw.ino, (rustix::io::fcntl_dupfd_cloexec(dst, 0)?, name.to_os_string()));
         }
         Ok(())
     }

@@ -112,7 +112,8 @@ impl View {
                     out.push((ChangeKind::Changed, child_path.clone()));
                 }
                 let below = if ic.kind == Kind::Dir { Some(self.lower.node(node, &name, &ic)) } else { None };
-                let sub_opaque = below.is_none() || sys::is_opaque(d.as_fd(), &name, self.privilege);
+                // Below an opaque (recreated) directory nothing merges: the image's entries are deleted.
+                let sub_opaque = opaque || below.is_none() || sys::is_opaque(d.as_fd(), &name, self.privilege);
                 let sub = open_subdir(d.as_fd(), &name)?;
                 let n = self.diff_dir(sub.as_fd(), &child_path, below, sub_opaque, out)?;
                 if n > 0 && !changed {

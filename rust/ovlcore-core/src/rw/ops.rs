@@ -22,6 +22,17 @@ use crate::rw::copyup::{clone_entry, copy_up_entry, place, scratch_name};
 use crate::sys;
 use crate::union::view::{open_subdir, Dir, Found, Resolved, Upper, View};
 
+/// Run `f` (which adds an entry to `dir` without changing the directory's content as the container sees
+/// it: a copy-up), then put the directory's times back, as the kernel does.
+fn keeping_times<T>(dir: BorrowedFd<'_>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let before = Meta::from_stat(&rustix::fs::fstat(dir)?);
+    let out = f()?;
+    let ts = |t: (i64, u32)| Timespec { tv_sec: t.0, tv_nsec: t.1 as _ };
+    let times = Timestamps { last_access: ts(before.atime), last_modification: ts(before.mtime) };
+    rustix::fs::utimensat(dir, ".", &times, AtFlags::empty())?;
+    Ok(out)
+}
+
 /// Where an existing entry can be changed: its real directory and name.
 struct Target {
     dir: Arc<OwnedFd>,
@@ -75,8 +86,10 @@ impl View {
             };
             let meta = self.lower.meta(&parent, &name, &child)?;
             let src = self.lower.open_parent(child.layer, &rel)?;
-            copy_up_entry(src.as_fd(), &name, &meta, up.scratch.as_fd(), cur.as_fd(), comp, false, self.privilege)
-                .map_err(|e| e.at(dir.as_os_str()))?;
+            keeping_times(cur.as_fd(), || {
+                copy_up_entry(src.as_fd(), &name, &meta, up.scratch.as_fd(), cur.as_fd(), comp, false, self.privilege)
+            })
+            .map_err(|e| e.at(dir.as_os_str()))?;
             cur = Arc::new(open_subdir(cur.as_fd(), comp).map_err(|e| Error::from(e).at(dir.as_os_str()))?);
         }
         Ok(cur)
@@ -102,7 +115,7 @@ impl View {
         let meta = self.lower.meta(node, &r.name, child)?;
         let rel = node.rel.join(&r.name);
         let src = self.lower.open_parent(child.layer, &rel)?;
-        copy_up_entry(src.as_fd(), &r.name, &meta, up.scratch.as_fd(), dir.as_fd(), &r.name, data, self.privilege)
+        keeping_times(dir.as_fd(), || copy_up_entry(src.as_fd(), &r.name, &meta, up.scratch.as_fd(), dir.as_fd(), &r.name, data, self.privilege))
             .map_err(|e| e.at(r.path.as_os_str()))?;
         Ok(Target { dir, name: r.name.clone() })
     }
@@ -171,6 +184,7 @@ impl View {
         let dir = self.upper_dir(r.path.parent().unwrap_or(Path::new("/")))?;
         if !whiteout {
             build(dir.as_fd(), &r.name).map_err(at)?;
+            self.inherit_setgid(dir.as_fd(), &r.name, false).map_err(at)?;
             return Ok(Target { dir, name: r.name.clone() });
         }
         let tmp = scratch_name();
@@ -187,7 +201,41 @@ impl View {
         });
         let _ = sys::remove_all_at(up.scratch.as_fd(), &tmp);
         built.map_err(at)?;
+        self.inherit_setgid(dir.as_fd(), &r.name, true).map_err(at)?;
         Ok(Target { dir, name: r.name.clone() })
+    }
+
+    /// A new entry in a setgid directory takes the directory's group (and a new directory its setgid
+    /// bit), as the kernel does. Needed where the kernel could not see it: an entry built in scratch, or
+    /// a rootless store, whose directories keep their setgid bit in the override only.
+    fn inherit_setgid(&self, dir: BorrowedFd<'_>, name: &OsStr, built_elsewhere: bool) -> Result<()> {
+        if self.privilege == Privilege::Root && !built_elsewhere {
+            return Ok(());
+        }
+        let parent = sys::read_meta(dir, OsStr::new("."), self.privilege)?;
+        if parent.mode & libc::S_ISGID == 0 {
+            return Ok(());
+        }
+        let m = sys::read_meta(dir, name, self.privilege)?;
+        let mut want = m.attrs();
+        want.gid = parent.gid;
+        if want.kind == Kind::Dir {
+            want.perm |= libc::S_ISGID;
+        }
+        if want == m.attrs() {
+            return Ok(());
+        }
+        match (self.privilege, want.kind) {
+            (Privilege::Rootless, Kind::Symlink) => Ok(()),
+            (Privilege::Rootless, _) => apply_attrs(dir, name, None, &want, self.privilege),
+            (Privilege::Root, kind) => {
+                rustix::fs::chownat(dir, name, None, Some(rustix::fs::Gid::from_raw(want.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+                if kind == Kind::Dir {
+                    rustix::fs::chmodat(dir, name, Mode::from_raw_mode(want.perm), AtFlags::empty())?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Remove a resolved entry: a whiteout where the image layers have something there, else unlink.
@@ -288,8 +336,12 @@ impl View {
 
     /// A hard link `dst` to the existing non-directory `src` (copied up first, as the kernel does).
     pub fn link(&self, src: &Path, dst: &Path) -> Result<()> {
+        // In the kernel's order: the old entry looked up, the new name checked, then the old one's type.
         let rs = self.resolve(src, false)?.require()?;
         let rd = self.resolve(dst, false)?;
+        if rd.found.exists() {
+            return Err(Error::os(libc::EEXIST, rd.path.as_os_str()));
+        }
         if rs.kind() == Some(Kind::Dir) {
             return Err(Error::os(libc::EPERM, rs.path.as_os_str()));
         }
@@ -297,13 +349,9 @@ impl View {
             return Err(Error::Os { errno: libc::EXDEV, path: Some(rs.path.into()), path2: Some(rd.path.into()) });
         }
         self.check_mount_writable(&rs)?;
-        let t = match &rs.found {
-            Found::Lower { .. } => self.copy_up(&rs, true)?,
-            _ => {
-                let (dir, name) = self.host_parent(&rs).ok_or_else(|| Error::os(libc::ENOENT, rs.path.as_os_str()))?;
-                Target { dir, name }
-            }
-        };
+        // Copied up from the image, or given its own inode if shared with a committed layer: the two
+        // names must stay one file whatever is written through either.
+        let t = self.prepare(&rs, true)?;
         self.create_at(&rd, &|dir, name| Ok(rustix::fs::linkat(t.dir.as_fd(), &t.name, dir, name, AtFlags::empty())?))?;
         Ok(())
     }
@@ -359,8 +407,10 @@ impl View {
 
     /// Rename (overlayfs rules, except that directories from the image layers can be renamed too).
     pub fn rename(&self, src: &Path, dst: &Path) -> Result<()> {
-        let rs = self.resolve(src, false)?.require()?;
+        // In the kernel's order: both parents resolved first, then the source looked up.
+        let rs = self.resolve(src, false)?;
         let rd = self.resolve(dst, false)?;
+        let rs = rs.require()?;
         let both = |errno: i32| Error::Os { errno, path: Some(rs.path.clone().into()), path2: Some(rd.path.clone().into()) };
         if matches!(rs.found, Found::Root | Found::MountRoot { .. }) || matches!(rd.found, Found::Root | Found::MountRoot { .. }) {
             return Err(both(libc::EBUSY));
@@ -370,6 +420,10 @@ impl View {
         }
         if rd.path.starts_with(&rs.path) {
             return Err(both(libc::EINVAL));
+        }
+        // The destination is an ancestor of the source: it cannot be empty.
+        if rs.path.starts_with(&rd.path) {
+            return Err(both(libc::ENOTEMPTY));
         }
         if rs.mount() != rd.mount() {
             return Err(both(libc::EXDEV));
@@ -463,11 +517,14 @@ impl View {
         // Whiteouts mean nothing once the directory stops merging with the layers below.
         if let Some((dir, name)) = self.host_parent(&r) {
             let sub = rustix::fs::openat(dir.as_fd(), &name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
-            for (n, k) in sys::read_dir(sub.as_fd())? {
-                if matches!(k, Some(Kind::Char) | None) && Meta::from_stat(&sys::lstat_at(sub.as_fd(), &n)?).is_whiteout() {
-                    rustix::fs::unlinkat(&sub, &n, AtFlags::empty())?;
+            keeping_times(sub.as_fd(), || {
+                for (n, k) in sys::read_dir(sub.as_fd())? {
+                    if matches!(k, Some(Kind::Char) | None) && Meta::from_stat(&sys::lstat_at(sub.as_fd(), &n)?).is_whiteout() {
+                        rustix::fs::unlinkat(&sub, &n, AtFlags::empty())?;
+                    }
                 }
-            }
+                Ok(())
+            })?;
         }
         Ok(())
     }
