@@ -82,6 +82,8 @@ struct StreamState {
     out: Box<dyn Read + Send>,
     /// Digest of the bytes handed out (the blob digest).
     blob: Hasher,
+    /// False for an uncompressed stream: its blob digest is the tar digest, so only count the bytes.
+    hash_blob: bool,
     tar: Arc<Mutex<Option<String>>>,
 }
 
@@ -169,7 +171,11 @@ impl TarStream {
                     }
                     out.truncate(filled);
                 }
-                st.blob.update(&out);
+                if st.hash_blob {
+                    st.blob.update(&out);
+                } else {
+                    st.blob.count += out.len() as u64;
+                }
                 Ok(out)
             })
             .py()?;
@@ -193,10 +199,14 @@ impl TarStream {
     /// The digest of the bytes read (the blob digest), once the stream has been read to its end.
     #[getter]
     fn digest(&self) -> Option<String> {
-        if self.finished {
-            Some(self.state.lock().unwrap().blob.digest())
+        if !self.finished {
+            return None;
+        }
+        let st = self.state.lock().unwrap();
+        if st.hash_blob {
+            Some(st.blob.digest())
         } else {
-            None
+            st.tar.lock().unwrap().clone()
         }
     }
 
@@ -240,9 +250,10 @@ pub fn make_stream(tar: LayerTar, compression: Option<&str>) -> PyResult<TarStre
     let compression = Compression::parse(compression).py()?;
     let slot = Arc::new(Mutex::new(None));
     let plain = DigestOnEnd { tar, slot: slot.clone() };
+    let hash_blob = compression != Compression::None;
     let out: Box<dyn Read + Send> = match compression {
         Compression::None => Box::new(plain),
         c => Box::new(Compressing { inner: plain, enc: Some(Encoder::new(Vec::new(), c).py()?), out: Vec::new(), pos: 0 }),
     };
-    Ok(TarStream { state: Mutex::new(StreamState { out, blob: Hasher::default(), tar: slot }), finished: false })
+    Ok(TarStream { state: Mutex::new(StreamState { out, blob: Hasher::default(), hash_blob, tar: slot }), finished: false })
 }
