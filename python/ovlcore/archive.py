@@ -764,6 +764,18 @@ def _chains(diff_ids: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
+def _familiar(tag: str) -> str:
+    """A tag in Docker's familiar form: ``docker.io/library/x:1`` is ``x:1``, ``docker.io/u/x:1`` is ``u/x:1``."""
+    t = full_tag(tag)
+    for host in ("docker.io/", "index.docker.io/"):
+        if t.startswith(host):
+            t = t[len(host) :]
+            if t.startswith("library/") and "/" not in t[len("library/") :]:
+                t = t[len("library/") :]
+            break
+    return t
+
+
 def _check_tags(tags: Any, what: str) -> list[str]:
     if tags is None:
         return []
@@ -772,7 +784,7 @@ def _check_tags(tags: Any, what: str) -> list[str]:
     out = []
     for t in tags:
         try:
-            out.append(full_tag(t))
+            out.append(_familiar(t))
         except InvalidReference as e:
             raise InvalidArchive(f"{what}: invalid tag {t!r}: {e}") from None
     return out
@@ -872,7 +884,7 @@ def _ref_tag(annotations: Any) -> str | None:
         value = annotations.get(key)
         if isinstance(value, str) and value and (key == ANN_CONTAINERD_NAME or ":" in value or "/" in value):
             try:
-                return full_tag(value)
+                return _familiar(value)
             except InvalidReference:
                 continue
     return None
