@@ -46,7 +46,7 @@ from .references import full_tag, parse_tag
 
 if TYPE_CHECKING:
     from .images import Image
-    from .layers import Layer
+    from .layers import Layer, StagedLayer
     from .store import Store
 
 __all__ = ["save", "load", "FORMATS"]
@@ -971,55 +971,45 @@ def _platform_arch() -> str:
 # ====================================================================================================
 
 
-@dataclass
-class _Staged:
-    staging: Staging
-    record: dict[str, Any]
-    lower: list[str]  # content directories, this layer's first (top first)
-
-
 class _Loader:
     def __init__(self, store: Store, arc: _Archive, stack: contextlib.ExitStack) -> None:
         self.store = store
         self.arc = arc
         self.stack = stack
-        self.staged: dict[str, _Staged] = {}  # chain id -> staged layer
-        self.order: list[str] = []
+        self.staged: dict[str, tuple[StagedLayer, list[str]]] = {}  # chain id -> (layer, content dirs top first)
 
-    def _stack_paths(self, chain: str | None) -> list[str]:
-        """Content directories of the layer ``chain`` and everything below it (top first)."""
+    def _parent(self, chain: str | None) -> tuple[Layer | None, list[str]]:
+        """The layer ``chain`` (staged by this load, or in the store) and its content directories, top first."""
+        from .layers import Layer
+
         if chain is None:
-            return []
-        st = self.staged.get(chain)
-        if st is not None:
-            return st.lower
+            return None, []
+        staged = self.staged.get(chain)
+        if staged is not None:
+            return Layer(self.store, staged[0].record), staged[1]
         layer = self.store.layers._read(_hex(chain))
         if layer is None:
             raise LayerNotFound(f"layer {chain} was removed from the store while loading")
-        return layer.stack_paths()
-
-    def _in_store(self, chain: str) -> bool:
-        return self.store.layers._read(_hex(chain)) is not None
+        return layer, layer.stack_paths()
 
     def layer(self, lp: _LayerPlan, image_what: str) -> None:
-        if lp.chain_id in self.staged or self._in_store(lp.chain_id):
+        """Extract and verify one layer into a staging directory, unless the store or this load has it."""
+        from .layers import StagedLayer
+
+        if lp.chain_id in self.staged or self.store.layers._read(_hex(lp.chain_id)) is not None:
             return
         store = self.store
         what = f"layer {lp.member!r}"
         compressed = _is_compressed(self.arc.head(lp.member))
         hasher = hashlib.sha256() if (lp.blob_digest is not None and compressed) else None
         section = self.arc.open(lp.member, hasher)
+        parent, lower = self._parent(lp.parent)
         st = self.stack.enter_context(Staging(store._layout))
         content = st.path / "diff"
         content.mkdir()
-        lower = self._stack_paths(lp.parent)
         try:
             diff_id, size, tar_size = _ovlcore.import_layer(
-                section,
-                str(content),
-                tarsplit=str(st.path / "tar-split.zst"),
-                lower=lower,
-                privilege=store.privilege,
+                section, str(content), tarsplit=str(st.path / "tar-split.zst"), lower=lower, privilege=store.privilege
             )
             section.drain()
         except InvalidArchive as e:
@@ -1032,60 +1022,42 @@ class _Loader:
             raise InvalidArchive(
                 f"{what}: diff_id mismatch: the layer's tar hashes to {diff_id}, the config of {image_what} says {lp.diff_id}"
             )
-        record = {
-            "chain_id": lp.chain_id,
-            "diff_id": diff_id,
-            "parent": lp.parent,
-            "size": size,
-            "tar_size": tar_size,
-            "created": datetime.now(timezone.utc).isoformat(),
-            "retained": False,
-        }
-        write_json(st.path / "layer.json", record)
-        self.staged[lp.chain_id] = _Staged(st, record, [str(content), *lower])
-        self.order.append(lp.chain_id)
+        staged = StagedLayer(st, diff_id, size, tar_size, parent)
+        assert staged.chain_id == lp.chain_id
+        self.staged[lp.chain_id] = (staged, [str(content), *lower])
 
     def publish(self, plans: list[_ImagePlan]) -> None:
-        """Make every staged layer, every new image and every tag visible at once."""
-        from .images import format_time
-
+        """Make every staged layer, every new image and every tag visible in one hold of the store lock."""
         store = self.store
         layout = store._layout
-        images: list[tuple[_ImagePlan, Staging]] = []
-        now = format_time(datetime.now(timezone.utc))
+        images: dict[str, tuple[_ImagePlan, Staging]] = {}
         ids = {p.image_id for p in plans}
         for plan in plans:
-            if layout.image(plan.image_id).exists() or any(p.image_id == plan.image_id for p, _ in images):
+            if plan.image_id in images or layout.image(plan.image_id).exists():
                 continue
-            st = self.stack.enter_context(Staging(layout))
-            (st.path / "config.json").write_bytes(plan.config)
             parent = plan.parent if plan.parent and (plan.parent in ids or layout.image(plan.parent).exists()) else None
-            write_json(st.path / "image.json", {"parent": parent, "added": now})
-            images.append((plan, st))
+            images[plan.image_id] = (plan, self.stack.enter_context(store.images._stage_image(plan.config, parent)))
         published: list[Path] = []
         trash: list[Path] = []
         failure: BaseException | None = None
         with store._lock.exclusive():
             try:
-                for chain in self.order:
-                    staged = self.staged[chain]
+                for chain, (staged, _) in self.staged.items():  # bottom first: parents were staged first
                     dest = layout.layer(chain)
-                    if dest.exists():
-                        continue  # loaded meanwhile by someone else: ours is discarded
-                    parent = staged.record["parent"]
-                    if parent is not None and not layout.layer(parent).exists():
-                        raise LayerNotFound(f"layer {parent} was removed from the store while loading")
-                    staged.staging.publish(dest)
-                    published.append(dest)
+                    existed = dest.exists()
+                    store.layers._publish_locked(staged, retain=False)
+                    if not existed:
+                        published.append(dest)
+                for plan, st in images.values():
+                    dest = layout.image(plan.image_id)
+                    existed = dest.exists()
+                    store.images._publish_locked(st, plan.config, None)
+                    if not existed:
+                        published.append(dest)
                 for plan in plans:
                     for lp in plan.layers:
                         if not layout.layer(lp.chain_id).exists():
                             raise LayerNotFound(f"layer {lp.chain_id} was removed from the store while loading")
-                for plan, st in images:
-                    dest = layout.image(plan.image_id)
-                    if not dest.exists():
-                        st.publish(dest)
-                        published.append(dest)
                 tags = [(t, p.image_id) for p in plans for t in p.tags]
                 if tags:
                     repos = store.images._repositories()
