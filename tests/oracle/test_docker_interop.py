@@ -76,10 +76,11 @@ class DockerObjects:
         self.images: list[str] = []
         self.containers: list[str] = []
 
-    def image(self, tag: str) -> str:
-        name = f"{self.prefix}-{tag}"
-        self.images.append(name)
-        return name
+    def image(self, what: str) -> str:
+        """A unique ``name:tag``."""
+        ref = f"{self.prefix}-{what}:1"
+        self.images.append(ref)
+        return ref
 
     def container(self, what: str) -> str:
         name = f"{self.prefix}-{what}"
@@ -244,7 +245,7 @@ def docker_listing(dk: DockerObjects, image: str, drop: set[str]) -> dict[str, t
 
 def test_ovlcore_image_runs_in_docker(dk: DockerObjects, store: ovlcore.Store, tmp_path: Path) -> None:
     img = build_ovlcore_image(store, tmp_path)
-    tag = dk.image("two") + ":1"
+    tag = dk.image("two")
     store.images.tag(img, tag)
     out = tmp_path / "save.tar"
     store.images.save(tag, out)
@@ -271,7 +272,7 @@ def test_ovlcore_image_runs_in_docker(dk: DockerObjects, store: ovlcore.Store, t
 
 def test_oci_save_loads_in_docker(dk: DockerObjects, store: ovlcore.Store, tmp_path: Path) -> None:
     img = build_ovlcore_image(store, tmp_path)
-    tag = dk.image("oci") + ":1"
+    tag = dk.image("oci")
     store.images.tag(img, tag)
     out = tmp_path / "oci.tar"
     store.images.save(tag, out, format="oci", compression="gzip")
@@ -284,9 +285,9 @@ def test_oci_save_loads_in_docker(dk: DockerObjects, store: ovlcore.Store, tmp_p
 
 def test_docker_made_images_load(dk: DockerObjects, store: ovlcore.Store, tmp_path: Path) -> None:
     rootfs = busybox_rootfs(tmp_path)
-    base = dk.image("base") + ":1"
-    one = dk.image("one") + ":1"
-    two = dk.image("two") + ":1"
+    base = dk.image("base")
+    one = dk.image("one")
+    two = dk.image("two")
     run("docker", "import", "-m", "imported", str(rootfs), base)
     c1 = dk.container("c1")
     run("docker", "run", "--name", c1, "--network", "none", base, "sh", "-c",
@@ -322,7 +323,7 @@ def test_docker_made_images_load(dk: DockerObjects, store: ovlcore.Store, tmp_pa
 
 def test_export_matches_docker_export(dk: DockerObjects, store: ovlcore.Store, tmp_path: Path) -> None:
     img = build_ovlcore_image(store, tmp_path)
-    tag = dk.image("exp") + ":1"
+    tag = dk.image("exp")
     store.images.tag(img, tag)
     out = tmp_path / "save.tar"
     store.images.save(tag, out)
