@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Union
 
-from . import _ovlcore
+from . import _ovlcore, _pump
 from ._storage import Staging, move_to_trash, write_json
 from .errors import ImageNotFound, InvalidArchive, InvalidReference, LayerNotFound, OvlError
 from .references import full_tag, parse_tag
@@ -141,15 +141,20 @@ class _TarWriter:
         self._pad(len(data))
 
     def add_stream(self, name: str, size: int, stream: Any, mtime: int, what: str) -> None:
-        """Copy exactly ``size`` bytes of ``stream`` (which must then be at its end) as member ``name``."""
+        """Copy exactly ``size`` bytes of ``stream`` (which must then be at its end) as member ``name``.
+        Reading the next chunk (the core, without the GIL) overlaps with writing the previous one."""
         self._header(name, size, mtime=mtime)
-        left = size
-        while left > 0:
-            chunk = stream.read(min(_CHUNK, left))
-            if not chunk:
-                raise OvlError(f"{what} ended after {size - left} of its {size} bytes")
-            self._write(chunk)
-            left -= len(chunk)
+        base = self.written
+
+        def advanced(n: int) -> None:
+            self.written = base + n
+            if self._progress is not None:
+                self._progress(self.written)
+
+        try:
+            _pump.copy(stream.read, self._out.write, size=size, progress=advanced)
+        except EOFError:
+            raise OvlError(f"{what} ended after {self.written - base} of its {size} bytes") from None
         if stream.read(1):
             raise OvlError(f"{what} is longer than its recorded {size} bytes")
         self._pad(size)

@@ -1,0 +1,364 @@
+"""save / load / export / layer.tar against Docker and GNU tar, in the same run on the same data.
+
+Workload (the container issue's): a ~200 MB base image made from this machine's /usr; a container adds
+10,000 files of 4 KiB in one directory, appends to 200 image files, deletes one directory, adds one 1 GiB
+file (random bytes, so that no compressor gets it for free); committed. Docker gets the very same image
+(loaded from ovlcore's save) for its baselines.
+
+Full size needs pytest-benchmark enabled; with ``--benchmark-disable`` or ``OVLCORE_BENCH_SMALL=1`` the
+data is tiny (a few MB, 100 files, a 1 MB file) so CI runs every bench in seconds. Each group puts ovlcore
+and its baselines side by side::
+
+    python -m pytest benches/bench_save_load.py --benchmark-group-by=group --benchmark-columns=min,mean,rounds
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ovlcore
+
+DATA = Path(os.environ.get("OVLCORE_BENCH_DATA", "/tmp/ovlcore-bench-data"))
+MB = 1 << 20
+
+
+def small(config: Any) -> bool:
+    return bool(os.environ.get("OVLCORE_BENCH_SMALL")) or bool(config.getoption("benchmark_disable", False))
+
+
+def base_rootfs(target_bytes: int) -> Path:
+    """A tar of regular files, directories and symlinks from /usr, about ``target_bytes`` of content,
+    deterministic, cached under ``DATA``."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    out = DATA / f"saveload-rootfs-{target_bytes // MB}MB.tar"
+    if out.exists():
+        return out
+    tmp = out.with_suffix(".part")
+    total = 0
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+        for top in ("/usr/share", "/usr/lib", "/usr/bin"):
+            for dirpath, dirnames, filenames in os.walk(top):
+                dirnames.sort()
+                if total >= target_bytes:
+                    break
+                tf.add(dirpath, arcname=dirpath.lstrip("/"), recursive=False)
+                for name in sorted(filenames):
+                    p = os.path.join(dirpath, name)
+                    try:
+                        st = os.lstat(p)
+                        if not (os.path.islink(p) or os.path.isfile(p)) or not os.access(p, os.R_OK):
+                            continue
+                        tf.add(p, arcname=p.lstrip("/"), recursive=False)
+                    except OSError:
+                        continue
+                    total += st.st_size
+                    if total >= target_bytes:
+                        break
+            if total >= target_bytes:
+                break
+    tmp.rename(out)
+    return out
+
+
+def docker_running() -> str | None:
+    """None when Docker can be used, else why not."""
+    if shutil.which("docker") is None:
+        return "Docker is not installed"
+    r = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"Docker engine not running: {(r.stderr or r.stdout).strip().splitlines()[-1:] or r.returncode}"
+    return None
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True, capture_output=True)
+
+
+@dataclass
+class Workload:
+    root: Path
+    store: ovlcore.Store
+    image: ovlcore.Image
+    tag: str
+    small: bool
+    work: Path
+    archive: Path  # ovlcore's docker-format save of the image, input of the load benches
+    docker: str | None = None  # why Docker baselines skip; None when they run
+    docker_objects: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="session")
+def workload(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workload]:
+    tiny = small(request.config)
+    work = tmp_path_factory.mktemp("saveload")
+    store = ovlcore.Store(work / "store")
+    rootfs = base_rootfs(4 * MB if tiny else 200 * MB)
+    base = store.images.import_archive(str(rootfs), tag="saveload-base:1")
+    c = store.containers.create(base, name="bench")
+    fs = c.fs
+    nfiles, big = (100, 1 * MB) if tiny else (10_000, 1024 * MB)
+    fs.mkdir("/data")
+    block = os.urandom(4096)
+    for i in range(nfiles):
+        fs.write_bytes(f"/data/f{i:05d}", block)
+    appended = 0
+    for top, _dirs, files in fs.walk("/usr"):
+        for name in files:
+            p = f"{top}/{name}"
+            if appended < 200 and fs.is_file(p) and not fs.is_symlink(p):
+                with fs.open(p, "ab") as f:
+                    f.write(b"appended\n")
+                appended += 1
+    # The largest directory directly under /usr/share goes.
+    share = [(n, sum(1 for _ in fs.walk(f"/usr/share/{n}"))) for n in fs.listdir("/usr/share") if fs.is_dir(f"/usr/share/{n}")]
+    fs.rmtree("/usr/share/" + max(share, key=lambda x: x[1])[0])
+    with fs.open("/big", "wb") as f:
+        for _ in range(big // MB):
+            f.write(os.urandom(MB))
+    image = c.commit("saveload:1", message="bench")
+    archive = work / "input.tar"
+    store.images.save("saveload:1", archive)
+    w = Workload(work, store, image, "saveload:1", tiny, work, archive)
+    w.docker = docker_running()
+    tag = f"ovlcore-bench-saveload-{os.getpid()}:1"
+    if w.docker is None:
+        store.images.tag(image, tag)
+        tagged = work / "tagged.tar"
+        store.images.save(tag, tagged)
+        sh(f"docker load -i {tagged}")
+        tagged.unlink()
+        w.docker_objects.append(tag)
+        w.tag = tag
+    yield w
+    if w.docker is None:
+        subprocess.run(["docker", "rm", "-f", f"ovlcore-bench-export-{os.getpid()}"], capture_output=True)
+        subprocess.run(["docker", "rmi", "-f", *w.docker_objects], capture_output=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def need_docker(w: Workload) -> None:
+    if w.docker is not None:
+        pytest.skip(f"Docker baseline skipped: {w.docker}")
+
+
+def rounds(w: Workload) -> int:
+    return 3 if w.small else 2
+
+
+def settle() -> None:
+    """Start each round with no dirty pages of the previous one being written back."""
+    os.sync()
+
+
+def check_docker_archive(path: Path, w: Workload) -> None:
+    """The archive names the image and every layer with its exact size; the top layer hashes to its diff_id."""
+    with tarfile.open(path) as tf:
+        members = {m.name: m for m in tf.getmembers()}
+        manifest = json.load(tf.extractfile("manifest.json"))  # type: ignore[arg-type]
+        assert manifest[0]["Config"].removesuffix(".json").removeprefix("blobs/sha256/") == w.image.id.removeprefix("sha256:")
+        layers = w.image.layers
+        assert len(manifest[0]["Layers"]) == len(layers)
+        for name, layer in zip(manifest[0]["Layers"], layers):
+            m = members[name]
+            if m.issym():
+                continue
+            assert m.size == layer._record["tar_size"]
+        top = tf.extractfile(members[manifest[0]["Layers"][-1]])
+        assert top is not None
+        h = hashlib.sha256()
+        while chunk := top.read(8 * MB):
+            h.update(chunk)
+        assert "sha256:" + h.hexdigest() == layers[-1].diff_id
+
+
+# ----------------------------------------------------------------------------------------------------
+# save
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="save")
+def test_save_ovlcore(benchmark: Any, workload: Workload) -> None:
+    out = workload.work / "save-ovlcore.tar"
+    benchmark.pedantic(lambda: workload.store.images.save(workload.tag, out), setup=settle, rounds=rounds(workload), iterations=1)
+    check_docker_archive(out, workload)
+    out.unlink()
+
+
+@pytest.mark.benchmark(group="save")
+def test_save_ovlcore_oci(benchmark: Any, workload: Workload) -> None:
+    out = workload.work / "save-ovlcore-oci.tar"
+    benchmark.pedantic(
+        lambda: workload.store.images.save(workload.tag, out, format="oci"), setup=settle, rounds=rounds(workload), iterations=1
+    )
+    check_docker_archive(out, workload)  # the OCI output carries a docker manifest.json too
+    out.unlink()
+
+
+@pytest.mark.benchmark(group="save")
+def test_save_docker(benchmark: Any, workload: Workload) -> None:
+    need_docker(workload)
+    out = workload.work / "save-docker.tar"
+    benchmark.pedantic(lambda: sh(f"docker save -o {out} {workload.tag}"), setup=settle, rounds=rounds(workload), iterations=1)
+    check_docker_archive(out, workload)
+    out.unlink()
+
+
+# ----------------------------------------------------------------------------------------------------
+# export
+# ----------------------------------------------------------------------------------------------------
+
+
+def check_export(path: Path, w: Workload) -> int:
+    with tarfile.open(path) as tf:
+        names = tf.getnames()
+        big = tf.getmember("big")
+    assert sum(1 for n in names if n.startswith("data/f")) == (100 if w.small else 10_000)
+    assert big.size == (1 if w.small else 1024) * MB
+    return len(names)
+
+
+@pytest.fixture(scope="module")
+def export_container(workload: Workload) -> ovlcore.Container:
+    return workload.store.containers.create(workload.image, name="export-bench")
+
+
+@pytest.mark.benchmark(group="export")
+def test_export_ovlcore(benchmark: Any, workload: Workload, export_container: ovlcore.Container) -> None:
+    out = workload.work / "export-ovlcore.tar"
+    benchmark.pedantic(lambda: export_container.export(out), setup=settle, rounds=rounds(workload), iterations=1)
+    check_export(out, workload)
+    out.unlink()
+
+
+@pytest.mark.benchmark(group="export")
+def test_export_ovlcore_fileobj(benchmark: Any, workload: Workload, export_container: ovlcore.Container) -> None:
+    """To an open file (no temp name, no fsync), as `docker export > file` writes."""
+    out = workload.work / "export-ovlcore-f.tar"
+
+    def run() -> None:
+        with open(out, "wb") as f:
+            export_container.export(f)
+
+    benchmark.pedantic(run, setup=settle, rounds=rounds(workload), iterations=1)
+    check_export(out, workload)
+    out.unlink()
+
+
+@pytest.mark.benchmark(group="export")
+def test_export_docker(benchmark: Any, workload: Workload) -> None:
+    need_docker(workload)
+    name = f"ovlcore-bench-export-{os.getpid()}"
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    sh(f"docker create --name {name} --network none {workload.tag} sh")
+    out = workload.work / "export-docker.tar"
+    try:
+        benchmark.pedantic(lambda: sh(f"docker export -o {out} {name}"), setup=settle, rounds=rounds(workload), iterations=1)
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    n = check_export(out, workload)
+    # Docker adds its init entries (.dockerenv, /dev, /proc, /sys, /etc/hosts ...): about a dozen.
+    assert n > 0
+    out.unlink()
+
+
+# ----------------------------------------------------------------------------------------------------
+# load
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="load")
+def test_load_ovlcore(benchmark: Any, workload: Workload) -> None:
+    stores: list[Path] = []
+    loaded: list[Any] = []
+
+    def setup() -> tuple[tuple[ovlcore.Store], dict[str, Any]]:
+        for p in stores:
+            shutil.rmtree(p, ignore_errors=True)
+        stores.clear()
+        p = workload.work / f"load-store-{len(loaded)}"
+        stores.append(p)
+        settle()
+        return (ovlcore.Store(p),), {}
+
+    def run(store: ovlcore.Store) -> None:
+        loaded.append(store.images.load(workload.archive))
+
+    benchmark.pedantic(run, setup=setup, rounds=rounds(workload), iterations=1)
+    (img,) = loaded[-1]
+    assert img.id == workload.image.id
+    assert [x.diff_id for x in img.layers] == [x.diff_id for x in workload.image.layers]
+    for p in stores:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+@pytest.mark.benchmark(group="load")
+def test_load_docker(benchmark: Any, workload: Workload) -> None:
+    need_docker(workload)
+
+    def setup() -> None:
+        # By id: every tag and every layer goes, so that the load really extracts.
+        subprocess.run(["docker", "rmi", "-f", workload.image.id], capture_output=True)
+        settle()
+
+    benchmark.pedantic(lambda: sh(f"docker load -i {workload.archive}"), setup=setup, rounds=rounds(workload), iterations=1)
+    # docker load restores the archive's tag (saveload:1); give it the bench's tag back for what follows.
+    inspect = json.loads(subprocess.run(["docker", "image", "inspect", "saveload:1"], check=True, capture_output=True).stdout)
+    assert inspect[0]["Id"] == workload.image.id
+    sh(f"docker tag saveload:1 {workload.tag}")
+    workload.docker_objects.append("saveload:1")
+
+
+# ----------------------------------------------------------------------------------------------------
+# layer.tar throughput
+# ----------------------------------------------------------------------------------------------------
+
+
+def drain(stream: Any) -> int:
+    n = 0
+    while chunk := stream.read(4 * MB):
+        n += len(chunk)
+    return n
+
+
+@pytest.mark.parametrize("compression", [None, "gzip", "zstd"])
+@pytest.mark.benchmark(group="layer-tar")
+def test_layer_tar_ovlcore(benchmark: Any, workload: Workload, compression: str | None) -> None:
+    layer = workload.image.layers[-1]
+    results: list[Any] = []
+
+    def run() -> None:
+        stream = layer.tar(compression)
+        results.append((drain(stream), stream.diff_id))
+
+    benchmark.pedantic(run, rounds=rounds(workload), iterations=1)
+    size, diff_id = results[-1]
+    assert diff_id == layer.diff_id
+    if compression is None:
+        assert size == layer._record["tar_size"]
+    benchmark.extra_info["tar_bytes"] = layer._record["tar_size"]
+
+
+@pytest.mark.parametrize("compressor", ["cat", "gzip -1", "pigz -1", "zstd -T0 -3"])
+@pytest.mark.benchmark(group="layer-tar")
+def test_layer_tar_gnu_tar(benchmark: Any, workload: Workload, compressor: str) -> None:
+    """GNU tar over the same layer directory, piped to the compressor at the level ovlcore uses (gzip 1,
+    zstd 3), into /dev/null (through a pipe, so tar reads every byte)."""
+    tool = compressor.split()[0]
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} is not installed")
+    layer = workload.image.layers[-1]
+    cmd = f"tar -C {layer.path} -cf - . | {compressor} > /dev/null"
+    benchmark.pedantic(lambda: sh(cmd), rounds=rounds(workload), iterations=1)
+    benchmark.extra_info["tar_bytes"] = layer._record["tar_size"]
