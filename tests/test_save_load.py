@@ -799,3 +799,34 @@ def test_umoci_unpacks_oci_layout(store: ovlcore.Store, images: dict[str, ovlcor
             found.add("/" + os.path.relpath(os.path.join(top, n), rootfs))
     assert found == set(tree(images["app2"].fs))
     assert (rootfs / "var/lib/data").read_bytes() == b"x" * 10000 + b"appended"
+
+
+def test_save_to_pipes_and_open_files(store: ovlcore.Store, images: dict[str, ovlcore.Image], tmp_path: Path) -> None:
+    """The core writes straight to a real file descriptor: a pipe, or a buffered file already holding data
+    (whose position stays right for what is written after)."""
+    import threading
+
+    ref = io.BytesIO()
+    store.images.save(["app:2", "side:1"], ref, format="oci")
+    expected = ref.getvalue()
+    r, w = os.pipe()
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(os.fdopen(r, "rb").read()))
+    reader.start()
+    with os.fdopen(w, "wb") as f:
+        store.images.save(["app:2", "side:1"], f, format="oci")
+    reader.join()
+    assert got == [expected]
+    path = tmp_path / "mixed.bin"
+    with open(path, "wb") as f:
+        f.write(b"prefix")
+        store.images.save(["app:2", "side:1"], f, format="oci")
+        assert f.tell() == 6 + len(expected)
+        f.write(b"suffix")
+    assert path.read_bytes() == b"prefix" + expected + b"suffix"
+    # Container export takes the same path.
+    c = store.containers.create("app:2")
+    buf = io.BytesIO()
+    c.export(buf)
+    c.export(tmp_path / "e.tar")
+    assert (tmp_path / "e.tar").read_bytes() == buf.getvalue()

@@ -152,7 +152,7 @@ class _TarWriter:
                 self._progress(self.written)
 
         try:
-            _pump.copy(stream.read, self._out.write, size=size, progress=advanced)
+            _pump.copy(stream, self._out, size=size, progress=advanced)
         except EOFError:
             raise OvlError(f"{what} ended after {self.written - base} of its {size} bytes") from None
         if stream.read(1):
@@ -195,8 +195,8 @@ def _save_list(store: Store, refs: Refs) -> list[_SaveImage]:
                             found.append((repos[tag], [tag]))
             if not found:
                 with store._lock.shared():
-                    image_id, tag = images._resolve(ref)
-                found = [(image_id, [tag] if tag else [])]
+                    image_id, named = images._resolve(ref)
+                found = [(image_id, [named] if named else [])]
         for image_id, tags in found:
             entry = out.get(image_id)
             if entry is None:
@@ -243,8 +243,7 @@ class _Saver:
             with Staging(self.store._layout) as st:
                 spool = st.path / "layer.tar"
                 with open(spool, "wb") as f:
-                    while chunk := stream.read(_CHUNK):
-                        f.write(chunk)
+                    _pump.copy(stream, f)
                 self._check(layer, stream.diff_id)
                 size = spool.stat().st_size
                 with open(spool, "rb") as f:
@@ -266,8 +265,7 @@ class _Saver:
             spool = st.path / "blob"
             stream = layer.tar(self.compression)
             with open(spool, "wb") as f:
-                while chunk := stream.read(_CHUNK):
-                    f.write(chunk)
+                _pump.copy(stream, f)
             self._check(layer, stream.diff_id)
             digest = stream.digest
             assert digest is not None
@@ -901,7 +899,7 @@ def _platform_ok(desc: dict[str, Any]) -> bool:
     p = desc.get("platform")
     if not isinstance(p, dict):
         return True
-    return p.get("os", "linux") == "linux" and p.get("architecture", _arch()) == _arch()
+    return bool(p.get("os", "linux") == "linux" and p.get("architecture", _arch()) == _arch())
 
 
 def _plan_oci(arc: _Archive) -> list[_ImagePlan]:
@@ -1112,5 +1110,5 @@ def load(store: Store, source: LoadSource, *, progress: ProgressCallback | None 
 
 def _label(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source)  # type: ignore[return-value]
+        return str(os.fspath(source))
     return str(getattr(source, "name", "archive"))

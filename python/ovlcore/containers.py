@@ -332,7 +332,7 @@ def _copy_stream(stream: Any, dest: str | os.PathLike[str] | IO[bytes]) -> None:
         return
     from . import _pump
 
-    _pump.copy(stream.read, dest.write)
+    _pump.copy(stream, dest)
 
 
 class Containers:

@@ -465,7 +465,7 @@ class Images:
 
     def save(
         self,
-        refs: str | Image | list[str | Image],
+        refs: str | Image | builtins.list[str | Image],
         dest: str | os.PathLike[str] | IO[bytes],
         *,
         format: str = "docker",
@@ -479,7 +479,7 @@ class Images:
 
         save(self._store, refs, dest, format=format, compression=compression, progress=progress)
 
-    def load(self, source: str | os.PathLike[str] | IO[bytes], *, progress: ProgressCallback | None = None) -> list[Image]:
+    def load(self, source: str | os.PathLike[str] | IO[bytes], *, progress: ProgressCallback | None = None) -> builtins.list[Image]:
         """``docker load``: every image of a docker-archive or OCI layout (a tar, gzip/zstd tar, directory
         or binary file object), verified before anything becomes visible. See :mod:`ovlcore.archive`."""
         from .archive import load

@@ -103,7 +103,7 @@ struct DigestOnEnd {
 impl Read for DigestOnEnd {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.tar.read(buf)?;
-        if n == 0 && !buf.is_empty() {
+        if n == 0 && !buf.is_empty() && self.tar.has_digest() {
             *self.slot.lock().unwrap() = Some(self.tar.digest());
         }
         Ok(n)
@@ -184,6 +184,41 @@ impl TarStream {
             self.finished = true;
         }
         Ok(PyBytes::new(py, &data))
+    }
+
+    /// Write the rest of the stream, or exactly `size` more bytes of it, to the file descriptor `fd`
+    /// without the GIL, producing the next chunk while the previous one is written. Returns the count.
+    #[pyo3(signature = (fd, size=None, *, progress=None))]
+    fn copy_to(&mut self, py: Python<'_>, fd: i32, size: Option<u64>, progress: Option<Py<PyAny>>) -> PyResult<u64> {
+        let progress = Progress::new(progress);
+        let state = &self.state;
+        let (n, end) = py
+            .detach(|| {
+                let mut guard = state.lock().unwrap();
+                let st = &mut *guard;
+                let mut read = |buf: &mut [u8]| -> Result<usize, Error> {
+                    let mut filled = 0;
+                    while filled < buf.len() {
+                        let n = st.out.read(&mut buf[filled..])?;
+                        if n == 0 {
+                            break;
+                        }
+                        filled += n;
+                    }
+                    if st.hash_blob {
+                        st.blob.update(&buf[..filled]);
+                    } else {
+                        st.blob.count += filled as u64;
+                    }
+                    Ok(filled)
+                };
+                crate::archive::copy_to_fd(&mut read, fd, size, &progress)
+            })
+            .py()?;
+        if end {
+            self.finished = true;
+        }
+        Ok(n)
     }
 
     fn readable(&self) -> bool {
