@@ -5,11 +5,12 @@ Workload (the container issue's): a ~200 MB base image made from this machine's 
 file (random bytes, so that no compressor gets it for free); committed. Docker gets the very same image
 (loaded from ovlcore's save) for its baselines.
 
-Full size needs pytest-benchmark enabled; with ``--benchmark-disable`` or ``OVLCORE_BENCH_SMALL=1`` the
-data is tiny (a few MB, 100 files, a 1 MB file) so CI runs every bench in seconds. Each group puts ovlcore
-and its baselines side by side::
+The base is the shared root-file-system tar of ``conftest.py`` (``rootfs_tar``). Full size needs
+pytest-benchmark enabled; with ``--benchmark-disable`` or ``OVLCORE_BENCH_SMALL=1`` the data is tiny (a few
+MB, 100 files, a 1 MB file) so CI runs every bench in seconds. Each group puts ovlcore and its baselines side
+by side (``benches/compare.py`` prints the ratios and checks the targets)::
 
-    python -m pytest benches/bench_save_load.py --benchmark-group-by=group --benchmark-columns=min,mean,rounds
+    pytest benches/bench_save_load.py --benchmark-only --benchmark-group-by=group --benchmark-json=/tmp/b.json
 """
 
 from __future__ import annotations
@@ -30,46 +31,7 @@ import pytest
 
 import ovlcore
 
-DATA = Path(os.environ.get("OVLCORE_BENCH_DATA", "/tmp/ovlcore-bench-data"))
 MB = 1 << 20
-
-
-def small(config: Any) -> bool:
-    return bool(os.environ.get("OVLCORE_BENCH_SMALL")) or bool(config.getoption("benchmark_disable", False))
-
-
-def base_rootfs(target_bytes: int) -> Path:
-    """A tar of regular files, directories and symlinks from /usr, about ``target_bytes`` of content,
-    deterministic, cached under ``DATA``."""
-    DATA.mkdir(parents=True, exist_ok=True)
-    out = DATA / f"saveload-rootfs-{target_bytes // MB}MB.tar"
-    if out.exists():
-        return out
-    tmp = out.with_suffix(".part")
-    total = 0
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
-        for top in ("/usr/share", "/usr/lib", "/usr/bin"):
-            for dirpath, dirnames, filenames in os.walk(top):
-                dirnames.sort()
-                if total >= target_bytes:
-                    break
-                tf.add(dirpath, arcname=dirpath.lstrip("/"), recursive=False)
-                for name in sorted(filenames):
-                    p = os.path.join(dirpath, name)
-                    try:
-                        st = os.lstat(p)
-                        if not (os.path.islink(p) or os.path.isfile(p)) or not os.access(p, os.R_OK):
-                            continue
-                        tf.add(p, arcname=p.lstrip("/"), recursive=False)
-                    except OSError:
-                        continue
-                    total += st.st_size
-                    if total >= target_bytes:
-                        break
-            if total >= target_bytes:
-                break
-    tmp.rename(out)
-    return out
 
 
 def docker_running() -> str | None:
@@ -99,13 +61,12 @@ class Workload:
     docker_objects: list[str] = field(default_factory=list)
 
 
-@pytest.fixture(scope="session")
-def workload(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workload]:
-    tiny = small(request.config)
-    work = tmp_path_factory.mktemp("saveload")
+@pytest.fixture(scope="module")
+def workload(small: bool, module_dir: Path, rootfs_tar: Any) -> Iterator[Workload]:
+    tiny = small
+    work = module_dir
     store = ovlcore.Store(work / "store")
-    rootfs = base_rootfs(4 * MB if tiny else 200 * MB)
-    base = store.images.import_archive(str(rootfs), tag="saveload-base:1")
+    base = store.images.import_archive(str(rootfs_tar.path), tag="saveload-base:1")
     c = store.containers.create(base, name="bench")
     fs = c.fs
     nfiles, big = (100, 1 * MB) if tiny else (10_000, 1024 * MB)
@@ -145,7 +106,6 @@ def workload(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     if w.docker is None:
         subprocess.run(["docker", "rm", "-f", f"ovlcore-bench-export-{os.getpid()}"], capture_output=True)
         subprocess.run(["docker", "rmi", "-f", *w.docker_objects], capture_output=True)
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def need_docker(w: Workload) -> None:
@@ -191,6 +151,7 @@ def check_docker_archive(path: Path, w: Workload) -> None:
 @pytest.mark.benchmark(group="save")
 def test_save_ovlcore(benchmark: Any, workload: Workload) -> None:
     out = workload.work / "save-ovlcore.tar"
+    benchmark.extra_info.update(role="ours", what="images.save (docker-archive)")
     benchmark.pedantic(lambda: workload.store.images.save(workload.tag, out), setup=settle, rounds=rounds(workload), iterations=1)
     check_docker_archive(out, workload)
     out.unlink()
@@ -199,6 +160,7 @@ def test_save_ovlcore(benchmark: Any, workload: Workload) -> None:
 @pytest.mark.benchmark(group="save")
 def test_save_ovlcore_oci(benchmark: Any, workload: Workload) -> None:
     out = workload.work / "save-ovlcore-oci.tar"
+    benchmark.extra_info.update(role="info", what="images.save (OCI layout)")
     benchmark.pedantic(
         lambda: workload.store.images.save(workload.tag, out, format="oci"), setup=settle, rounds=rounds(workload), iterations=1
     )
@@ -210,6 +172,7 @@ def test_save_ovlcore_oci(benchmark: Any, workload: Workload) -> None:
 def test_save_docker(benchmark: Any, workload: Workload) -> None:
     need_docker(workload)
     out = workload.work / "save-docker.tar"
+    benchmark.extra_info.update(role="baseline", what="docker save -o")
     benchmark.pedantic(lambda: sh(f"docker save -o {out} {workload.tag}"), setup=settle, rounds=rounds(workload), iterations=1)
     check_docker_archive(out, workload)
     out.unlink()
@@ -237,6 +200,7 @@ def export_container(workload: Workload) -> ovlcore.Container:
 @pytest.mark.benchmark(group="export")
 def test_export_ovlcore(benchmark: Any, workload: Workload, export_container: ovlcore.Container) -> None:
     out = workload.work / "export-ovlcore.tar"
+    benchmark.extra_info.update(role="ours", what="container.export(path)")
     benchmark.pedantic(lambda: export_container.export(out), setup=settle, rounds=rounds(workload), iterations=1)
     check_export(out, workload)
     out.unlink()
@@ -246,6 +210,7 @@ def test_export_ovlcore(benchmark: Any, workload: Workload, export_container: ov
 def test_export_ovlcore_fileobj(benchmark: Any, workload: Workload, export_container: ovlcore.Container) -> None:
     """To an open file (no temp name, no fsync), as `docker export > file` writes."""
     out = workload.work / "export-ovlcore-f.tar"
+    benchmark.extra_info.update(role="info", what="container.export(open file)")
 
     def run() -> None:
         with open(out, "wb") as f:
@@ -263,6 +228,7 @@ def test_export_docker(benchmark: Any, workload: Workload) -> None:
     subprocess.run(["docker", "rm", "-f", name], capture_output=True)
     sh(f"docker create --name {name} --network none {workload.tag} sh")
     out = workload.work / "export-docker.tar"
+    benchmark.extra_info.update(role="baseline", what="docker export -o")
     try:
         benchmark.pedantic(lambda: sh(f"docker export -o {out} {name}"), setup=settle, rounds=rounds(workload), iterations=1)
     finally:
@@ -295,6 +261,8 @@ def test_load_ovlcore(benchmark: Any, workload: Workload) -> None:
     def run(store: ovlcore.Store) -> None:
         loaded.append(store.images.load(workload.archive))
 
+    benchmark.extra_info.update(role="ours", what="images.load (into an empty store)")
+
     benchmark.pedantic(run, setup=setup, rounds=rounds(workload), iterations=1)
     (img,) = loaded[-1]
     assert img.id == workload.image.id
@@ -312,6 +280,7 @@ def test_load_docker(benchmark: Any, workload: Workload) -> None:
         subprocess.run(["docker", "rmi", "-f", workload.image.id], capture_output=True)
         settle()
 
+    benchmark.extra_info.update(role="baseline", what="docker load -i (image and layers removed first)")
     benchmark.pedantic(lambda: sh(f"docker load -i {workload.archive}"), setup=setup, rounds=rounds(workload), iterations=1)
     # docker load restores the archive's tag (saveload:1); give it the bench's tag back for what follows.
     inspect = json.loads(subprocess.run(["docker", "image", "inspect", "saveload:1"], check=True, capture_output=True).stdout)
@@ -335,6 +304,7 @@ def drain(stream: Any) -> int:
 @pytest.mark.parametrize("compression", [None, "gzip", "zstd"])
 @pytest.mark.benchmark(group="layer-tar")
 def test_layer_tar_ovlcore(benchmark: Any, workload: Workload, compression: str | None) -> None:
+    """The committed top layer (10,000 files, a 1 GiB file, ~1.1 GB of tar) streamed by ``Layer.tar``."""
     layer = workload.image.layers[-1]
     results: list[Any] = []
 
@@ -342,23 +312,27 @@ def test_layer_tar_ovlcore(benchmark: Any, workload: Workload, compression: str 
         stream = layer.tar(compression)
         results.append((drain(stream), stream.diff_id))
 
+    benchmark.group = f"layer-tar-{compression or 'plain'}"
+    benchmark.extra_info.update(role="ours", what=f"Layer.tar({compression!r}) read to the end", tar_bytes=layer._record["tar_size"])
     benchmark.pedantic(run, rounds=rounds(workload), iterations=1)
     size, diff_id = results[-1]
     assert diff_id == layer.diff_id
     if compression is None:
         assert size == layer._record["tar_size"]
-    benchmark.extra_info["tar_bytes"] = layer._record["tar_size"]
 
 
-@pytest.mark.parametrize("compressor", ["cat", "gzip -1", "pigz -1", "zstd -T0 -3"])
+@pytest.mark.parametrize(
+    "compressor, group", [("cat", "plain"), ("gzip -1", "gzip"), ("pigz -1", "gzip"), ("zstd -T0 -3", "zstd")]
+)
 @pytest.mark.benchmark(group="layer-tar")
-def test_layer_tar_gnu_tar(benchmark: Any, workload: Workload, compressor: str) -> None:
+def test_layer_tar_gnu_tar(benchmark: Any, workload: Workload, compressor: str, group: str) -> None:
     """GNU tar over the same layer directory, piped to the compressor at the level ovlcore uses (gzip 1,
-    zstd 3), into /dev/null (through a pipe, so tar reads every byte)."""
+    zstd 3), into /dev/null through a pipe (so that tar reads every byte)."""
     tool = compressor.split()[0]
     if shutil.which(tool) is None:
         pytest.skip(f"{tool} is not installed")
     layer = workload.image.layers[-1]
     cmd = f"tar -C {layer.path} -cf - . | {compressor} > /dev/null"
+    benchmark.group = f"layer-tar-{group}"
+    benchmark.extra_info.update(role="baseline", what=f"tar -c | {compressor}", tar_bytes=layer._record["tar_size"])
     benchmark.pedantic(lambda: sh(cmd), rounds=rounds(workload), iterations=1)
-    benchmark.extra_info["tar_bytes"] = layer._record["tar_size"]

@@ -657,7 +657,7 @@ class _Chained(io.RawIOBase):
 
 
 @contextlib.contextmanager
-def _open_archive(store: Store, source: LoadSource, counter: _Counter, progress: ProgressCallback | None) -> Iterator[_Archive]:
+def _open_archive(store: Store, source: LoadSource, counter: _Counter) -> Iterator[_Archive]:
     """The archive behind ``source``, seekable and uncompressed (spooled into ``tmp/`` when needed)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -675,7 +675,7 @@ def _open_archive(store: Store, source: LoadSource, counter: _Counter, progress:
                 return
         with Staging(store._layout) as st:
             spool = st.path / "archive.tar"
-            _decompress(path, spool, str(path), progress)
+            _decompress(path, spool, str(path))
             with open(spool, "rb", buffering=0) as f:
                 yield _TarArchive(f, counter, str(path))
         return
@@ -702,14 +702,14 @@ def _open_archive(store: Store, source: LoadSource, counter: _Counter, progress:
         reader = _Chained(head, source)
     with Staging(store._layout) as st:
         spool = st.path / "archive.tar"
-        _decompress(reader, spool, label, progress)
+        _decompress(reader, spool, label)
         with open(spool, "rb", buffering=0) as f:
             yield _TarArchive(f, counter, label)
 
 
-def _decompress(source: Any, dest: Path, label: str, progress: ProgressCallback | None) -> None:
+def _decompress(source: Any, dest: Path, label: str) -> None:
     try:
-        _ovlcore.decompress_to(os.fspath(source) if isinstance(source, Path) else source, str(dest), progress=progress)
+        _ovlcore.decompress_to(os.fspath(source) if isinstance(source, Path) else source, str(dest))
     except InvalidArchive as e:
         raise InvalidArchive(f"{label}: {e}") from None
 
@@ -1000,6 +1000,7 @@ class _Loader:
         from .layers import StagedLayer
 
         if lp.chain_id in self.staged or self.store.layers._read(_hex(lp.chain_id)) is not None:
+            self.arc.counter.add(self.arc.size(lp.member))  # progress counts it as done
             return
         store = self.store
         what = f"layer {lp.member!r}"
@@ -1082,7 +1083,7 @@ def load(store: Store, source: LoadSource, *, progress: ProgressCallback | None 
     """Load every image of a docker-archive or OCI layout (tar, compressed tar, or directory)."""
     counter = _Counter(progress)
     with contextlib.ExitStack() as stack:
-        arc = stack.enter_context(_open_archive(store, source, counter, progress))
+        arc = stack.enter_context(_open_archive(store, source, counter))
         if arc.has("index.json") and (arc.has("oci-layout") or not arc.has("manifest.json")):
             plans = _plan_oci(arc)
         elif arc.has("manifest.json"):

@@ -11,18 +11,17 @@ use ovlcore_core::compress;
 use ovlcore_core::Error;
 use pyo3::prelude::*;
 
-use crate::errors::IntoPy;
 use crate::io::Progress;
-use crate::layers::Source;
+use crate::layers::{source_result, Source};
 
 /// Write `source` (plain, gzip or zstd, detected by content) decompressed into the new file `dest`.
 /// Returns the number of bytes written; `progress` is called with that count as it grows.
 #[pyfunction]
 #[pyo3(signature = (source, dest, *, progress=None))]
 pub fn decompress_to(py: Python<'_>, source: Source, dest: PathBuf, progress: Option<Py<PyAny>>) -> PyResult<u64> {
-    let reader = source.reader()?;
+    let (reader, failure) = source.reader()?;
     let progress = Progress::new(progress);
-    py.detach(|| -> ovlcore_core::Result<u64> {
+    let result = py.detach(|| -> ovlcore_core::Result<u64> {
         let mut input = compress::decompressed(reader)?;
         let mut out = File::create_new(&dest).map_err(|e| Error::from(e).at(dest.as_os_str()))?;
         let mut buf = vec![0u8; 1 << 20];
@@ -39,8 +38,8 @@ pub fn decompress_to(py: Python<'_>, source: Source, dest: PathBuf, progress: Op
             progress.report(total)?;
         }
         Ok(total)
-    })
-    .py()
+    });
+    source_result(result, &failure)
 }
 
 /// Bytes moved per step by [`copy_to_fd`].
