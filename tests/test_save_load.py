@@ -303,6 +303,8 @@ def test_oci_layout(store: ovlcore.Store, images: dict[str, ovlcore.Image], tmp_
     assert index["schemaVersion"] == 2
     refs = [d["annotations"]["org.opencontainers.image.ref.name"] for d in index["manifests"]]
     assert refs == ["app:2", "side:1"]
+    names = [d["annotations"]["io.containerd.image.name"] for d in index["manifests"]]
+    assert names == ["docker.io/library/app:2", "docker.io/library/side:1"]
     blobs = {n.removeprefix("blobs/sha256/"): d for n, (_, d) in m.items() if n.startswith("blobs/sha256/") and d is not None}
     # Every blob is named by its digest.
     for hexd, data in blobs.items():
@@ -830,3 +832,16 @@ def test_save_to_pipes_and_open_files(store: ovlcore.Store, images: dict[str, ov
     c.export(buf)
     c.export(tmp_path / "e.tar")
     assert (tmp_path / "e.tar").read_bytes() == buf.getvalue()
+
+
+def test_layer_tar_without_verification(store: ovlcore.Store, images: dict[str, ovlcore.Image]) -> None:
+    for layer in images["app2"].layers:
+        verified = layer.tar()
+        data = verified.read()
+        assert verified.diff_id == verified.digest == layer.diff_id
+        fast = layer.tar(verify=False)
+        assert fast.read() == data
+        assert fast.diff_id is None and fast.digest is None
+        packed = layer.tar("gzip", verify=False)
+        assert gzip.decompress(packed.read()) == data
+        assert packed.diff_id is None and packed.digest is not None

@@ -329,6 +329,14 @@ def _write_docker(saver: _Saver, items: list[_SaveImage]) -> None:
         tw.add_bytes("repositories", _json_bytes(repositories), mtime0)
 
 
+def _qualified(tag: str) -> str:
+    """The fully qualified form containerd names images by: ``x:1`` is ``docker.io/library/x:1``."""
+    first, slash, _ = tag.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return tag
+    return f"docker.io/{tag}" if slash else f"docker.io/library/{tag}"
+
+
 def _write_oci(saver: _Saver, items: list[_SaveImage]) -> None:
     tw = saver.tw
     mtime0 = _mtime(items[0].image)
@@ -357,7 +365,7 @@ def _write_oci(saver: _Saver, items: list[_SaveImage]) -> None:
         desc["platform"] = platform
         if it.tags:
             for tag in it.tags:
-                index.append({**desc, "annotations": {ANN_REF_NAME: tag, ANN_CONTAINERD_NAME: tag}})
+                index.append({**desc, "annotations": {ANN_REF_NAME: tag, ANN_CONTAINERD_NAME: _qualified(tag)}})
         else:
             index.append(desc)
         docker_manifest.append(

@@ -253,9 +253,10 @@ impl TarStream {
 }
 
 /// A tar stream of a layer directory: replayed from `tarsplit` when given, else walked (with `lower`,
-/// top first, deciding where whiteouts and opaque markers belong).
+/// top first, deciding where whiteouts and opaque markers belong). With `digest=false` the stream is not
+/// hashed (its `diff_id` stays `None`).
 #[pyfunction]
-#[pyo3(signature = (dir, *, tarsplit=None, lower=Vec::new(), privilege="root", compression=None))]
+#[pyo3(signature = (dir, *, tarsplit=None, lower=Vec::new(), privilege="root", compression=None, digest=true))]
 pub fn layer_tar(
     py: Python<'_>,
     dir: PathBuf,
@@ -263,6 +264,7 @@ pub fn layer_tar(
     lower: Vec<PathBuf>,
     privilege: &str,
     compression: Option<&str>,
+    digest: bool,
 ) -> PyResult<TarStream> {
     let privilege = parse_privilege(privilege)?;
     let compression = Compression::parse(compression).py()?;
@@ -277,7 +279,7 @@ pub fn layer_tar(
             }
         })
         .py()?;
-    make_stream(tar, compression.name())
+    make_stream(if digest { tar } else { tar.without_digest() }, compression.name())
 }
 
 /// Wrap a tar producer into a Python-readable stream, compressing on the way when asked.
