@@ -62,7 +62,7 @@ def docker() -> str:
         pytest.skip("Docker engine not reachable: `docker info` timed out")
     if r.returncode != 0 or not r.stdout.strip():
         why = (r.stderr or r.stdout).strip().splitlines()
-        pytest.skip(f"Docker engine not running (`docker info` failed: {why[-1] if why else r.returncode}); start containerd and dockerd")
+        pytest.skip(f"no usable Docker engine (`docker info` failed: {why[-1] if why else r.returncode}); start containerd and dockerd as root")
     if not os.path.exists(BUSYBOX):
         pytest.skip(f"{BUSYBOX} is missing (apt-get install busybox-static)")
     return r.stdout.strip()
