@@ -330,11 +330,9 @@ def _copy_stream(stream: Any, dest: str | os.PathLike[str] | IO[bytes]) -> None:
                 tmp.unlink()
             raise
         return
-    while True:
-        chunk = stream.read(1 << 20)
-        if not chunk:
-            break
-        dest.write(chunk)
+    from . import _pump
+
+    _pump.copy(stream, dest)
 
 
 class Containers:

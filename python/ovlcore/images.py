@@ -14,7 +14,7 @@ import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import _ovlcore
 from ._changes import apply_changes
@@ -460,6 +460,31 @@ class Images:
         with self._stage_image(config, parent) as st:
             with self._store._lock.exclusive():
                 return self._publish_locked(st, config, tag)
+
+    # ----- archives -----
+
+    def save(
+        self,
+        refs: str | Image | builtins.list[str | Image],
+        dest: str | os.PathLike[str] | IO[bytes],
+        *,
+        format: str = "docker",
+        compression: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        """``docker save``: the images ``refs`` names into one archive (``format="docker"`` or ``"oci"``;
+        layers plain unless ``compression`` is ``"gzip"`` or ``"zstd"``) at ``dest``, a path (written
+        atomically) or a binary file object. See :mod:`ovlcore.archive`."""
+        from .archive import save
+
+        save(self._store, refs, dest, format=format, compression=compression, progress=progress)
+
+    def load(self, source: str | os.PathLike[str] | IO[bytes], *, progress: ProgressCallback | None = None) -> builtins.list[Image]:
+        """``docker load``: every image of a docker-archive or OCI layout (a tar, gzip/zstd tar, directory
+        or binary file object), verified before anything becomes visible. See :mod:`ovlcore.archive`."""
+        from .archive import load
+
+        return load(self._store, source, progress=progress)
 
     # ----- tags -----
 

@@ -192,9 +192,11 @@ class Layer:
     def stack_paths(self) -> builtins.list[str]:
         return [str(layer.path) for layer in self.stack()]
 
-    def tar(self, compression: str | None = None) -> TarReader:
+    def tar(self, compression: str | None = None, *, verify: bool = True) -> TarReader:
         """The layer as an OCI layer tar (``None``, ``"gzip"`` or ``"zstd"``), streamed. An imported
-        layer re-exports byte for byte, so the uncompressed stream hashes to :attr:`diff_id`."""
+        layer re-exports byte for byte, so the uncompressed stream hashes to :attr:`diff_id`.
+        ``verify=False`` skips hashing the stream (sha256 is the slowest part of plain streaming); the
+        reader's ``diff_id`` and, uncompressed, ``digest`` then stay ``None``."""
         split = self.dir / "tar-split.zst"
         parent = self.parent
         return TarReader(
@@ -204,6 +206,7 @@ class Layer:
                 lower=parent.stack_paths() if parent else [],
                 privilege=self._store.privilege,
                 compression=compression,
+                digest=verify,
             )
         )
 

@@ -82,6 +82,8 @@ struct StreamState {
     out: Box<dyn Read + Send>,
     /// Digest of the bytes handed out (the blob digest).
     blob: Hasher,
+    /// False for an uncompressed stream: its blob digest is the tar digest, so only count the bytes.
+    hash_blob: bool,
     tar: Arc<Mutex<Option<String>>>,
 }
 
@@ -101,7 +103,7 @@ struct DigestOnEnd {
 impl Read for DigestOnEnd {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.tar.read(buf)?;
-        if n == 0 && !buf.is_empty() {
+        if n == 0 && !buf.is_empty() && self.tar.has_digest() {
             *self.slot.lock().unwrap() = Some(self.tar.digest());
         }
         Ok(n)
@@ -169,7 +171,11 @@ impl TarStream {
                     }
                     out.truncate(filled);
                 }
-                st.blob.update(&out);
+                if st.hash_blob {
+                    st.blob.update(&out);
+                } else {
+                    st.blob.count += out.len() as u64;
+                }
                 Ok(out)
             })
             .py()?;
@@ -178,6 +184,41 @@ impl TarStream {
             self.finished = true;
         }
         Ok(PyBytes::new(py, &data))
+    }
+
+    /// Write the rest of the stream, or exactly `size` more bytes of it, to the file descriptor `fd`
+    /// without the GIL, producing the next chunk while the previous one is written. Returns the count.
+    #[pyo3(signature = (fd, size=None, *, progress=None))]
+    fn copy_to(&mut self, py: Python<'_>, fd: i32, size: Option<u64>, progress: Option<Py<PyAny>>) -> PyResult<u64> {
+        let progress = Progress::new(progress);
+        let state = &self.state;
+        let (n, end) = py
+            .detach(|| {
+                let mut guard = state.lock().unwrap();
+                let st = &mut *guard;
+                let mut read = |buf: &mut [u8]| -> Result<usize, Error> {
+                    let mut filled = 0;
+                    while filled < buf.len() {
+                        let n = st.out.read(&mut buf[filled..])?;
+                        if n == 0 {
+                            break;
+                        }
+                        filled += n;
+                    }
+                    if st.hash_blob {
+                        st.blob.update(&buf[..filled]);
+                    } else {
+                        st.blob.count += filled as u64;
+                    }
+                    Ok(filled)
+                };
+                crate::archive::copy_to_fd(&mut read, fd, size, &progress)
+            })
+            .py()?;
+        if end {
+            self.finished = true;
+        }
+        Ok(n)
     }
 
     fn readable(&self) -> bool {
@@ -193,10 +234,14 @@ impl TarStream {
     /// The digest of the bytes read (the blob digest), once the stream has been read to its end.
     #[getter]
     fn digest(&self) -> Option<String> {
-        if self.finished {
-            Some(self.state.lock().unwrap().blob.digest())
+        if !self.finished {
+            return None;
+        }
+        let st = self.state.lock().unwrap();
+        if st.hash_blob {
+            Some(st.blob.digest())
         } else {
-            None
+            st.tar.lock().unwrap().clone()
         }
     }
 
@@ -208,9 +253,10 @@ impl TarStream {
 }
 
 /// A tar stream of a layer directory: replayed from `tarsplit` when given, else walked (with `lower`,
-/// top first, deciding where whiteouts and opaque markers belong).
+/// top first, deciding where whiteouts and opaque markers belong). With `digest=false` the stream is not
+/// hashed (its `diff_id` stays `None`).
 #[pyfunction]
-#[pyo3(signature = (dir, *, tarsplit=None, lower=Vec::new(), privilege="root", compression=None))]
+#[pyo3(signature = (dir, *, tarsplit=None, lower=Vec::new(), privilege="root", compression=None, digest=true))]
 pub fn layer_tar(
     py: Python<'_>,
     dir: PathBuf,
@@ -218,6 +264,7 @@ pub fn layer_tar(
     lower: Vec<PathBuf>,
     privilege: &str,
     compression: Option<&str>,
+    digest: bool,
 ) -> PyResult<TarStream> {
     let privilege = parse_privilege(privilege)?;
     let compression = Compression::parse(compression).py()?;
@@ -232,7 +279,7 @@ pub fn layer_tar(
             }
         })
         .py()?;
-    make_stream(tar, compression.name())
+    make_stream(if digest { tar } else { tar.without_digest() }, compression.name())
 }
 
 /// Wrap a tar producer into a Python-readable stream, compressing on the way when asked.
@@ -240,9 +287,10 @@ pub fn make_stream(tar: LayerTar, compression: Option<&str>) -> PyResult<TarStre
     let compression = Compression::parse(compression).py()?;
     let slot = Arc::new(Mutex::new(None));
     let plain = DigestOnEnd { tar, slot: slot.clone() };
+    let hash_blob = compression != Compression::None;
     let out: Box<dyn Read + Send> = match compression {
         Compression::None => Box::new(plain),
         c => Box::new(Compressing { inner: plain, enc: Some(Encoder::new(Vec::new(), c).py()?), out: Vec::new(), pos: 0 }),
     };
-    Ok(TarStream { state: Mutex::new(StreamState { out, blob: Hasher::default(), tar: slot }), finished: false })
+    Ok(TarStream { state: Mutex::new(StreamState { out, blob: Hasher::default(), hash_blob, tar: slot }), finished: false })
 }

@@ -1,6 +1,7 @@
 //! `ovlcore._ovlcore`: the PyO3 binding of ovlcore-core. Argument conversion, the GIL released around
 //! every call that touches the file system, and errors mapped to Python exceptions; no logic of its own.
 
+mod archive;
 mod errors;
 mod io;
 mod layers;
@@ -84,5 +85,6 @@ fn _ovlcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unmount, m)?)?;
     m.add_function(wrap_pyfunction!(dir_usage, m)?)?;
     m.add_function(wrap_pyfunction!(chain_id, m)?)?;
+    m.add_function(wrap_pyfunction!(archive::decompress_to, m)?)?;
     Ok(())
 }

@@ -309,7 +309,7 @@ impl View {
     #[pyo3(signature = (compression=None))]
     fn export(&self, py: Python<'_>, compression: Option<&str>) -> PyResult<TarStream> {
         let view = self.inner.clone();
-        let tar = py.detach(|| LayerTar::merged(view)).py()?;
+        let tar = py.detach(|| LayerTar::merged(view).map(LayerTar::without_digest)).py()?;
         make_stream(tar, compression)
     }
 

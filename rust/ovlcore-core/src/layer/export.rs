@@ -47,6 +47,8 @@ pub struct LayerTar {
     pos: usize,
     body: Option<(File, u64, u64)>,
     hasher: Hasher,
+    /// False for streams nobody needs the digest of (`docker export`): bytes are only counted.
+    hashing: bool,
     done: bool,
 }
 
@@ -100,7 +102,18 @@ impl LayerTar {
     }
 
     fn new(source: Source) -> LayerTar {
-        LayerTar { source, buf: Vec::new(), pos: 0, body: None, hasher: Hasher::default(), done: false }
+        LayerTar { source, buf: Vec::new(), pos: 0, body: None, hasher: Hasher::default(), hashing: true, done: false }
+    }
+
+    /// The same stream without computing its sha256 (for streams whose digest nobody needs).
+    pub fn without_digest(mut self) -> LayerTar {
+        self.hashing = false;
+        self
+    }
+
+    /// Whether [`LayerTar::digest`] means anything (see [`LayerTar::without_digest`]).
+    pub fn has_digest(&self) -> bool {
+        self.hashing
     }
 
     /// `sha256:<hex>` of the bytes read so far (the diff_id once the stream is exhausted).
@@ -156,7 +169,11 @@ impl Read for LayerTar {
                 let n = out.len().min(self.buf.len() - self.pos);
                 out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
                 self.pos += n;
-                self.hasher.update(&out[..n]);
+                if self.hashing {
+                    self.hasher.update(&out[..n]);
+                } else {
+                    self.hasher.count += n as u64;
+                }
                 return Ok(n);
             }
             if let Some((file, remaining, total)) = self.body.as_mut() {
@@ -167,7 +184,11 @@ impl Read for LayerTar {
                         return Err(io::Error::other(Error::archive("a layer file shrank while being read")));
                     }
                     *remaining -= n as u64;
-                    self.hasher.update(&out[..n]);
+                    if self.hashing {
+                        self.hasher.update(&out[..n]);
+                    } else {
+                        self.hasher.count += n as u64;
+                    }
                     return Ok(n);
                 }
                 let pad = padding(*total);
