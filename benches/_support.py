@@ -17,6 +17,7 @@ import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DATA_DIR = Path(os.environ.get("OVLCORE_BENCH_DATA", "/tmp/ovlcore-bench-data"))
 
@@ -423,3 +424,48 @@ class KernelMount:
             self.mounted = False
         with contextlib.suppress(OSError):
             self.path.rmdir()
+
+
+# ----- the container workload (issues 3, 4, 5) -----------------------------------------------------------
+
+
+MIB = 1 << 20
+
+
+@dataclass
+class ContainerWorkload:
+    """A container from the ~200 MB base image with the changes of the container issue's workload."""
+
+    store: Any
+    base: Any
+    container: Any
+    files: int
+    big: int
+    deleted: str
+
+
+def apply_container_workload(store: Any, base: Any, small: bool, name: str = "bench") -> ContainerWorkload:
+    """10,000 new 4 KiB files in one new directory, 200 appended-to image files, one deleted image
+    directory (the biggest under /usr/share), one new 1 GiB file of random bytes (tiny sizes when small)."""
+    c = store.containers.create(base, name=name)
+    fs = c.fs
+    nfiles, big = (100, 1 * MIB) if small else (10_000, 1024 * MIB)
+    fs.mkdir("/data")
+    block = os.urandom(4096)
+    for i in range(nfiles):
+        fs.write_bytes(f"/data/f{i:05d}", block)
+    appended = 0
+    for top, _dirs, names in fs.walk("/usr"):
+        for n in names:
+            p = f"{top}/{n}"
+            if appended < 200 and fs.is_file(p) and not fs.is_symlink(p):
+                with fs.open(p, "ab") as f:
+                    f.write(b"appended\n")
+                appended += 1
+    share = [(n, sum(1 for _ in fs.walk(f"/usr/share/{n}"))) for n in fs.listdir("/usr/share") if fs.is_dir(f"/usr/share/{n}")]
+    deleted = "/usr/share/" + max(share, key=lambda x: x[1])[0]
+    fs.rmtree(deleted)
+    with fs.open("/big", "wb") as f:
+        for _ in range(big // MIB):
+            f.write(os.urandom(MIB))
+    return ContainerWorkload(store, base, c, nfiles, big, deleted)

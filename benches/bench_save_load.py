@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 import ovlcore
+from _support import apply_container_workload
 
 MB = 1 << 20
 
@@ -67,27 +68,7 @@ def workload(small: bool, module_dir: Path, rootfs_tar: Any) -> Iterator[Workloa
     work = module_dir
     store = ovlcore.Store(work / "store")
     base = store.images.import_archive(str(rootfs_tar.path), tag="saveload-base:1")
-    c = store.containers.create(base, name="bench")
-    fs = c.fs
-    nfiles, big = (100, 1 * MB) if tiny else (10_000, 1024 * MB)
-    fs.mkdir("/data")
-    block = os.urandom(4096)
-    for i in range(nfiles):
-        fs.write_bytes(f"/data/f{i:05d}", block)
-    appended = 0
-    for top, _dirs, files in fs.walk("/usr"):
-        for name in files:
-            p = f"{top}/{name}"
-            if appended < 200 and fs.is_file(p) and not fs.is_symlink(p):
-                with fs.open(p, "ab") as f:
-                    f.write(b"appended\n")
-                appended += 1
-    # The largest directory directly under /usr/share goes.
-    share = [(n, sum(1 for _ in fs.walk(f"/usr/share/{n}"))) for n in fs.listdir("/usr/share") if fs.is_dir(f"/usr/share/{n}")]
-    fs.rmtree("/usr/share/" + max(share, key=lambda x: x[1])[0])
-    with fs.open("/big", "wb") as f:
-        for _ in range(big // MB):
-            f.write(os.urandom(MB))
+    c = apply_container_workload(store, base, tiny).container
     image = c.commit("saveload:1", message="bench")
     archive = work / "input.tar"
     store.images.save("saveload:1", archive)

@@ -1005,7 +1005,7 @@ class _Loader:
 
     def layer(self, lp: _LayerPlan, image_what: str) -> None:
         """Extract and verify one layer into a staging directory, unless the store or this load has it."""
-        from .layers import StagedLayer
+        from .layers import StagedLayer, make_layer_root
 
         if lp.chain_id in self.staged or self.store.layers._read(_hex(lp.chain_id)) is not None:
             self.arc.counter.add(self.arc.size(lp.member))  # progress counts it as done
@@ -1017,8 +1017,7 @@ class _Loader:
         section = self.arc.open(lp.member, hasher)
         parent, lower = self._parent(lp.parent)
         st = self.stack.enter_context(Staging(store._layout))
-        content = st.path / "diff"
-        content.mkdir()
+        content = make_layer_root(st.path / "diff")
         try:
             diff_id, size, tar_size = _ovlcore.import_layer(
                 section, str(content), tarsplit=str(st.path / "tar-split.zst"), lower=lower, privilege=store.privilege

@@ -60,12 +60,38 @@ struct Mirror<'a> {
     seen: HashSet<u64>,
     /// Multiply-linked files copied so far: inode → (directory, name) of the copy in the new layer.
     copies: std::collections::HashMap<u64, (OwnedFd, std::ffi::OsString)>,
+    /// Inodes with more than one name in the writable layer itself (the container's own hard links).
+    linked: HashSet<u64>,
+}
+
+/// The inodes that have several names inside the writable layer (links to committed layers don't count).
+fn names_per_linked_inode(root: BorrowedFd<'_>) -> Result<HashSet<u64>> {
+    let mut count: std::collections::HashMap<u64, u32> = Default::default();
+    let mut stack = vec![rustix::io::fcntl_dupfd_cloexec(root, 0)?];
+    while let Some(dir) = stack.pop() {
+        for (name, kind) in sys::read_dir(dir.as_fd())? {
+            match kind {
+                Some(Kind::Dir) => stack.push(open_dir_at(dir.as_fd(), &name)?),
+                Some(Kind::File) | None => {
+                    let m = Meta::from_stat(&sys::lstat_at(dir.as_fd(), &name)?);
+                    if m.kind() == Kind::Dir {
+                        stack.push(open_dir_at(dir.as_fd(), &name)?);
+                    } else if m.kind() == Kind::File && m.nlink > 1 {
+                        *count.entry(m.ino).or_default() += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(count.into_iter().filter(|(_, n)| *n > 1).map(|(ino, _)| ino).collect())
 }
 
 impl<'a> Mirror<'a> {
     fn run(upper: &Path, dest: &Path, lower: Option<&'a Lower>, privilege: Privilege) -> Result<(u64, Vec<u64>)> {
-        let mut m = Mirror { lower, privilege, size: 0, shared: Vec::new(), seen: HashSet::new(), copies: Default::default() };
         let src = sys::open_dir(upper)?;
+        let linked = names_per_linked_inode(src.as_fd())?;
+        let mut m = Mirror { lower, privilege, size: 0, shared: Vec::new(), seen: HashSet::new(), copies: Default::default(), linked };
         let dst = sys::open_dir(dest)?;
         let below = lower.map(|l| l.root().clone());
         m.dir(src.as_fd(), dst.as_fd(), below)?;
@@ -127,11 +153,12 @@ impl<'a> Mirror<'a> {
 
 impl Mirror<'_> {
     /// A regular file (or rootless stand-in) of the writable layer into the new layer. A file with one
-    /// name is taken over by a hard link (no data copied); the container copies it before changing it.
+    /// name in the writable layer is taken over by a hard link (no data copied); the container copies it
+    /// before changing it.
     /// A file the container itself hard-linked is copied once, and its names linked in the new layer,
     /// so the container's own links keep working after the commit.
     fn file(&mut self, src: BorrowedFd<'_>, dst: BorrowedFd<'_>, name: &std::ffi::OsStr, raw: &Meta, meta: &Meta) -> Result<()> {
-        if raw.nlink == 1 {
+        if !self.linked.contains(&raw.ino) {
             match rustix::fs::linkat(src, name, dst, name, AtFlags::empty()) {
                 Ok(()) => {
                     self.shared.push(raw.ino);
@@ -145,7 +172,7 @@ impl Mirror<'_> {
             return Ok(rustix::fs::linkat(dir.as_fd(), first, dst, name, AtFlags::empty())?);
         }
         clone_entry(src, name, meta, dst, name, true, self.privilege)?;
-        if raw.nlink > 1 {
+        if self.linked.contains(&raw.ino) {
             self.copies.insert(raw.ino, (rustix::io::fcntl_dupfd_cloexec(dst, 0)?, name.to_os_string()));
         }
         Ok(())
