@@ -320,10 +320,9 @@ def _copy_stream(stream: Any, dest: str | os.PathLike[str] | IO[bytes]) -> None:
         final = Path(dest)
         tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
         try:
+            # Like `docker export -o`: a temp name renamed into place, no fsync (an export, not store data).
             with open(tmp, "wb") as f:
                 _copy_stream(stream, f)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -94,19 +94,91 @@ pub struct TarStream {
     finished: bool,
 }
 
-/// Records the tar digest once the producer is exhausted.
+/// Records the tar digest once the producer is exhausted. The sha256 (the slowest part of producing a
+/// plain stream) runs on a helper thread fed with copies of the bytes, so it overlaps with the producing.
 struct DigestOnEnd {
     tar: LayerTar,
     slot: Arc<Mutex<Option<String>>>,
+    hasher: Option<BackgroundHasher>,
 }
 
 impl Read for DigestOnEnd {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.tar.read(buf)?;
-        if n == 0 && !buf.is_empty() && self.tar.has_digest() {
-            *self.slot.lock().unwrap() = Some(self.tar.digest());
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        if n == 0 && !buf.is_empty() {
+            if let Some(h) = self.hasher.take() {
+                *self.slot.lock().unwrap() = Some(h.finish());
+            } else if self.tar.has_digest() {
+                *self.slot.lock().unwrap() = Some(self.tar.digest());
+            }
         }
         Ok(n)
+    }
+}
+
+/// Bytes handed to the hashing thread at a time.
+const HASH_BATCH: usize = 4 << 20;
+
+/// A sha256 computed on its own thread from batches of copied bytes (a few batches in flight at most).
+struct BackgroundHasher {
+    batch: Vec<u8>,
+    full: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    empty: std::sync::mpsc::Receiver<Vec<u8>>,
+    worker: std::thread::JoinHandle<Hasher>,
+}
+
+impl BackgroundHasher {
+    /// None when no thread can be started (the caller then hashes inline).
+    fn start() -> Option<BackgroundHasher> {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let worker = std::thread::Builder::new()
+            .name("ovlcore-sha256".into())
+            .spawn(move || {
+                let mut h = Hasher::default();
+                for buf in full_rx {
+                    h.update(&buf);
+                    // The producer may be gone already: then nobody needs the buffer back.
+                    let _ = empty_tx.send(buf);
+                }
+                h
+            })
+            .ok()?;
+        Some(BackgroundHasher { batch: Vec::with_capacity(HASH_BATCH), full: Some(full_tx), empty: empty_rx, worker })
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.batch.extend_from_slice(data);
+        if self.batch.len() >= HASH_BATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let next = match self.empty.try_recv() {
+            Ok(mut b) => {
+                b.clear();
+                b
+            }
+            Err(_) => Vec::with_capacity(HASH_BATCH),
+        };
+        let full = std::mem::replace(&mut self.batch, next);
+        if let Some(tx) = &self.full {
+            // Fails only if the worker died (it cannot, short of a panic, reported by join below).
+            let _ = tx.send(full);
+        }
+    }
+
+    fn finish(mut self) -> String {
+        self.flush();
+        drop(self.full.take());
+        self.worker.join().expect("hashing thread panicked").digest()
     }
 }
 
@@ -286,7 +358,10 @@ pub fn layer_tar(
 pub fn make_stream(tar: LayerTar, compression: Option<&str>) -> PyResult<TarStream> {
     let compression = Compression::parse(compression).py()?;
     let slot = Arc::new(Mutex::new(None));
-    let plain = DigestOnEnd { tar, slot: slot.clone() };
+    // Hash on a helper thread when the stream is to be hashed at all.
+    let hasher = if tar.has_digest() { BackgroundHasher::start() } else { None };
+    let tar = if hasher.is_some() { tar.without_digest() } else { tar };
+    let plain = DigestOnEnd { tar, slot: slot.clone(), hasher };
     let hash_blob = compression != Compression::None;
     let out: Box<dyn Read + Send> = match compression {
         Compression::None => Box::new(plain),
