@@ -188,8 +188,8 @@ def export_container(workload: Workload) -> ovlcore.Container:
     return workload.store.containers.create(workload.image, name="export-bench")
 
 
-@pytest.mark.benchmark(group="export")
-def test_export_ovlcore(benchmark: Any, workload: Workload, export_container: ovlcore.Container) -> None:
+@pytest.mark.benchmark(group="export-docker")
+def test_export_path_ovlcore(benchmark: Any, workload: Workload, export_container: ovlcore.Container) -> None:
     out = workload.work / "export-ovlcore.tar"
     benchmark.extra_info.update(role="ours", what="container.export(path)")
     benchmark.pedantic(lambda: export_container.export(out), setup=fresh(out), rounds=rounds(workload), iterations=1)
@@ -197,9 +197,9 @@ def test_export_ovlcore(benchmark: Any, workload: Workload, export_container: ov
     out.unlink()
 
 
-@pytest.mark.benchmark(group="export")
-def test_export_ovlcore_fileobj(benchmark: Any, workload: Workload, export_container: ovlcore.Container) -> None:
-    """To an open file (no temp name, no fsync), as `docker export > file` writes."""
+@pytest.mark.benchmark(group="export-docker")
+def test_export_file_ovlcore(benchmark: Any, workload: Workload, export_container: ovlcore.Container) -> None:
+    """To an open file (no temp name and rename), as `docker export > file` writes."""
     out = workload.work / "export-ovlcore-f.tar"
     benchmark.extra_info.update(role="info", what="container.export(open file)")
 
@@ -212,7 +212,7 @@ def test_export_ovlcore_fileobj(benchmark: Any, workload: Workload, export_conta
     out.unlink()
 
 
-@pytest.mark.benchmark(group="export")
+@pytest.mark.benchmark(group="export-docker")
 def test_export_docker(benchmark: Any, workload: Workload) -> None:
     need_docker(workload)
     name = f"ovlcore-bench-export-{os.getpid()}"

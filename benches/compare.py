@@ -17,7 +17,7 @@ TARGETS = [
     ("union-stat", "test_stat_ovlcore", "test_stat_kernel", 2.0),
     ("union-listdir", "test_listdir_ovlcore", "test_listdir_kernel", 2.0),
     ("save", "test_save_ovlcore", "test_save_docker", 0.25),
-    ("export", "test_export_ovlcore", "test_export_docker", 1 / 3),
+    ("export-docker", "test_export_path_ovlcore", "test_export_docker", 1 / 3),
     ("layer-tar-plain", "test_layer_tar_ovlcore[None]", "test_layer_tar_gnu_tar[cat-plain]", 1.0),
 ]
 
