@@ -10,6 +10,11 @@ many images share it:
   ``org.opencontainers.image.ref.name``), ``blobs/sha256/...`` for layers, configs and manifests. A
   ``manifest.json`` naming the same blobs is added, as Docker 25 does, so ``docker load`` takes it too.
 
+Layers are written uncompressed unless ``compression`` is ``"gzip"`` or ``"zstd"`` (each compressed blob is
+spooled once in ``tmp/``: its size and digest must precede it). Docker 20.10 loads gzip layers but not zstd
+ones (zstd needs Docker 23 or later). Paths are written atomically (temp name, rename) without fsync, as
+``docker save -o`` does.
+
 Loading reads both (and a directory holding an OCI layout), plain or gzip/zstd compressed as a whole, with
 plain, gzip or zstd layers. It never holds a layer in memory: the archive is indexed by seeking (a stream
 that cannot seek, or a compressed archive, is first spooled to a plain file in the store's ``tmp/``), and
@@ -18,7 +23,7 @@ pass. Everything is verified (config and manifest digests, blob digests and size
 the config) and staged before anything is published; then every new layer, image and tag becomes visible
 in one step under the store lock. A bad archive raises :class:`~ovlcore.errors.InvalidArchive` naming what
 is wrong, and leaves the store as it was. Layers the store already has (same chain id) are not extracted,
-nor read.
+nor read (not even hashed: their content in the store is already the one the diff_id names).
 """
 
 from __future__ import annotations
