@@ -72,6 +72,7 @@ class Container:
         self._store = store
         self._record = record
         self._view_cache: _ovlcore.View | None = None
+        self._marker = str(store._layout.container(str(record["id"])) / "mounted")
 
     # ----- identity -----
 
@@ -157,10 +158,11 @@ class Container:
         return ContainerFS(self._view(), writable=True, owner=f"container {self.name}", guard=self._guard)
 
     def _guard(self) -> None:
-        """Refuse writes through the API while the kernel has the container mounted."""
-        marker = self.dir / "mounted"
-        if marker.exists():
-            where = marker.read_text().strip()
+        """Refuse writes through the API while the kernel has the container mounted (another process may
+        have mounted it: one stat per write tells)."""
+        marker = self._marker
+        if os.path.exists(marker):
+            where = open(marker).read().strip()
             raise OSError(errno.EBUSY, f"container {self.name} is mounted at {where}: write through the mount")
 
     # ----- changes -----

@@ -185,12 +185,12 @@ class ContainerFS:
         p = _p(path)
         flags = _flags_for(mode)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
-            fd = self._open_write(p, flags)
+            fd = self._open_write(p, flags)  # the core refuses directories itself
         else:
             fd = self._view.open_read(p, True)
-        if stat.S_ISDIR(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", p)
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", p)
         try:
             f = io.open(fd, mode, buffering, encoding, errors, newline, closefd=True)
         except BaseException:

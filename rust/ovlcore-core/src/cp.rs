@@ -88,9 +88,8 @@ pub fn copy_out(view: &View, src: &Path, dst_dir: BorrowedFd<'_>, name: &OsStr, 
             return Err(Error::os(libc::ENOTDIR, r.path.as_os_str()));
         }
         let sub = Arc::new(open_host_dir(dst.as_fd(), name)?);
-        for (child, _) in view.list(&r.path)? {
-            let cr = view.resolve(&r.path.join(&child), false)?.require()?;
-            c.out_entry(view, &cr, &sub, &child)?;
+        for child in view.children(&r)? {
+            c.out_entry(view, &child, &sub, &child.name)?;
         }
     } else {
         c.out_entry(view, &r, &dst, name)?;
@@ -115,11 +114,8 @@ impl Copier<'_> {
                     None => rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o700)).map_err(|e| at(e.into()))?,
                 }
                 let sub = Arc::new(open_host_dir(dir.as_fd(), name).map_err(at)?);
-                for (child, _) in view.list(&r.path)? {
-                    let cr = view.resolve(&r.path.join(&child), false)?;
-                    if cr.kind().is_some() {
-                        self.out_entry(view, &cr, &sub, &child)?;
-                    }
+                for child in view.children(r)? {
+                    self.out_entry(view, &child, &sub, &child.name)?;
                 }
                 self.finish(dir.as_fd(), name, &meta).map_err(at)?;
                 return rustix::fs::utimensat(dir.as_fd(), name, &times(&meta), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| at(e.into()));

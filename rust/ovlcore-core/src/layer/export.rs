@@ -25,7 +25,7 @@ use crate::layer::import::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use crate::layer::tarsplit::{Record, SplitReader};
 use crate::sys;
 use crate::union::lower::Node;
-use crate::union::{Lower, View};
+use crate::union::{Lower, Resolved, View};
 
 /// One tar entry about to be written: its header blocks and, for regular files, the content to follow.
 struct Item {
@@ -67,14 +67,10 @@ impl LayerTar {
 
     /// The flattened merged file system of a view (`docker export`): mount contents left out.
     pub fn merged(view: Arc<View>) -> Result<LayerTar> {
-        let root = view.list(Path::new("/"))?;
-        let walker = MergedWalker {
-            view,
-            base: PathBuf::from("/"),
-            exclude_mounts: true,
-            stack: vec![(PathBuf::from("/"), reversed(root))],
-            links: HashMap::new(),
-        };
+        let root = view.resolve(Path::new("/"), false)?;
+        let mut entries = view.children(&root)?;
+        entries.reverse();
+        let walker = MergedWalker { view, base: PathBuf::from("/"), exclude_mounts: true, stack: vec![entries], links: HashMap::new() };
         Ok(LayerTar::new(Source::Merged(Box::new(walker))))
     }
 
@@ -89,15 +85,8 @@ impl LayerTar {
             }
             return Ok(t);
         }
-        let parent = r.path.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let kind = r.kind().expect("exists");
-        let walker = MergedWalker {
-            view,
-            base: parent.clone(),
-            exclude_mounts: false,
-            stack: vec![(parent, vec![(r.name.clone(), kind)])],
-            links: HashMap::new(),
-        };
+        let base = r.path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let walker = MergedWalker { view, base, exclude_mounts: false, stack: vec![vec![r]], links: HashMap::new() };
         Ok(LayerTar::new(Source::Merged(Box::new(walker))))
     }
 
@@ -354,61 +343,49 @@ impl Walker {
     }
 }
 
-fn reversed(mut v: Vec<(OsString, Kind)>) -> Vec<(OsString, Kind)> {
-    v.reverse();
-    v
-}
-
 /// Walks a merged view for `docker export`.
 struct MergedWalker {
     view: Arc<View>,
     /// Entry names are paths relative to this directory.
     base: PathBuf,
     exclude_mounts: bool,
-    stack: Vec<(PathBuf, Vec<(OsString, Kind)>)>,
+    /// Entries still to write, per directory entered (reversed, so `pop` gives them in order).
+    stack: Vec<Vec<Resolved>>,
     links: HashMap<(u64, u64), Vec<u8>>,
 }
 
 impl MergedWalker {
     fn next_item(&mut self) -> Result<Option<Item>> {
         loop {
-            let (dir, entries) = match self.stack.last_mut() {
-                Some(top) => top,
+            let r = match self.stack.last_mut() {
+                Some(entries) => match entries.pop() {
+                    Some(r) => r,
+                    None => {
+                        self.stack.pop();
+                        continue;
+                    }
+                },
                 None => return Ok(None),
             };
-            let (name, _) = match entries.pop() {
-                Some(e) => e,
-                None => {
-                    self.stack.pop();
-                    continue;
-                }
-            };
-            let path = dir.join(&name);
-            if self.exclude_mounts && self.view.mounts.iter().any(|m| path.starts_with(&m.target)) {
+            if self.exclude_mounts && self.view.mounts.iter().any(|m| r.path.starts_with(&m.target)) {
                 continue;
             }
             let view = self.view.clone();
-            let r = view.resolve(&path, false)?;
             let meta = view.meta(&r)?;
-            let rel = path.strip_prefix(&self.base).expect("below the base").as_os_str().as_bytes().to_vec();
-            let xattrs = if meta.kind() == Kind::Symlink {
-                Vec::new()
-            } else {
-                let mut v = Vec::new();
-                for attr in view.listxattr(&path, false)? {
-                    let c = std::ffi::CString::new(attr.clone()).expect("no NUL in xattr names");
-                    if let Some(value) = view.getxattr(&path, &c, false)? {
-                        v.push((attr, value));
-                    }
-                }
-                v
+            let rel = r.path.strip_prefix(&self.base).expect("below the base").as_os_str().as_bytes().to_vec();
+            let xattrs = match (meta.kind(), view.entry_location(&r)) {
+                (Kind::Symlink, _) | (_, Err(_)) => Vec::new(),
+                (_, Ok((dir, name))) => sys::content_xattrs(dir.as_fd(), &name)?,
             };
+            let path = r.path.clone();
             let item = match meta.kind() {
                 Kind::Dir => {
                     let mut n = rel;
                     n.push(b'/');
                     let header = entry_header(&n, &meta, EntryType::Directory, 0, None, &xattrs)?;
-                    self.stack.push((path.clone(), reversed(view.list(&path)?)));
+                    let mut children = view.children(&r)?;
+                    children.reverse();
+                    self.stack.push(children);
                     Item { header, body: None }
                 }
                 Kind::Symlink => {

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -30,34 +30,42 @@ pub struct MountPoint {
     pub target: PathBuf,
     pub source: PathBuf,
     pub read_only: bool,
+    opened: OnceLock<OpenedSource>,
 }
 
 /// An opened mount source: the directory holding it and its name there ("." for a directory source),
-/// and the source itself when it is a directory.
+/// the source itself when it is a directory, and its type.
+#[derive(Clone)]
 pub struct OpenedSource {
     pub parent: Arc<OwnedFd>,
     pub name: OsString,
     pub dir: Option<Arc<OwnedFd>>,
+    pub kind: Kind,
 }
 
 impl MountPoint {
     pub fn new(target: &Path, source: &Path, read_only: bool) -> Result<MountPoint> {
-        Ok(MountPoint { target: normalize(target), source: source.into(), read_only })
+        Ok(MountPoint { target: normalize(target), source: source.into(), read_only, opened: OnceLock::new() })
     }
 
+    /// The source, opened on first use (a source that has vanished fails only the paths below the target).
     pub fn open(&self) -> Result<OpenedSource> {
+        if let Some(o) = self.opened.get() {
+            return Ok(o.clone());
+        }
         let at = |e: rustix::io::Errno| Error::from(e).at(self.source.as_os_str());
         let meta = Meta::from_stat(&rustix::fs::stat(&self.source).map_err(at)?);
-        if meta.is_dir() {
+        let opened = if meta.is_dir() {
             let fd = Arc::new(open_path_dir(&self.source)?);
-            Ok(OpenedSource { parent: fd.clone(), name: ".".into(), dir: Some(fd) })
+            OpenedSource { parent: fd.clone(), name: ".".into(), dir: Some(fd), kind: Kind::Dir }
         } else {
             let (parent, name) = match (self.source.parent(), self.source.file_name()) {
                 (Some(p), Some(n)) => (p, n),
                 _ => return Err(Error::os(libc::EINVAL, self.source.as_os_str())),
             };
-            Ok(OpenedSource { parent: Arc::new(open_path_dir(parent)?), name: name.into(), dir: None })
-        }
+            OpenedSource { parent: Arc::new(open_path_dir(parent)?), name: name.into(), dir: None, kind: meta.kind() }
+        };
+        Ok(self.opened.get_or_init(|| opened).clone())
     }
 }
 
@@ -320,9 +328,7 @@ impl View {
     fn lookup(&self, dir: &Dir, here: &Path, name: &OsStr) -> Result<Found> {
         let mount = if self.mounts.is_empty() { None } else { self.mount_at.get(here) };
         if let Some(&idx) = mount {
-            let m = &self.mounts[idx];
-            let meta = Meta::from_stat(&rustix::fs::stat(&m.source).map_err(|e| Error::from(e).at(m.source.as_os_str()))?);
-            return Ok(Found::MountRoot { idx, kind: meta.kind() });
+            return Ok(Found::MountRoot { idx, kind: self.mounts[idx].open()?.kind });
         }
         let found = self.lookup_layers(dir, here, name)?;
         if let Found::Missing { .. } = found {
@@ -509,6 +515,21 @@ impl View {
         }
         let parent = r.parent.clone().expect("a symlink has a parent");
         self.readlink_found(&parent, &r.name, &r.found).map_err(|e| e.at(r.path.as_os_str()))
+    }
+
+    /// The entries of a resolved directory, each resolved (without following a final symlink), sorted by
+    /// name. One walk to the directory instead of one from the root per entry.
+    pub fn children(&self, r: &Resolved) -> Result<Vec<Resolved>> {
+        let dir = self.enter(r)?;
+        let mut out = Vec::new();
+        for (name, _) in self.list_dir(&dir, &r.path).map_err(|e| e.at(r.path.as_os_str()))? {
+            let path = r.path.join(&name);
+            let found = self.lookup(&dir, &path, &name)?;
+            if found.exists() {
+                out.push(Resolved { path, parent: Some(dir.clone()), name, found });
+            }
+        }
+        Ok(out)
     }
 
     /// The merged listing of a directory: (name, kind), sorted by name.
