@@ -16,7 +16,6 @@ by side (``benches/compare.py`` prints the ratios and checks the targets)::
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil

@@ -15,14 +15,13 @@ A layer, image, container or volume therefore becomes visible complete or not at
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import _ovlcore
 
@@ -44,6 +43,21 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def replacing(dest: Path) -> Iterator[IO[bytes]]:
+    """Write a user's output file (save, export) under a temporary name and rename it over ``dest`` once
+    complete: never a half-written archive at ``dest``. No fsync: an export, not store data."""
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -176,46 +190,44 @@ def empty_trash(paths: list[Path]) -> None:
         _ovlcore.remove_tree(str(p))
 
 
+def _try_lock(path: Path, op: int) -> int | None:
+    """A descriptor holding ``op`` (``LOCK_EX``/``LOCK_SH``) on ``path``; ``None`` when the file is gone or
+    another process holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def recover(layout: Layout) -> list[str]:
     """Remove what crashed operations left behind: staging directories nobody holds, and the trash."""
     removed: list[str] = []
     with contextlib.suppress(FileNotFoundError):
         for entry in os.listdir(layout.tmp):
-            if entry.endswith(".lock"):
-                lock_path = layout.tmp / entry
-                try:
-                    fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as e:
-                    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                        continue  # its owner is alive and working
-                    raise
-                else:
+            if not entry.endswith((".lock", ".pending")):
+                continue
+            # Taking the lock means its owner is gone; keep it while cleaning up after that owner.
+            fd = _try_lock(layout.tmp / entry, fcntl.LOCK_EX)
+            if fd is None:
+                continue
+            try:
+                if entry.endswith(".lock"):
                     name = entry.removesuffix(".lock")
                     _ovlcore.remove_tree(str(layout.tmp / name))
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(lock_path)
                     removed.append(f"tmp/{name}")
-                finally:
-                    os.close(fd)
-            elif entry.endswith(".pending"):
-                # A lock file whose owner died before naming it; harmless once its owner is gone.
-                path = layout.tmp / entry
-                try:
-                    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-                except OSError:
-                    pass
-                finally:
-                    os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(layout.tmp / entry)
+            finally:
+                os.close(fd)
         # Staging directories whose lock file is gone (owner died between the two steps of close()).
         for entry in os.listdir(layout.tmp):
             path = layout.tmp / entry
@@ -240,16 +252,10 @@ def recover(layout: Layout) -> list[str]:
 
 def held(lock_path: Path) -> bool:
     """Whether some process holds the staging lock file ``lock_path``."""
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
+    fd = _try_lock(lock_path, fcntl.LOCK_SH)
+    if fd is None:
+        return lock_path.exists()
+    os.close(fd)
     return False
 
 

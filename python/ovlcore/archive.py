@@ -35,7 +35,6 @@ import json
 import os
 import posixpath
 import re
-import secrets
 import stat
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
@@ -45,7 +44,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Union
 
 from . import _ovlcore, _pump
-from ._storage import Staging, move_to_trash, write_json
+from ._storage import Staging, move_to_trash, replacing, write_json
 from .errors import ImageNotFound, InvalidArchive, InvalidReference, LayerNotFound, OvlError
 from .references import full_tag, parse_tag
 
@@ -397,18 +396,8 @@ def save(
         raise ValueError(f"unknown layer compression {compression!r} (use None, 'gzip' or 'zstd')")
     items = _save_list(store, refs)
     if isinstance(dest, (str, os.PathLike)):
-        # Atomic: a temp name in the same directory, renamed over ``dest`` once complete. Like `docker save -o`,
-        # no fsync: this is an export, not store metadata.
-        final = Path(dest)
-        tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
-        try:
-            with open(tmp, "wb") as f:
-                _write(store, items, f, format, compression, progress)
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
+        with replacing(Path(dest)) as f:
+            _write(store, items, f, format, compression, progress)
         return
     if not hasattr(dest, "write"):
         raise TypeError(f"save() writes to a path or a binary file object, not {type(dest).__name__}")

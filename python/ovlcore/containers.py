@@ -16,14 +16,14 @@ import os
 import posixpath
 import secrets
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from . import _ovlcore
-from ._storage import Staging, move_to_trash, read_json, write_json
+from ._storage import Staging, move_to_trash, read_json, replacing, write_json
 from .errors import AmbiguousReference, ContainerNotFound, InvalidReference, NameConflict
 from .fs import ContainerFS
 from .images import Image, format_time, parse_time
@@ -78,44 +78,54 @@ class Container:
 
     @property
     def id(self) -> str:
+        """64 hex digits."""
         return str(self._record["id"])
 
     @property
     def short_id(self) -> str:
+        """The first 12 hex digits of the id."""
         return self.id[:12]
 
     @property
     def name(self) -> str:
+        """The container's unique name."""
         return str(self._record["name"])
 
     @property
     def image_id(self) -> str:
+        """The id of the image the container was created from."""
         return str(self._record["image"])
 
     @property
     def image(self) -> Image:
+        """The image the container was created from."""
         return self._store.images.get(self.image_id)
 
     @property
     def created(self) -> datetime:
+        """When the container was created (UTC)."""
         return parse_time(str(self._record["created"]))
 
     @property
     def labels(self) -> dict[str, str]:
+        """The labels given at creation."""
         return dict(self._record.get("labels") or {})
 
     @property
     def command(self) -> builtins.list[str]:
+        """The command given at creation (``created_by`` of its commits)."""
         return list(self._record.get("command") or [])
 
     @property
     def mounts(self) -> builtins.list[Mount]:
+        """Volumes and bind mounts, with their canonical container targets."""
         from .mounts import Mount
 
         return [Mount.from_record(m) for m in self._record.get("mounts") or []]
 
     @property
     def dir(self) -> Path:
+        """The container's directory in the store."""
         return self._store._layout.container(self.id)
 
     @property
@@ -246,6 +256,7 @@ class Container:
         return True
 
     def size(self) -> ContainerSize:
+        """``docker ps -s``: bytes in the writable layer, and with the image's."""
         rw = self._view().upper_size()
         return ContainerSize(rw=rw, virtual=rw + self.image.size)
 
@@ -299,6 +310,7 @@ class Container:
     # ----- lifecycle -----
 
     def remove(self, volumes: bool = False) -> None:
+        """Delete the container (see :meth:`Containers.remove`)."""
         self._store.containers.remove(self.id, volumes=volumes)
 
 
@@ -319,17 +331,8 @@ def _go_file_mode(mode: int) -> int:
 def _copy_stream(stream: Any, dest: str | os.PathLike[str] | IO[bytes]) -> None:
     """Copy a core tar stream into a path (atomically) or a binary file object."""
     if isinstance(dest, (str, os.PathLike)):
-        final = Path(dest)
-        tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.part")
-        try:
-            # Like `docker export -o`: a temp name renamed into place, no fsync (an export, not store data).
-            with open(tmp, "wb") as f:
-                _copy_stream(stream, f)
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
+        with replacing(Path(dest)) as f:
+            _copy_stream(stream, f)
         return
     from . import _pump
 

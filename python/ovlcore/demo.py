@@ -250,7 +250,11 @@ class Demo:
 
 def run(store: Store, *, keep: bool = False, console: Console | None = None) -> dict[str, Any]:
     """Run the demo on ``store``; cleans up after itself unless ``keep``. Returns what it made."""
-    demo = Demo(store, console or Console())
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console.width = 120  # in a pipe or a log, keep the tables whole rather than 80 columns wide
+    demo = Demo(store, console)
     start = time.monotonic()
     try:
         demo.run()

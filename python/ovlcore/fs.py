@@ -42,19 +42,23 @@ class DirEntry:
         self._stat: os.stat_result | None = None
 
     def is_dir(self, *, follow_symlinks: bool = True) -> bool:
+        """Like :meth:`os.DirEntry.is_dir`."""
         if self._kind == "symlink" and follow_symlinks:
             return self._fs.is_dir(self.path)
         return self._kind == "dir"
 
     def is_file(self, *, follow_symlinks: bool = True) -> bool:
+        """Like :meth:`os.DirEntry.is_file`."""
         if self._kind == "symlink" and follow_symlinks:
             return self._fs.is_file(self.path)
         return self._kind == "file"
 
     def is_symlink(self) -> bool:
+        """Like :meth:`os.DirEntry.is_symlink`."""
         return self._kind == "symlink"
 
     def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        """Like :meth:`os.DirEntry.stat`."""
         if follow_symlinks and self._kind == "symlink":
             return self._fs.stat(self.path)
         if self._stat is None:
@@ -109,21 +113,27 @@ class ContainerFS:
         return self._view.stat(_p(path), follow_symlinks)
 
     def lstat(self, path: str | os.PathLike[str]) -> os.stat_result:
+        """Like :func:`os.lstat`: a final symlink is not followed."""
         return self._view.stat(_p(path), False)
 
     def exists(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` names something (symlinks followed)."""
         return self._view.kind(_p(path), True) is not None
 
     def lexists(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` names something (a final symlink counts, dangling or not)."""
         return self._view.kind(_p(path), False) is not None
 
     def is_file(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` is a regular file (symlinks followed)."""
         return self._view.kind(_p(path), True) == "file"
 
     def is_dir(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` is a directory (symlinks followed)."""
         return self._view.kind(_p(path), True) == "dir"
 
     def is_symlink(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` itself is a symlink."""
         return self._view.kind(_p(path), False) == "symlink"
 
     def listdir(self, path: str | os.PathLike[str] = "/") -> list[str]:
@@ -131,6 +141,7 @@ class ContainerFS:
         return self._view.listdir(_p(path))
 
     def scandir(self, path: str | os.PathLike[str] = "/") -> Iterator[DirEntry]:
+        """Like :func:`os.scandir`: :class:`DirEntry` objects, sorted by name."""
         p = _p(path)
         return iter([DirEntry(self, p, name, kind) for name, kind in self._view.scandir(p)])
 
@@ -169,6 +180,7 @@ class ContainerFS:
                     stack.append(f"{base}/{d}")
 
     def readlink(self, path: str | os.PathLike[str]) -> str:
+        """Like :func:`os.readlink`: a symlink's target as stored."""
         return self._view.readlink(_p(path))
 
     def open(
@@ -202,12 +214,14 @@ class ContainerFS:
         return self._view.open_write(self._w(path), flags, 0o666)
 
     def write_bytes(self, path: str | os.PathLike[str], data: bytes) -> int:
+        """Write ``data`` to ``path`` (created or truncated); returns the bytes written."""
         with self.open(path, "wb") as f:
             return int(f.write(data))
 
     def write_text(
         self, path: str | os.PathLike[str], data: str, encoding: str | None = None, errors: str | None = None
     ) -> int:
+        """Write ``data`` to ``path`` as text (created or truncated); returns the characters written."""
         with self.open(path, "w", encoding=encoding, errors=errors) as f:
             return int(f.write(data))
 
@@ -228,6 +242,7 @@ class ContainerFS:
                 raise
 
     def makedirs(self, path: str | os.PathLike[str], mode: int = 0o777, exist_ok: bool = False) -> None:
+        """Like :func:`os.makedirs`."""
         self.mkdir(path, mode, parents=True, exist_ok=exist_ok)
 
     def remove(self, path: str | os.PathLike[str]) -> None:
@@ -237,6 +252,7 @@ class ContainerFS:
     unlink = remove
 
     def rmdir(self, path: str | os.PathLike[str]) -> None:
+        """Remove an empty directory (empty in the merged view); one from the image leaves a whiteout."""
         self._view.rmdir(self._w(path))
 
     def rmtree(self, path: str | os.PathLike[str]) -> None:
@@ -258,6 +274,7 @@ class ContainerFS:
         self._view.link(self._w(src), self._w(dst))
 
     def chmod(self, path: str | os.PathLike[str], mode: int, *, follow_symlinks: bool = True) -> None:
+        """Like :func:`os.chmod` (copies an image file up first)."""
         self._view.chmod(self._w(path), mode, follow_symlinks)
 
     def chown(self, path: str | os.PathLike[str], uid: int, gid: int, *, follow_symlinks: bool = True) -> None:
@@ -266,6 +283,7 @@ class ContainerFS:
         self._view.chown(self._w(path), uid, gid, follow_symlinks)
 
     def lchown(self, path: str | os.PathLike[str], uid: int, gid: int) -> None:
+        """Change a symlink's own owner (see :meth:`chown`)."""
         self.chown(path, uid, gid, follow_symlinks=False)
 
     def utime(
@@ -284,17 +302,21 @@ class ContainerFS:
         self._view.utime(self._w(path), ns, follow_symlinks)
 
     def truncate(self, path: str | os.PathLike[str], size: int) -> None:
+        """Like :func:`os.truncate` (copies an image file up first)."""
         self._view.truncate(self._w(path), size)
 
     def setxattr(
         self, path: str | os.PathLike[str], attribute: str, value: bytes, flags: int = 0, *, follow_symlinks: bool = True
     ) -> None:
+        """Like :func:`os.setxattr` (the store's own ``trusted.overlay.*``/override attributes are refused)."""
         self._view.setxattr(self._w(path), attribute, bytes(value), flags, follow_symlinks)
 
     def removexattr(self, path: str | os.PathLike[str], attribute: str, *, follow_symlinks: bool = True) -> None:
+        """Like :func:`os.removexattr`."""
         self._view.removexattr(self._w(path), attribute, follow_symlinks)
 
     def mkfifo(self, path: str | os.PathLike[str], mode: int = 0o666) -> None:
+        """Like :func:`os.mkfifo`."""
         self._view.mknod(self._w(path), "fifo", mode, 0)
 
     def mknod(self, path: str | os.PathLike[str], mode: int = 0o600, device: int = 0) -> None:
@@ -306,19 +328,23 @@ class ContainerFS:
         self._view.mknod(self._w(path), kind, stat.S_IMODE(mode), device)
 
     def read_bytes(self, path: str | os.PathLike[str]) -> bytes:
+        """The whole content of a file."""
         with self.open(path, "rb") as f:
             data: bytes = f.read()
             return data
 
     def read_text(self, path: str | os.PathLike[str], encoding: str | None = None, errors: str | None = None) -> str:
+        """The whole content of a file, decoded."""
         with self.open(path, "r", encoding=encoding, errors=errors) as f:
             text: str = f.read()
             return text
 
     def getxattr(self, path: str | os.PathLike[str], attribute: str, *, follow_symlinks: bool = True) -> bytes:
+        """Like :func:`os.getxattr` (``OSError`` ENODATA when absent)."""
         return self._view.getxattr(_p(path), attribute, follow_symlinks)
 
     def listxattr(self, path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> list[str]:
+        """Like :func:`os.listxattr`, without the store's own attributes."""
         return self._view.listxattr(_p(path), follow_symlinks)
 
 

@@ -21,7 +21,7 @@ from ._changes import apply_changes
 from ._storage import Staging, read_json, write_json
 from .errors import AmbiguousReference, ImageInUse, ImageNotFound, InvalidReference, LayerNotFound
 from .layers import Layer, ProgressCallback, Source
-from .references import full_tag, is_id_prefix, normalize_id, parse_tag
+from .references import full_tag, is_id_prefix, normalize_id
 
 if TYPE_CHECKING:
     from .fs import ContainerFS
@@ -84,6 +84,7 @@ class Image:
 
     @property
     def short_id(self) -> str:
+        """The first 12 hex digits of the id, as Docker shows it."""
         return self.id.removeprefix("sha256:")[:12]
 
     @property
@@ -94,10 +95,12 @@ class Image:
 
     @property
     def config_bytes(self) -> bytes:
+        """The exact bytes of the config (its sha256 is the id)."""
         return self._config_bytes
 
     @property
     def diff_ids(self) -> builtins.list[str]:
+        """The diff ids of the layers, bottom first."""
         return list((self._cfg().get("rootfs") or {}).get("diff_ids") or [])
 
     def _cfg(self) -> dict[str, Any]:
@@ -116,16 +119,19 @@ class Image:
 
     @property
     def created(self) -> datetime:
+        """When the image was made (UTC), from its config."""
         c = self._cfg().get("created")
         return parse_time(c) if c else datetime.fromtimestamp(0, timezone.utc)
 
     @property
     def parent_id(self) -> str | None:
+        """The local image a commit or build step started from, if known."""
         p = self._meta.get("parent")
         return str(p) if p else None
 
     @property
     def tags(self) -> builtins.list[str]:
+        """The ``name:tag`` references pointing at this image, sorted."""
         return self._store.images._tags_of(self.id)
 
     @property
@@ -145,6 +151,7 @@ class Image:
 
     @property
     def top_layer(self) -> Layer | None:
+        """The topmost layer (``None`` for an image without layers)."""
         layers = self.layers
         return layers[-1] if layers else None
 
@@ -201,9 +208,11 @@ class Image:
         return out
 
     def tag(self, ref: str) -> None:
+        """Give this image the tag ``ref`` (moved from any image that had it)."""
         self._store.images.tag(self.id, ref)
 
     def remove(self, force: bool = False) -> builtins.list[str]:
+        """``docker rmi`` of this image by id (see :meth:`Images.remove`)."""
         return self._store.images.remove(self.id, force=force)
 
     def __eq__(self, other: object) -> bool:

@@ -147,19 +147,23 @@ class Layer:
 
     @property
     def chain_id(self) -> str:
+        """The OCI chain id: this layer together with every layer below it."""
         return str(self._record["chain_id"])
 
     @property
     def diff_id(self) -> str:
+        """sha256 of the uncompressed layer tar."""
         return str(self._record["diff_id"])
 
     @property
     def parent(self) -> Layer | None:
+        """The layer below, or ``None`` at the bottom."""
         p = self._record.get("parent")
         return self._store.layers.get(p) if p else None
 
     @property
     def parent_chain_id(self) -> str | None:
+        """The chain id of the layer below, or ``None`` at the bottom."""
         p = self._record.get("parent")
         return str(p) if p else None
 
@@ -170,6 +174,7 @@ class Layer:
 
     @property
     def created(self) -> datetime:
+        """When this store published the layer."""
         return datetime.fromisoformat(str(self._record["created"]))
 
     @property
@@ -190,6 +195,7 @@ class Layer:
         return out
 
     def stack_paths(self) -> builtins.list[str]:
+        """The content directories of this layer and those below it, top first."""
         return [str(layer.path) for layer in self.stack()]
 
     def tar(self, compression: str | None = None, *, verify: bool = True) -> TarReader:
@@ -261,6 +267,7 @@ class Layers:
         return matches[0]
 
     def list(self) -> builtins.list[Layer]:
+        """Every layer of the store, by chain id."""
         out = []
         try:
             names = sorted(os.listdir(self._store._layout.layers))

@@ -125,6 +125,7 @@ class Mount:
         return str(store._layout.volume(self.source) / "_data")
 
     def to_record(self) -> dict[str, Any]:
+        """The mount as stored in ``container.json``."""
         return {"type": self.type, "source": self.source, "target": self.target, "read_only": self.read_only, "nocopy": self.nocopy}
 
     @classmethod

@@ -49,6 +49,7 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
+        """Whether nothing is left wrong (no problem, or every one repaired)."""
         return not self.problems or len(self.repaired) >= len(self.problems)
 
 
@@ -138,6 +139,7 @@ class Store:
     # ----- lifecycle -----
 
     def close(self) -> None:
+        """Release the store (it holds nothing open: objects stay usable)."""
         self._closed = True
 
     def __enter__(self) -> Store:

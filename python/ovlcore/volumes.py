@@ -35,18 +35,22 @@ class Volume:
 
     @property
     def name(self) -> str:
+        """The volume's name (64 hex digits for an anonymous volume)."""
         return str(self._record["name"])
 
     @property
     def labels(self) -> dict[str, str]:
+        """The labels given at creation."""
         return dict(self._record.get("labels") or {})
 
     @property
     def created(self) -> datetime:
+        """When the volume was created (UTC)."""
         return parse_time(str(self._record["created"]))
 
     @property
     def anonymous(self) -> bool:
+        """Whether the volume was made without a name (removed with its container's ``rm -v``)."""
         return bool(self._record.get("anonymous"))
 
     @property
@@ -55,9 +59,11 @@ class Volume:
         return self._store._layout.volume(self.name) / "_data"
 
     def size(self) -> int:
+        """Bytes of data in the volume."""
         return _ovlcore.dir_usage(str(self.mountpoint))
 
     def remove(self, force: bool = False) -> None:
+        """Delete the volume and its data (see :meth:`Volumes.remove`)."""
         self._store.volumes.remove(self.name, force=force)
 
     def __eq__(self, other: object) -> bool:
@@ -123,6 +129,7 @@ class Volumes:
             return self._create_locked(name, labels, anonymous=name is None)
 
     def get(self, name: str) -> Volume:
+        """A volume by name (``VolumeNotFound`` otherwise)."""
         with self._store._lock.shared():
             found = self._read(name) if isinstance(name, str) and "/" not in name and name not in ("", ".", "..") else None
         if found is None:
@@ -130,6 +137,7 @@ class Volumes:
         return found
 
     def list(self) -> builtins.list[Volume]:
+        """Every volume, by name."""
         with self._store._lock.shared():
             try:
                 names = sorted(os.listdir(self._store._layout.volumes))

@@ -141,6 +141,25 @@ impl Meta {
         }
     }
 
+    /// Metadata for an entry no file stands for (a `.wh.` marker, a virtual mount point): root's, time 0.
+    pub fn synthetic(mode: u32) -> Meta {
+        Meta {
+            mode,
+            ino: 0,
+            dev: 0,
+            nlink: if Kind::from_mode(mode) == Kind::Dir { 2 } else { 1 },
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: 0,
+            blksize: 4096,
+            blocks: 0,
+            atime: (0, 0),
+            mtime: (0, 0),
+            ctime: (0, 0),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         Kind::from_mode(self.mode)
     }

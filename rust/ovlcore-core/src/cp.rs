@@ -158,13 +158,7 @@ impl Copier<'_> {
                 let target = view.readlink(&r.path)?;
                 rustix::fs::symlinkat(target.as_os_str(), dir.as_fd(), name).map_err(|e| at(e.into()))?;
                 if self.owner.chowns() {
-                    let _ = rustix::fs::chownat(
-                        dir.as_fd(),
-                        name,
-                        Some(rustix::fs::Uid::from_raw(meta.uid)),
-                        Some(rustix::fs::Gid::from_raw(meta.gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    );
+                    let _ = sys::chown_at(dir.as_fd(), name, Some(meta.uid), Some(meta.gid));
                 }
                 rustix::fs::utimensat(dir.as_fd(), name, &times(&meta), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| at(e.into()))?;
             }
@@ -197,7 +191,7 @@ impl Copier<'_> {
             Owner::Keep(privilege) => apply_attrs(dir, name, None, &meta.attrs(), privilege),
             Owner::Real => {
                 if self.owner.chowns() {
-                    rustix::fs::chownat(dir, name, Some(rustix::fs::Uid::from_raw(meta.uid)), Some(rustix::fs::Gid::from_raw(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+                    sys::chown_at(dir, name, Some(meta.uid), Some(meta.gid))?;
                 }
                 Ok(rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.perm() | if meta.is_dir() { 0o700 } else { 0 }), AtFlags::empty())?)
             }
@@ -210,7 +204,7 @@ impl Copier<'_> {
 
     fn finish_path(&self, dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta) -> Result<()> {
         if self.owner.chowns() {
-            rustix::fs::chownat(dir, name, Some(rustix::fs::Uid::from_raw(meta.uid)), Some(rustix::fs::Gid::from_raw(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+            sys::chown_at(dir, name, Some(meta.uid), Some(meta.gid))?;
         }
         rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.perm()), AtFlags::empty())?;
         Ok(())

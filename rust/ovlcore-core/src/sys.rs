@@ -172,6 +172,17 @@ pub fn make_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
     Ok(rustix::fs::mknodat(dir, name, rustix::fs::FileType::CharacterDevice, Mode::empty(), 0)?)
 }
 
+/// Set the owner of `name` in `dir` (a symlink itself, not its target); `None` keeps that id.
+pub fn chown_at(dir: BorrowedFd<'_>, name: &OsStr, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+    Ok(rustix::fs::chownat(
+        dir,
+        name,
+        uid.map(rustix::fs::Uid::from_raw),
+        gid.map(rustix::fs::Gid::from_raw),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?)
+}
+
 pub fn readlink_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OsString> {
     let target = rustix::fs::readlinkat(dir, name, Vec::new())?;
     Ok(OsString::from_vec(target.into_bytes()))

@@ -426,22 +426,7 @@ fn sorted_names(fd: &OwnedFd) -> Result<Vec<OsString>> {
 
 /// The header of a `.wh.` marker: an empty regular file, mode 0600, root-owned, time 0.
 fn marker_header(name: &[u8]) -> Result<Vec<u8>> {
-    let meta = Meta {
-        mode: libc::S_IFREG | 0o600,
-        ino: 0,
-        dev: 0,
-        nlink: 1,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        size: 0,
-        blksize: 0,
-        blocks: 0,
-        atime: (0, 0),
-        mtime: (0, 0),
-        ctime: (0, 0),
-    };
-    entry_header(name, &meta, EntryType::Regular, 0, None, &[])
+    entry_header(name, &Meta::synthetic(libc::S_IFREG | 0o600), EntryType::Regular, 0, None, &[])
 }
 
 const USTAR_MAX_ID: u64 = 0o7777777;

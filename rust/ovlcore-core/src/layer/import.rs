@@ -598,13 +598,7 @@ impl<'a> Importer<'a> {
     fn set_link_attrs(&self, dir: BorrowedFd<'_>, name: &OsStr, h: &Header) -> Result<()> {
         if self.privilege == Privilege::Root {
             if h.uid != 0 || h.gid != 0 {
-                rustix::fs::chownat(
-                    dir,
-                    name,
-                    Some(rustix::fs::Uid::from_raw(h.uid)),
-                    Some(rustix::fs::Gid::from_raw(h.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )?;
+                sys::chown_at(dir, name, Some(h.uid), Some(h.gid))?;
             }
             let st = Meta::from_stat(&sys::lstat_at(dir, name)?);
             if st.kind() != Kind::Symlink {

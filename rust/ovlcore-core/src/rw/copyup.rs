@@ -99,13 +99,7 @@ pub fn clone_entry(
             let target = sys::readlink_at(src_dir, src_name)?;
             rustix::fs::symlinkat(target.as_os_str(), dir, name)?;
             if privilege == Privilege::Root && (meta.uid != 0 || meta.gid != 0) {
-                rustix::fs::chownat(
-                    dir,
-                    name,
-                    Some(rustix::fs::Uid::from_raw(meta.uid)),
-                    Some(rustix::fs::Gid::from_raw(meta.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )?;
+                sys::chown_at(dir, name, Some(meta.uid), Some(meta.gid))?;
             }
             rustix::fs::utimensat(dir, name, &times_of(meta), AtFlags::SYMLINK_NOFOLLOW)?;
             Ok(())
@@ -120,13 +114,7 @@ pub fn clone_entry(
                     _ => FileType::Socket,
                 };
                 rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(0o600), meta.rdev)?;
-                rustix::fs::chownat(
-                    dir,
-                    name,
-                    Some(rustix::fs::Uid::from_raw(meta.uid)),
-                    Some(rustix::fs::Gid::from_raw(meta.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )?;
+                sys::chown_at(dir, name, Some(meta.uid), Some(meta.gid))?;
                 rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.perm()), AtFlags::empty())?;
                 rustix::fs::utimensat(dir, name, &times_of(meta), AtFlags::SYMLINK_NOFOLLOW)?;
                 Ok(())

@@ -229,7 +229,7 @@ impl View {
             (Privilege::Rootless, Kind::Symlink) => Ok(()),
             (Privilege::Rootless, _) => apply_attrs(dir, name, None, &want, self.privilege),
             (Privilege::Root, kind) => {
-                rustix::fs::chownat(dir, name, None, Some(rustix::fs::Gid::from_raw(want.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+                sys::chown_at(dir, name, None, Some(want.gid))?;
                 if kind == Kind::Dir {
                     rustix::fs::chmodat(dir, name, Mode::from_raw_mode(want.perm), AtFlags::empty())?;
                 }
@@ -553,14 +553,7 @@ impl View {
         let t = self.prepare(&r, true)?;
         let at = |e: Error| e.at(r.path.as_os_str());
         match self.privilege {
-            Privilege::Root => rustix::fs::chownat(
-                t.dir.as_fd(),
-                &t.name,
-                uid.map(rustix::fs::Uid::from_raw),
-                gid.map(rustix::fs::Gid::from_raw),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(|e| at(e.into())),
+            Privilege::Root => sys::chown_at(t.dir.as_fd(), &t.name, uid, gid).map_err(at),
             Privilege::Rootless => {
                 let m = sys::read_meta(t.dir.as_fd(), &t.name, self.privilege).map_err(at)?;
                 if m.kind() == Kind::Symlink {

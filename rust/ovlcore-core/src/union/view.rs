@@ -462,7 +462,7 @@ impl View {
                 Some(m) => Ok(m),
                 None => Err(Error::os(libc::ENOENT, r.path.as_os_str())),
             },
-            Found::Virtual => Ok(virtual_dir_meta()),
+            Found::Virtual => Ok(Meta::synthetic(libc::S_IFDIR | 0o755)),
             _ => {
                 let (fd, name) = self.host_parent(r).ok_or_else(|| Error::os(libc::ENOENT, r.path.as_os_str()))?;
                 sys::read_meta(fd.as_fd(), &name, self.privilege).map_err(at)
@@ -671,24 +671,6 @@ impl View {
     }
 }
 
-/// What a mount point directory that no layer has looks like: root's, 0755.
-fn virtual_dir_meta() -> Meta {
-    Meta {
-        mode: libc::S_IFDIR | 0o755,
-        ino: 0,
-        dev: 0,
-        nlink: 2,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        size: 0,
-        blksize: 4096,
-        blocks: 0,
-        atime: (0, 0),
-        mtime: (0, 0),
-        ctime: (0, 0),
-    }
-}
 
 fn split(raw: &[u8]) -> VecDeque<OsString> {
     raw.split(|b| *b == b'/').filter(|c| !c.is_empty()).map(|c| OsStr::from_bytes(c).to_os_string()).collect()
