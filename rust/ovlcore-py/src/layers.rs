@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use ovlcore_core::compress::{Compression, Encoder};
+use ovlcore_core::compress::{Compression, Compressor};
 use ovlcore_core::digest::Hasher;
 use ovlcore_core::layer::{import_layer as core_import, ImportOptions, LayerTar};
 use ovlcore_core::union::Lower;
@@ -182,43 +182,6 @@ impl BackgroundHasher {
     }
 }
 
-/// A pull-based compressor: reads plain bytes from `inner` and hands out compressed ones.
-struct Compressing {
-    inner: DigestOnEnd,
-    enc: Option<Encoder<Vec<u8>>>,
-    out: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for Compressing {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use std::io::Write;
-        loop {
-            if self.pos < self.out.len() {
-                let n = buf.len().min(self.out.len() - self.pos);
-                buf[..n].copy_from_slice(&self.out[self.pos..self.pos + n]);
-                self.pos += n;
-                return Ok(n);
-            }
-            let enc = match self.enc.as_mut() {
-                Some(e) => e,
-                None => return Ok(0),
-            };
-            self.out.clear();
-            self.pos = 0;
-            let mut chunk = vec![0u8; 1 << 20];
-            let n = self.inner.read(&mut chunk)?;
-            if n == 0 {
-                let enc = self.enc.take().expect("checked");
-                self.out = enc.finish()?;
-            } else {
-                enc.write_all(&chunk[..n])?;
-                self.out = std::mem::take(enc.get_mut());
-            }
-        }
-    }
-}
-
 #[pymethods]
 impl TarStream {
     /// Read up to `size` bytes (all remaining when negative).
@@ -365,7 +328,7 @@ pub fn make_stream(tar: LayerTar, compression: Option<&str>) -> PyResult<TarStre
     let hash_blob = compression != Compression::None;
     let out: Box<dyn Read + Send> = match compression {
         Compression::None => Box::new(plain),
-        c => Box::new(Compressing { inner: plain, enc: Some(Encoder::new(Vec::new(), c).py()?), out: Vec::new(), pos: 0 }),
+        c => Box::new(Compressor::new(plain, c).py()?),
     };
     Ok(TarStream { state: Mutex::new(StreamState { out, blob: Hasher::default(), hash_blob, tar: slot }), finished: false })
 }
