@@ -363,7 +363,9 @@ def diff_cmd(c: Ctx, container: str) -> None:
 @pass_ctx
 def commit_cmd(c: Ctx, container: str, reference: str | None, message: str | None, author: str | None, changes: tuple[str, ...]) -> None:
     """Create a new image from a container's changes."""
-    img = c.store.containers.get(container).commit(reference, message=message, author=author, changes=list(changes) or None)
+    ctr = c.store.containers.get(container)
+    with progress("Committing", ctr.size().rw if sys.stderr.isatty() else None) as cb:
+        img = ctr.commit(reference, message=message, author=author, changes=list(changes) or None, progress=cb)
     c.emit({"ID": img.id}, img.id)
 
 
@@ -376,7 +378,8 @@ def export_cmd(c: Ctx, container: str, output: str | None) -> None:
     if output is None and sys.stdout.isatty():
         fail("refusing to write the archive to a terminal; use -o or redirect stdout")
     ctr = c.store.containers.get(container)
-    ctr.export(output if output is not None else sys.stdout.buffer)
+    with progress("Exporting", ctr.size().virtual if sys.stderr.isatty() else None) as cb:
+        ctr.export(output if output is not None else sys.stdout.buffer, progress=cb)
 
 
 @cli.command("rm")
@@ -410,8 +413,29 @@ def rm_cmd(c: Ctx, containers: tuple[str, ...], volumes: bool, force: bool) -> N
 @pass_ctx
 def cp_cmd(c: Ctx, src: str, dst: str, follow_link: bool, archive: bool) -> None:
     """Copy files between a container and the host: CONTAINER:PATH on one side."""
-    with progress("Copying") as cb:
+    total = _cp_total(c.store, src) if sys.stderr.isatty() else None
+    with progress("Copying", total) as cb:
         c.store.cp(src, dst, follow_symlinks=follow_link, archive=archive, progress=cb)
+
+
+def _cp_total(store: Store, src: str) -> int | None:
+    """Bytes a copy will move (for the progress bar), when cheaply known."""
+    from .cp import split_spec
+
+    ref, path = split_spec(src)
+    try:
+        if ref is None:
+            if os.path.isfile(path):
+                return os.path.getsize(path)
+            total = sum(os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(path) for f in files)
+        else:
+            fs = store.containers.get(ref).fs
+            if fs.is_file(path):
+                return fs.stat(path).st_size
+            total = sum(fs.lstat(f"{d}/{f}").st_size for d, _, files in fs.walk(path) for f in files)
+    except (OSError, OvlError):
+        return None
+    return total or None  # a glob, or nothing to measure: a bar without a total
 
 
 @cli.command("mount", context_settings={"allow_interspersed_args": False})

@@ -16,7 +16,7 @@ import os
 import posixpath
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -189,6 +189,7 @@ class Container:
         author: str | None = None,
         changes: builtins.list[str] | None = None,
         created_by: str | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Image:
         """``docker commit``: a new image = this container's image + one layer with its changes + a
         history entry. The container goes on working. The new layer shares the writable layer's files
@@ -202,7 +203,7 @@ class Container:
         apply_changes({}, changes)
         with Staging(store._layout) as st:
             content = make_layer_root(st.path / "diff")
-            diff_id, tar_size, size = self._view().commit(str(content), shared_file=str(self.dir / "shared-inodes"))
+            diff_id, tar_size, size = self._view().commit(str(content), str(self.dir / "shared-inodes"), progress=progress)
             staged = StagedLayer(st, diff_id, size, tar_size, image.top_layer)
             config = store.images._child_config(
                 image,
@@ -217,10 +218,10 @@ class Container:
                     store.layers._publish_locked(staged, retain=False)
                     return store.images._publish_locked(ist, config, full_tag(tag) if tag is not None else None)
 
-    def export(self, dest: str | os.PathLike[str] | IO[bytes]) -> None:
+    def export(self, dest: str | os.PathLike[str] | IO[bytes], *, progress: Callable[[int], None] | None = None) -> None:
         """``docker export``: the flattened merged file system as one tar (mount contents excluded)."""
         stream = self._view().export()
-        _copy_stream(stream, dest)
+        _copy_stream(stream, dest, progress)
 
     def get_archive(self, path: str, chunk_size: int = 2 * 1024 * 1024) -> tuple[Iterator[bytes], dict[str, Any]]:
         """As docker-py: a tar of ``path`` (and everything below it) streamed in chunks, and a stat dict
@@ -328,15 +329,15 @@ def _go_file_mode(mode: int) -> int:
     return go
 
 
-def _copy_stream(stream: Any, dest: str | os.PathLike[str] | IO[bytes]) -> None:
+def _copy_stream(stream: Any, dest: str | os.PathLike[str] | IO[bytes], progress: Callable[[int], None] | None = None) -> None:
     """Copy a core tar stream into a path (atomically) or a binary file object."""
     if isinstance(dest, (str, os.PathLike)):
         with replacing(Path(dest)) as f:
-            _copy_stream(stream, f)
+            _copy_stream(stream, f, progress)
         return
     from . import _pump
 
-    _pump.copy(stream, dest)
+    _pump.copy(stream, dest, progress=progress)
 
 
 class Containers:

@@ -275,13 +275,14 @@ impl View {
     /// Build the layer holding this view's writable layer into the empty directory `dest`.
     /// Returns `(diff_id, tar_size, content_size)`; the inodes now shared are remembered (and appended to
     /// `shared_file` when given) so that later changes copy them first.
-    #[pyo3(signature = (dest, shared_file=None))]
-    fn commit(&self, py: Python<'_>, dest: PathBuf, shared_file: Option<PathBuf>) -> PyResult<(String, u64, u64)> {
+    #[pyo3(signature = (dest, shared_file=None, *, progress=None))]
+    fn commit(&self, py: Python<'_>, dest: PathBuf, shared_file: Option<PathBuf>, progress: Option<Py<PyAny>>) -> PyResult<(String, u64, u64)> {
         let view = self.inner.clone();
+        let progress = Progress::new(progress);
         py.detach(|| -> ovlcore_core::Result<(String, u64, u64)> {
             let up = view.upper.as_ref().ok_or_else(|| ovlcore_core::Error::os(libc::EROFS, dest.as_os_str()))?;
             let lower = if view.lower.is_empty() { None } else { Some(view.lower.clone()) };
-            let report = commit_layer(&up.path, lower, view.privilege, &dest)?;
+            let report = commit_layer(&up.path, lower, view.privilege, &dest, Some(&|n| progress.report(n)))?;
             if let Some(f) = &shared_file {
                 use std::io::Write;
                 let mut file = std::fs::OpenOptions::new().create(true).append(true).open(f)?;

@@ -185,6 +185,7 @@ pub fn import_layer(input: impl Read + Send, dest: &Path, split: Option<File>, o
     let counting = Counting { inner: input, count: 0, reported: 0, progress: opts.progress };
     let (tx, rx) = std::sync::mpsc::sync_channel(4);
     let limit = opts.max_size;
+    let extracting = std::sync::atomic::AtomicBool::new(true);
     std::thread::scope(|scope| {
         let producer = scope.spawn(move || match compress::decompressed(counting) {
             Ok(plain) => produce(plain, limit, tx),
@@ -193,12 +194,31 @@ pub fn import_layer(input: impl Read + Send, dest: &Path, split: Option<File>, o
                 Hasher::default()
             }
         });
+        // The layer must be on disk before it is published: flush it while it is being written, so the
+        // final sync only waits for the tail (as a background writeback of the whole tree would).
+        scope.spawn(|| flush_while(dest, &extracting));
         let chunks = Chunks { rx, cur: Vec::new(), pos: 0, done: false };
         let extracted = extract(chunks, dest, split, opts.privilege, opts.lower);
+        extracting.store(false, std::sync::atomic::Ordering::Release);
         let hasher = producer.join().expect("the reading thread panicked");
         let (size, entries) = extracted?;
         Ok(ImportReport { diff_id: hasher.digest(), size, entries, tar_size: hasher.count })
     })
+}
+
+/// Sync the file system holding `dir` every so often while `running`.
+fn flush_while(dir: &Path, running: &std::sync::atomic::AtomicBool) {
+    let Ok(fd) = sys::open_dir(dir) else { return };
+    let tick = std::time::Duration::from_millis(20);
+    let mut waited = std::time::Duration::ZERO;
+    while running.load(std::sync::atomic::Ordering::Acquire) {
+        std::thread::sleep(tick);
+        waited += tick;
+        if waited >= std::time::Duration::from_millis(100) {
+            waited = std::time::Duration::ZERO;
+            let _ = sys::syncfs(fd.as_fd());
+        }
+    }
 }
 
 /// Parse the plain tar stream and build the layer; returns (content size, entries).

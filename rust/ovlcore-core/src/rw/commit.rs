@@ -7,7 +7,7 @@
 //! such a file copies it first (see `ops.rs`), keeping the committed layer immutable.
 
 use std::collections::HashSet;
-use std::io;
+use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
@@ -34,13 +34,26 @@ pub struct CommitReport {
 }
 
 /// Build the layer made of the writable layer `upper` (over `lower`) into the empty directory `dest`.
-pub fn commit_layer(upper: &Path, lower: Option<Arc<Lower>>, privilege: Privilege, dest: &Path) -> Result<CommitReport> {
+/// `progress`, if any, is told how many bytes of the layer tar have been hashed; an error from it
+/// (Ctrl-C) stops the commit.
+pub fn commit_layer(
+    upper: &Path,
+    lower: Option<Arc<Lower>>,
+    privilege: Privilege,
+    dest: &Path,
+    progress: Option<&(dyn Fn(u64) -> Result<()> + Sync)>,
+) -> Result<CommitReport> {
     let lower = lower.filter(|l| !l.is_empty());
     let (hashed, mirrored) = std::thread::scope(|s| {
         let tar_lower = lower.clone();
         let hasher = s.spawn(move || -> Result<(String, u64)> {
             let mut tar = LayerTar::walk(upper, privilege, tar_lower)?;
-            io::copy(&mut tar, &mut io::sink())?;
+            let mut buf = vec![0u8; 1 << 20];
+            while tar.read(&mut buf)? > 0 {
+                if let Some(p) = progress {
+                    p(tar.bytes_read())?;
+                }
+            }
             Ok((tar.digest(), tar.bytes_read()))
         });
         let mirrored = Mirror::run(upper, dest, lower.as_deref(), privilege);
