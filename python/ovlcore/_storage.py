@@ -15,10 +15,12 @@ A layer, image, container or volume therefore becomes visible complete or not at
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -135,6 +137,38 @@ class StoreLock:
         return self._hold(fcntl.LOCK_EX)
 
 
+PENDING_GRACE_S = 60
+
+
+def _locked_file(directory: Path, path: Path) -> int:
+    """Create ``path`` already locked (``LOCK_EX``): a recovering process must never find it unlocked
+    while its owner lives. An unnamed file is locked, then linked in; where the file system has no
+    unnamed files, a ``.pending`` name is used, which recovery leaves alone until it is old."""
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+    else:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            # linkat(..., AT_SYMLINK_FOLLOW) names the unnamed file; a dir_fd makes os.link use linkat.
+            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=dfd, follow_symlinks=True)
+            finally:
+                os.close(dfd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    pending = path.with_name(f".{path.name}.pending")
+    fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(pending, path)
+    return fd
+
+
 class Staging:
     """A private directory under ``tmp/`` for building an object before publishing it with one rename.
 
@@ -147,11 +181,7 @@ class Staging:
         self._layout = layout
         self.path = layout.tmp / name
         self._lock_path = layout.tmp / f"{name}.lock"
-        # Take the lock under a temporary name first, so a recovering process never sees it unlocked.
-        pending = layout.tmp / f".{name}.pending"
-        self._lock_fd = os.open(pending, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-        os.rename(pending, self._lock_path)
+        self._lock_fd = _locked_file(layout.tmp, self._lock_path)
         os.mkdir(self.path, 0o700)
         self.published = False
 
@@ -215,6 +245,8 @@ def recover(layout: Layout) -> list[str]:
         for entry in os.listdir(layout.tmp):
             if not entry.endswith((".lock", ".pending")):
                 continue
+            if entry.endswith(".pending") and _age(layout.tmp / entry) < PENDING_GRACE_S:
+                continue  # perhaps not locked yet by its (living) owner
             # Taking the lock means its owner is gone; keep it while cleaning up after that owner.
             fd = _try_lock(layout.tmp / entry, fcntl.LOCK_EX)
             if fd is None:
@@ -248,6 +280,13 @@ def recover(layout: Layout) -> list[str]:
                         _ovlcore.remove_tree(str(scratch / entry))
                         removed.append(f"containers/{cid}/scratch/{entry}")
     return removed
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def held(lock_path: Path) -> bool:
