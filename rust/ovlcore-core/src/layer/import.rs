@@ -185,7 +185,7 @@ pub fn import_layer(input: impl Read + Send, dest: &Path, split: Option<File>, o
     let counting = Counting { inner: input, count: 0, reported: 0, progress: opts.progress };
     let (tx, rx) = std::sync::mpsc::sync_channel(4);
     let limit = opts.max_size;
-    let extracting = std::sync::atomic::AtomicBool::new(true);
+    let extracting = Flag::default();
     std::thread::scope(|scope| {
         let producer = scope.spawn(move || match compress::decompressed(counting) {
             Ok(plain) => produce(plain, limit, tx),
@@ -199,24 +199,38 @@ pub fn import_layer(input: impl Read + Send, dest: &Path, split: Option<File>, o
         scope.spawn(|| flush_while(dest, &extracting));
         let chunks = Chunks { rx, cur: Vec::new(), pos: 0, done: false };
         let extracted = extract(chunks, dest, split, opts.privilege, opts.lower);
-        extracting.store(false, std::sync::atomic::Ordering::Release);
+        extracting.lower();
         let hasher = producer.join().expect("the reading thread panicked");
         let (size, entries) = extracted?;
         Ok(ImportReport { diff_id: hasher.digest(), size, entries, tar_size: hasher.count })
     })
 }
 
-/// Sync the file system holding `dir` every so often while `running`.
-fn flush_while(dir: &Path, running: &std::sync::atomic::AtomicBool) {
+/// Raised while extraction runs; lowering it wakes the flusher at once.
+#[derive(Default)]
+struct Flag {
+    done: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl Flag {
+    fn lower(&self) {
+        *self.done.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Sync the file system holding `dir` every 100 ms until extraction ends.
+fn flush_while(dir: &Path, extracting: &Flag) {
     let Ok(fd) = sys::open_dir(dir) else { return };
-    let tick = std::time::Duration::from_millis(20);
-    let mut waited = std::time::Duration::ZERO;
-    while running.load(std::sync::atomic::Ordering::Acquire) {
-        std::thread::sleep(tick);
-        waited += tick;
-        if waited >= std::time::Duration::from_millis(100) {
-            waited = std::time::Duration::ZERO;
+    let mut done = extracting.done.lock().unwrap();
+    while !*done {
+        let (guard, timeout) = extracting.changed.wait_timeout(done, std::time::Duration::from_millis(100)).unwrap();
+        done = guard;
+        if timeout.timed_out() && !*done {
+            drop(done);
             let _ = sys::syncfs(fd.as_fd());
+            done = extracting.done.lock().unwrap();
         }
     }
 }
