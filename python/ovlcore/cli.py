@@ -143,7 +143,7 @@ def cli(ctx: click.Context, root: str | None, as_json: bool) -> None:
 # ----- images -----
 
 
-def _image_rows(store: Store, show_all: bool) -> list[dict[str, Any]]:
+def _image_rows(store: Store) -> list[dict[str, Any]]:
     rows = []
     for img in store.images.list():
         tags = img.tags or ["<none>:<none>"]
@@ -155,12 +155,12 @@ def _image_rows(store: Store, show_all: bool) -> list[dict[str, Any]]:
 
 @cli.command("images")
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
-@click.option("-a", "--all", "show_all", is_flag=True, help="Show all images.")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show all images (they always are: accepted for Docker users).")
 @click.option("--no-trunc", is_flag=True, help="Don't truncate output.")
 @pass_ctx
 def images_cmd(c: Ctx, quiet: bool, show_all: bool, no_trunc: bool) -> None:
     """List images."""
-    rows = _image_rows(c.store, show_all)
+    rows = _image_rows(c.store)  # every image is listed; -a is accepted as Docker users type it
     def ident(i: str) -> str:
         return i if no_trunc else i[7:19]
 

@@ -305,7 +305,7 @@ class Images:
             raise ImageNotFound(f"No such image: {ref}")
         return img
 
-    def list(self, *, all: bool = True) -> builtins.list[Image]:
+    def list(self) -> builtins.list[Image]:
         """Every image (newest first)."""
         with self._store._lock.shared():
             imgs = [img for i in self._ids() if (img := self._maybe(i)) is not None]

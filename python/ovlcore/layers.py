@@ -243,6 +243,8 @@ class Layers:
         if not isinstance(digest, str):
             raise InvalidReference(f"layer digest must be a string, not {type(digest).__name__}")
         hexpart = digest.removeprefix("sha256:")
+        if len(hexpart) < 4:
+            raise InvalidReference(f"layer reference {digest!r} is too short (4+ hex digits)")
         if len(hexpart) == 64:
             found = self._read(hexpart)
             if found:
@@ -253,8 +255,6 @@ class Layers:
             if layer.chain_id.removeprefix("sha256:").startswith(hexpart)
             or layer.diff_id.removeprefix("sha256:").startswith(hexpart)
         ]
-        if len(hexpart) < 64 and len(hexpart) < 4:
-            raise InvalidReference(f"layer reference {digest!r} is too short (4+ hex digits)")
         if not matches:
             raise LayerNotFound(f"No such layer: {digest}")
         # A diff id may sit on several parents; the one at the bottom of a stack comes first.
@@ -352,4 +352,4 @@ class Layers:
 
     def remove(self, digest: str) -> None:
         """Remove a layer that no image uses (and that no other layer is built on)."""
-        self._store._remove_layers([self.get(digest).chain_id], explicit=True)
+        self._store._remove_layers([self.get(digest).chain_id])

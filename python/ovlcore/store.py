@@ -234,7 +234,7 @@ class Store:
                 todo.append(str(rec["parent"]))
         return out
 
-    def _remove_layers(self, chains: list[str], *, explicit: bool) -> None:
+    def _remove_layers(self, chains: list[str]) -> None:
         from .errors import Conflict
 
         trash = []

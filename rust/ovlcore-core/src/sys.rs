@@ -163,10 +163,6 @@ pub fn set_opaque(dir: BorrowedFd<'_>, name: &OsStr, privilege: Privilege) -> Re
     xattr_set(dir, name, privilege.opaque_xattr(), b"y")
 }
 
-pub fn clear_opaque(dir: BorrowedFd<'_>, name: &OsStr, privilege: Privilege) -> Result<()> {
-    xattr_remove(dir, name, privilege.opaque_xattr())
-}
-
 /// Make a kernel overlayfs whiteout (char device 0/0) named `name`.
 pub fn make_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
     Ok(rustix::fs::mknodat(dir, name, rustix::fs::FileType::CharacterDevice, Mode::empty(), 0)?)
@@ -270,27 +266,6 @@ pub fn fsync(fd: BorrowedFd<'_>) -> Result<()> {
 /// Flush the whole file system holding `fd` (one call instead of one fsync per file of a new layer).
 pub fn syncfs(fd: BorrowedFd<'_>) -> Result<()> {
     Ok(rustix::fs::syncfs(fd)?)
-}
-
-/// Create-or-replace `name` in `dir` atomically: write to a temporary name, fsync, rename, fsync the dir.
-pub fn write_atomic(dir: BorrowedFd<'_>, name: &OsStr, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = OsString::from(format!(".tmp-{}-{}", std::process::id(), unique_suffix()));
-    let fd = rustix::fs::openat(
-        dir,
-        tmp.as_os_str(),
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o644),
-    )?;
-    let mut f = std::fs::File::from(fd);
-    let res = f.write_all(data).map_err(Error::from).and_then(|_| fsync(f.as_fd()));
-    drop(f);
-    let res = res.and_then(|_| Ok(rustix::fs::renameat(dir, tmp.as_os_str(), dir, name)?));
-    if res.is_err() {
-        let _ = rustix::fs::unlinkat(dir, tmp.as_os_str(), AtFlags::empty());
-        return res;
-    }
-    fsync(dir)
 }
 
 /// A process-unique counter mixed with the time, for temporary names.

@@ -114,10 +114,6 @@ impl LayerTar {
         self.hasher.count
     }
 
-    pub fn is_done(&self) -> bool {
-        self.done && self.pos >= self.buf.len() && self.body.is_none()
-    }
-
     fn next_item(&mut self) -> Result<Option<Item>> {
         match &mut self.source {
             Source::Walk(w) => w.next_item(),
