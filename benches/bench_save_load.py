@@ -124,7 +124,7 @@ def check_docker_archive(path: Path, w: Workload) -> None:
             m = members[name]
             if m.issym():
                 continue
-            assert m.size == layer._record["tar_size"]
+            assert m.size == layer.tar_size
         top = tf.extractfile(members[manifest[0]["Layers"][-1]])
         assert top is not None
         h = hashlib.sha256()
@@ -303,12 +303,12 @@ def test_layer_tar_ovlcore(benchmark: Any, workload: Workload, compression: str 
         results.append((drain(stream), stream.diff_id))
 
     benchmark.group = f"layer-tar-{compression or 'plain'}"
-    benchmark.extra_info.update(role="ours", what=f"Layer.tar({compression!r}) read to the end", tar_bytes=layer._record["tar_size"])
+    benchmark.extra_info.update(role="ours", what=f"Layer.tar({compression!r}) read to the end", tar_bytes=layer.tar_size)
     benchmark.pedantic(run, rounds=rounds(workload), iterations=1)
     size, diff_id = results[-1]
     assert diff_id == layer.diff_id
     if compression is None:
-        assert size == layer._record["tar_size"]
+        assert size == layer.tar_size
 
 
 @pytest.mark.benchmark(group="layer-tar-plain")
@@ -317,9 +317,9 @@ def test_layer_tar_ovlcore_unverified(benchmark: Any, workload: Workload) -> Non
     bounds the verified stream; GNU tar computes no digest."""
     layer = workload.image.layers[-1]
     sizes: list[int] = []
-    benchmark.extra_info.update(role="info", what="Layer.tar(verify=False) read to the end", tar_bytes=layer._record["tar_size"])
+    benchmark.extra_info.update(role="info", what="Layer.tar(verify=False) read to the end", tar_bytes=layer.tar_size)
     benchmark.pedantic(lambda: sizes.append(drain(layer.tar(verify=False))), rounds=rounds(workload), iterations=1)
-    assert sizes[-1] == layer._record["tar_size"]
+    assert sizes[-1] == layer.tar_size
 
 
 @pytest.mark.parametrize(
@@ -335,5 +335,5 @@ def test_layer_tar_gnu_tar(benchmark: Any, workload: Workload, compressor: str, 
     layer = workload.image.layers[-1]
     cmd = f"tar -C {layer.path} -cf - . | {compressor} > /dev/null"
     benchmark.group = f"layer-tar-{group}"
-    benchmark.extra_info.update(role="baseline", what=f"tar -c | {compressor}", tar_bytes=layer._record["tar_size"])
+    benchmark.extra_info.update(role="baseline", what=f"tar -c | {compressor}", tar_bytes=layer.tar_size)
     benchmark.pedantic(lambda: sh(cmd), rounds=rounds(workload), iterations=1)

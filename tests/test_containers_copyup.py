@@ -44,7 +44,7 @@ def c(env: Images) -> Iterator[ovlcore.Container]:
 
 
 def priv(c: ovlcore.Container) -> str:
-    return c._store.privilege
+    return ovlcore.Store(c.dir.parents[1]).privilege
 
 
 def up(c: ovlcore.Container, path: str) -> str:

@@ -229,7 +229,7 @@ def test_diff_commit_export_do_not_follow_links(setup: tuple[ovlcore.Container, 
     assert links["new-host-link"] == str(host.dir / "secret.txt")
     assert links["links/up"] == "../../../../../../../../.."
     img = c.commit()
-    c2 = c._store.containers.create(img)
+    c2 = ovlcore.Store(c.dir.parents[1]).containers.create(img)
     assert c2.fs.readlink("/new-host-link") == str(host.dir / "secret.txt")
     assert not c2.fs.exists("/new-host-link")
     host.check()

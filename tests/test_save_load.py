@@ -272,7 +272,7 @@ def test_layers_reexport_byte_identical_after_load(
         stream = layer.tar()
         data = stream.read()
         assert sha256(data) == layer.diff_id == stream.diff_id
-        assert len(data) == layer._record["tar_size"]
+        assert len(data) == layer.tar_size
 
 
 def test_docker_archive_layout(store: ovlcore.Store, images: dict[str, ovlcore.Image], tmp_path: Path) -> None:
@@ -467,7 +467,7 @@ def test_load_skips_layers_the_store_has(
     first = tmp_path / "first.tar"
     store.images.save("app:1", first, format="oci")
     other.images.load(first)
-    before = {layer.chain_id: (layer.path.stat().st_ino, layer._record["created"]) for layer in other.layers.list()}
+    before = {layer.chain_id: (layer.path.stat().st_ino, layer.created) for layer in other.layers.list()}
     calls: list[Any] = []
     import ovlcore.archive as archive
 
@@ -483,7 +483,7 @@ def test_load_skips_layers_the_store_has(
     other.images.load(second)
     # app:2 adds one layer on app:1, side:1 one on the base: two extractions, the three known layers skipped.
     assert len(calls) == 2
-    after = {layer.chain_id: (layer.path.stat().st_ino, layer._record["created"]) for layer in other.layers.list()}
+    after = {layer.chain_id: (layer.path.stat().st_ino, layer.created) for layer in other.layers.list()}
     assert {k: after[k] for k in before} == before
     # Loading the same archive again extracts nothing and changes nothing but (identical) tags.
     snap = snapshot(other)

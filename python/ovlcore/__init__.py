@@ -17,6 +17,7 @@ from ._ovlcore import __version__
 from .errors import (
     AmbiguousReference,
     Conflict,
+    CorruptStore,
     ContainerNotFound,
     ImageInUse,
     ImageNotFound,
@@ -71,4 +72,5 @@ __all__ = [
     "InvalidArchive",
     "InvalidReference",
     "AmbiguousReference",
+    "CorruptStore",
 ]

@@ -41,24 +41,23 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Union
+from typing import IO, Any, Union
 
 from . import _ovlcore, _pump
-from ._storage import Staging, move_to_trash, replacing, write_json
-from .errors import ImageNotFound, InvalidArchive, InvalidReference, LayerNotFound, OvlError
+from ._config import host_arch
+from ._store import Storage, Transaction
+from ._store.files import replacing
+from .errors import InvalidArchive, InvalidReference, LayerNotFound, OvlError
+from .images import Image, Images
+from .layers import Layer, Layers, StagedLayer, layer_record
 from .references import full_tag, parse_tag
 
-if TYPE_CHECKING:
-    from .images import Image
-    from .layers import Layer, StagedLayer
-    from .store import Store
-
-__all__ = ["save", "load", "FORMATS"]
+__all__ = ["Archive", "save", "load", "FORMATS"]
 
 FORMATS = ("docker", "oci")
 
 ProgressCallback = Callable[[int], None]
-Refs = Union[str, "Image", Iterable[Union[str, "Image"]]]
+Refs = Union[str, Image, Iterable[Union[str, Image]]]
 Dest = Union[str, "os.PathLike[str]", IO[bytes]]
 LoadSource = Union[str, "os.PathLike[str]", IO[bytes]]
 
@@ -97,6 +96,24 @@ def _sha256(data: bytes) -> str:
 
 def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class Archive:
+    """``images.save`` and ``images.load`` over one store (the :class:`~ovlcore.images.Archiver` its
+    images use)."""
+
+    def __init__(self, storage: Storage, layers: Layers, images: Images) -> None:
+        self.storage = storage
+        self.layers = layers
+        self.images = images
+
+    def save(
+        self, refs: Refs, dest: Dest, *, format: str = "docker", compression: str | None = None, progress: ProgressCallback | None = None
+    ) -> None:
+        save(self, refs, dest, format=format, compression=compression, progress=progress)
+
+    def load(self, source: LoadSource, *, progress: ProgressCallback | None = None) -> list[Image]:
+        return load(self, source, progress=progress)
 
 
 # ====================================================================================================
@@ -173,11 +190,9 @@ class _SaveImage:
     tags: list[str] = field(default_factory=list)
 
 
-def _save_list(store: Store, refs: Refs) -> list[_SaveImage]:
+def _save_list(store: Archive, refs: Refs) -> list[_SaveImage]:
     """The images ``refs`` name, in order, with the tags each is saved under (Docker's rules: ``name:tag``
     saves that tag, a bare ``name`` every tag of that repository, an id none)."""
-    from .images import Image
-
     if isinstance(refs, (str, Image)):
         refs = [refs]
     out: dict[str, _SaveImage] = {}
@@ -193,13 +208,10 @@ def _save_list(store: Store, refs: Refs) -> list[_SaveImage]:
             if name_only:
                 with contextlib.suppress(InvalidReference):
                     name, _ = parse_tag(ref)
-                    repos = images._repositories()
-                    for tag in sorted(repos):
-                        if tag.rpartition(":")[0] == name:
-                            found.append((repos[tag], [tag]))
+                    for tag, image_id in images.tagged(name):
+                        found.append((image_id, [tag]))
             if not found:
-                with store._lock.shared():
-                    image_id, named = images._resolve(ref)
+                image_id, named = images.resolve(ref)
                 found = [(image_id, [named] if named else [])]
         for image_id, tags in found:
             entry = out.get(image_id)
@@ -216,7 +228,7 @@ def _mtime(image: Image) -> int:
 
 
 def _layer_tar_size(layer: Layer) -> int | None:
-    size = layer._record.get("tar_size")
+    size = layer.tar_size
     return size if isinstance(size, int) and size >= 0 else None
 
 
@@ -231,7 +243,7 @@ class _Blob:
 
 
 class _Saver:
-    def __init__(self, store: Store, tw: _TarWriter, compression: str | None) -> None:
+    def __init__(self, store: Archive, tw: _TarWriter, compression: str | None) -> None:
         self.store = store
         self.tw = tw
         self.compression = compression
@@ -244,8 +256,8 @@ class _Saver:
         stream = layer.tar()
         if size is None:
             # No size on record: spool once to learn it.
-            with Staging(self.store._layout) as st:
-                spool = st.path / "layer.tar"
+            with self.store.storage.transaction() as tx:
+                spool = tx.stage() / "layer.tar"
                 with open(spool, "wb") as f:
                     _pump.copy(stream, f)
                 self._check(layer, stream.diff_id)
@@ -265,8 +277,8 @@ class _Saver:
     def _stream_compressed(self, layer: Layer, name_of: Callable[[str], str], mtime: int) -> _Blob:
         """Compress the layer into a spool file (its size and digest must precede it), then copy it."""
         assert self.compression is not None
-        with Staging(self.store._layout) as st:
-            spool = st.path / "blob"
+        with self.store.storage.transaction() as tx:
+            spool = tx.stage() / "blob"
             stream = layer.tar(self.compression)
             with open(spool, "wb") as f:
                 _pump.copy(stream, f)
@@ -380,7 +392,7 @@ def _write_oci(saver: _Saver, items: list[_SaveImage]) -> None:
 
 
 def save(
-    store: Store,
+    store: Archive,
     refs: Refs,
     dest: Dest,
     *,
@@ -405,7 +417,7 @@ def save(
 
 
 def _write(
-    store: Store, items: list[_SaveImage], dest: IO[bytes], format: str, compression: str | None, progress: ProgressCallback | None
+    store: Archive, items: list[_SaveImage], dest: IO[bytes], format: str, compression: str | None, progress: ProgressCallback | None
 ) -> None:
     tw = _TarWriter(dest, progress)
     saver = _Saver(store, tw, compression)
@@ -659,7 +671,7 @@ class _Chained(io.RawIOBase):
 
 
 @contextlib.contextmanager
-def _open_archive(store: Store, source: LoadSource, counter: _Counter) -> Iterator[_Archive]:
+def _open_archive(store: Archive, source: LoadSource, counter: _Counter) -> Iterator[_Archive]:
     """The archive behind ``source``, seekable and uncompressed (spooled into ``tmp/`` when needed)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -675,8 +687,8 @@ def _open_archive(store: Store, source: LoadSource, counter: _Counter) -> Iterat
             if not _is_compressed(head):
                 yield _TarArchive(f, counter, str(path))
                 return
-        with Staging(store._layout) as st:
-            spool = st.path / "archive.tar"
+        with store.storage.transaction() as tx:
+            spool = tx.stage() / "archive.tar"
             _decompress(path, spool, str(path))
             with open(spool, "rb", buffering=0) as f:
                 yield _TarArchive(f, counter, str(path))
@@ -702,8 +714,8 @@ def _open_archive(store: Store, source: LoadSource, counter: _Counter) -> Iterat
         if not isinstance(head, bytes):
             raise TypeError("load() needs a binary file object")
         reader = _Chained(head, source)
-    with Staging(store._layout) as st:
-        spool = st.path / "archive.tar"
+    with store.storage.transaction() as tx:
+        spool = tx.stage() / "archive.tar"
         _decompress(reader, spool, label)
         with open(spool, "rb", buffering=0) as f:
             yield _TarArchive(f, counter, label)
@@ -896,12 +908,10 @@ def _ref_tag(annotations: Any) -> str | None:
 
 
 def _platform_ok(desc: dict[str, Any]) -> bool:
-    from .images import _arch
-
     p = desc.get("platform")
     if not isinstance(p, dict):
         return True
-    return bool(p.get("os", "linux") == "linux" and p.get("architecture", _arch()) == _arch())
+    return bool(p.get("os", "linux") == "linux" and p.get("architecture", host_arch()) == host_arch())
 
 
 def _plan_oci(arc: _Archive) -> list[_ImagePlan]:
@@ -966,9 +976,7 @@ def _plan_oci(arc: _Archive) -> list[_ImagePlan]:
 
 
 def _platform_arch() -> str:
-    from .images import _arch
-
-    return _arch()
+    return host_arch()
 
 
 # ====================================================================================================
@@ -977,44 +985,39 @@ def _platform_arch() -> str:
 
 
 class _Loader:
-    def __init__(self, store: Store, arc: _Archive, stack: contextlib.ExitStack) -> None:
+    def __init__(self, store: Archive, arc: _Archive, tx: Transaction) -> None:
         self.store = store
         self.arc = arc
-        self.stack = stack
-        self.staged: dict[str, tuple[StagedLayer, list[str]]] = {}  # chain id -> (layer, content dirs top first)
+        self.tx = tx
+        self.staged: dict[str, StagedLayer] = {}  # chain id -> the layer staged by this load
 
-    def _parent(self, chain: str | None) -> tuple[Layer | None, list[str]]:
-        """The layer ``chain`` (staged by this load, or in the store) and its content directories, top first."""
-        from .layers import Layer
-
+    def _lower(self, chain: str | None) -> list[str]:
+        """The content directories of the layer ``chain`` (staged by this load, or in the store) and
+        those below it, top first."""
         if chain is None:
-            return None, []
+            return []
         staged = self.staged.get(chain)
         if staged is not None:
-            return Layer(self.store, staged[0].record), staged[1]
-        layer = self.store.layers._read(_hex(chain))
+            return staged.stack_paths
+        layer = self.store.layers.find(chain)
         if layer is None:
             raise LayerNotFound(f"layer {chain} was removed from the store while loading")
-        return layer, layer.stack_paths()
+        return layer.stack_paths()
 
     def layer(self, lp: _LayerPlan, image_what: str) -> None:
         """Extract and verify one layer into a staging directory, unless the store or this load has it."""
-        from .layers import StagedLayer, make_layer_root
-
-        if lp.chain_id in self.staged or self.store.layers._read(_hex(lp.chain_id)) is not None:
+        if lp.chain_id in self.staged or self.store.layers.find(lp.chain_id) is not None:
             self.arc.counter.add(self.arc.size(lp.member))  # progress counts it as done
             return
-        store = self.store
         what = f"layer {lp.member!r}"
         compressed = _is_compressed(self.arc.head(lp.member))
         hasher = hashlib.sha256() if (lp.blob_digest is not None and compressed) else None
         section = self.arc.open(lp.member, hasher)
-        parent, lower = self._parent(lp.parent)
-        st = self.stack.enter_context(Staging(store._layout))
-        content = make_layer_root(st.path / "diff")
+        lower = self._lower(lp.parent)
+        staged = self.tx.stage_layer()
         try:
             diff_id, size, tar_size = _ovlcore.import_layer(
-                section, str(content), tarsplit=str(st.path / "tar-split.zst"), lower=lower, privilege=store.privilege
+                section, str(staged.content), tarsplit=str(staged.tarsplit), lower=lower, privilege=self.store.storage.privilege
             )
             section.drain()
         except InvalidArchive as e:
@@ -1027,60 +1030,29 @@ class _Loader:
             raise InvalidArchive(
                 f"{what}: diff_id mismatch: the layer's tar hashes to {diff_id}, the config of {image_what} says {lp.diff_id}"
             )
-        staged = StagedLayer(st, diff_id, size, tar_size, parent)
-        assert staged.chain_id == lp.chain_id
-        self.staged[lp.chain_id] = (staged, [str(content), *lower])
+        rec = layer_record(diff_id, lp.parent, size=size, tar_size=tar_size)
+        assert rec.chain_id == lp.chain_id
+        self.staged[lp.chain_id] = StagedLayer(staged, rec, lower)
 
-    def publish(self, plans: list[_ImagePlan]) -> None:
-        """Make every staged layer, every new image and every tag visible in one hold of the store lock."""
-        store = self.store
-        layout = store._layout
-        images: dict[str, tuple[_ImagePlan, Staging]] = {}
+    def publish(self, plans: list[_ImagePlan]) -> list[Image]:
+        """Make every staged layer, every new image and every tag visible in one transaction."""
+        images = self.store.images
         ids = {p.image_id for p in plans}
-        for plan in plans:
-            if plan.image_id in images or layout.image(plan.image_id).exists():
-                continue
-            parent = plan.parent if plan.parent and (plan.parent in ids or layout.image(plan.parent).exists()) else None
-            images[plan.image_id] = (plan, self.stack.enter_context(store.images._stage_image(plan.config, parent)))
-        published: list[Path] = []
-        trash: list[Path] = []
-        failure: BaseException | None = None
-        with store._lock.exclusive():
-            try:
-                for chain, (staged, _) in self.staged.items():  # bottom first: parents were staged first
-                    dest = layout.layer(chain)
-                    existed = dest.exists()
-                    store.layers._publish_locked(staged, retain=False)
-                    if not existed:
-                        published.append(dest)
-                for plan, st in images.values():
-                    dest = layout.image(plan.image_id)
-                    existed = dest.exists()
-                    store.images._publish_locked(st, plan.config, None)
-                    if not existed:
-                        published.append(dest)
-                for plan in plans:
-                    for lp in plan.layers:
-                        if not layout.layer(lp.chain_id).exists():
-                            raise LayerNotFound(f"layer {lp.chain_id} was removed from the store while loading")
-                tags = [(t, p.image_id) for p in plans for t in p.tags]
-                if tags:
-                    repos = store.images._repositories()
-                    for tag, image_id in tags:
-                        repos[tag] = image_id
-                    write_json(layout.repositories, repos)
-            except BaseException as e:
-                failure = e
-                for p in reversed(published):
-                    moved = move_to_trash(layout, p)
-                    if moved is not None:
-                        trash.append(moved)
-        store._empty([(p, 0) for p in trash])
-        if failure is not None:
-            raise failure
+        out: list[Image] = []
+        with self.tx.publishing() as pub:
+            for staged in self.staged.values():  # bottom first: parents were staged first
+                pub.add_layer(staged.staged, staged.record)
+            for plan in plans:
+                parent = plan.parent if plan.parent and (plan.parent in ids or pub.records.image(plan.parent)) else None
+                img = images.publish(self.tx, pub, plan.config, parent=parent, tag=None)
+                for tag in plan.tags:
+                    pub.set_tag(tag, img.id)
+                if img not in out:
+                    out.append(img)
+        return out
 
 
-def load(store: Store, source: LoadSource, *, progress: ProgressCallback | None = None) -> list[Image]:
+def load(store: Archive, source: LoadSource, *, progress: ProgressCallback | None = None) -> list[Image]:
     """Load every image of a docker-archive or OCI layout (tar, compressed tar, or directory)."""
     counter = _Counter(progress)
     with contextlib.ExitStack() as stack:
@@ -1095,19 +1067,12 @@ def load(store: Store, source: LoadSource, *, progress: ProgressCallback | None 
             )
         if not plans:
             raise InvalidArchive(f"{_label(source)}: the archive holds no image")
-        loader = _Loader(store, arc, stack)
+        tx = stack.enter_context(store.storage.transaction())
+        loader = _Loader(store, arc, tx)
         for plan in plans:
             for lp in plan.layers:
                 loader.layer(lp, f"image {plan.image_id}")
-        loader.publish(plans)
-    out: list[Image] = []
-    for plan in plans:
-        img = store.images._maybe(plan.image_id)
-        if img is None:
-            raise ImageNotFound(f"image {plan.image_id} was removed right after loading")
-        if img not in out:
-            out.append(img)
-    return out
+        return loader.publish(plans)
 
 
 def _label(source: Any) -> str:

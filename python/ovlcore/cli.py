@@ -330,9 +330,9 @@ def ps_cmd(c: Ctx, show_all: bool, size: bool, quiet: bool, no_trunc: bool) -> N
     data = []
     rows = []
     for x in ctrs:
-        img = c.store.images._maybe(x.image_id)
+        img = c.store.images.find(x.image_id)
         image = (img.tags[0] if img and img.tags else x.image_id[7:19])
-        status = "Mounted" if (x.dir / "mounted").exists() else "Created"
+        status = "Mounted" if x.mounted_at is not None else "Created"
         d: dict[str, Any] = {"ID": x.id, "Image": image, "Command": " ".join(x.command), "Created": x.created.isoformat(), "Status": status, "Names": x.name}
         row = [ident(x.id), image, truncate(json.dumps(" ".join(x.command)), 22), human_ago(x.created), status, x.name]
         if size:

@@ -1,9 +1,9 @@
 """Containers: an image's read-only layers plus one writable layer.
 
-``containers/<id>/`` holds ``container.json`` (name, image, mounts, labels), ``diff/`` (the writable
-layer, in the kernel overlayfs format), ``work/`` (the kernel's work directory for :meth:`Container.mount`),
-``scratch/`` (where copy-ups are built before being renamed into place) and, after a commit,
-``shared-inodes`` (files hard-linked into the committed layer, copied before their next change).
+A container's directory holds its writable layer (in the kernel overlayfs format), the kernel's work
+directory for :meth:`Container.mount`, a scratch directory where copy-ups are built before being renamed
+into place and, after a commit, the list of files hard-linked into the committed layer (copied before
+their next change). Its record holds the name, image, mounts, labels and command.
 """
 
 from __future__ import annotations
@@ -20,19 +20,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from . import _ovlcore
-from ._storage import Staging, move_to_trash, read_json, replacing, write_json
+from ._config import apply_changes, child_config
+from ._store import Storage
+from ._store.files import replacing
+from ._store.layout import ContainerDir
+from ._store.records import ContainerRecord, Query
+from ._time import format_time, now, parse_time
 from .errors import AmbiguousReference, ContainerNotFound, InvalidReference, NameConflict
 from .fs import ContainerFS
-from .images import Image, format_time, parse_time
-from .layers import Source, make_layer_root
+from .images import Image, Images
+from .layers import Source, as_source, layer_record
+from .mounts import Mount, plan_mounts
 from .references import check_name, full_tag
-
-if TYPE_CHECKING:
-    from .mounts import Mount
-    from .store import PruneReport, Store
+from .reports import PruneReport
+from .volumes import Volumes
 
 __all__ = ["Container", "Containers", "Change", "ContainerSize"]
 
@@ -68,18 +72,19 @@ class ContainerSize:
 class Container:
     """A container of the store."""
 
-    def __init__(self, store: Store, record: dict[str, Any]) -> None:
-        self._store = store
+    def __init__(self, containers: Containers, record: ContainerRecord) -> None:
+        self._containers = containers
+        self._storage = containers._storage
         self._record = record
+        self._dirs: ContainerDir = self._storage.layout.container(record.id)
         self._view_cache: _ovlcore.View | None = None
-        self._marker = str(store._layout.container(str(record["id"])) / "mounted")
 
     # ----- identity -----
 
     @property
     def id(self) -> str:
         """64 hex digits."""
-        return str(self._record["id"])
+        return self._record.id
 
     @property
     def short_id(self) -> str:
@@ -89,49 +94,55 @@ class Container:
     @property
     def name(self) -> str:
         """The container's unique name."""
-        return str(self._record["name"])
+        return self._record.name
 
     @property
     def image_id(self) -> str:
         """The id of the image the container was created from."""
-        return str(self._record["image"])
+        return self._record.image_id
 
     @property
     def image(self) -> Image:
         """The image the container was created from."""
-        return self._store.images.get(self.image_id)
+        return self._containers._images.get(self.image_id)
 
     @property
     def created(self) -> datetime:
         """When the container was created (UTC)."""
-        return parse_time(str(self._record["created"]))
+        return parse_time(self._record.created)
 
     @property
     def labels(self) -> dict[str, str]:
         """The labels given at creation."""
-        return dict(self._record.get("labels") or {})
+        return dict(self._record.labels)
 
     @property
     def command(self) -> builtins.list[str]:
         """The command given at creation (``created_by`` of its commits)."""
-        return list(self._record.get("command") or [])
+        return list(self._record.command)
 
     @property
     def mounts(self) -> builtins.list[Mount]:
         """Volumes and bind mounts, with their canonical container targets."""
-        from .mounts import Mount
-
-        return [Mount.from_record(m) for m in self._record.get("mounts") or []]
+        return [Mount.from_record(m) for m in self._record.mounts]
 
     @property
     def dir(self) -> Path:
         """The container's directory in the store."""
-        return self._store._layout.container(self.id)
+        return self._dirs.path
 
     @property
     def upper(self) -> Path:
         """The writable layer's directory."""
-        return self.dir / "diff"
+        return self._dirs.upper
+
+    @property
+    def mounted_at(self) -> str | None:
+        """Where the kernel has the container mounted (by any process), or ``None``."""
+        try:
+            return self._dirs.marker.read_text().strip()
+        except FileNotFoundError:
+            return None
 
     def __repr__(self) -> str:
         return f"<Container {self.short_id} name={self.name!r} image={self.image_id[7:19]}>"
@@ -145,19 +156,21 @@ class Container:
     # ----- the merged view -----
 
     def _mount_points(self) -> builtins.list[tuple[str, str, bool]]:
-        return [(m.target, m.host_path(self._store), m.read_only) for m in self.mounts]
+        volumes = self._containers._volumes
+        return [(m.target, m.host_path(volumes), m.read_only) for m in self.mounts]
 
     def _view(self) -> _ovlcore.View:
         if self._view_cache is None:
-            image = self._store.images._maybe(self.image_id)
+            image = self._containers._images.find(self.image_id)
             if image is None:
                 raise ContainerNotFound(f"container {self.name}: its image {self.image_id} is gone")
+            d = self._dirs
             self._view_cache = _ovlcore.View(
                 image.stack_paths(),
-                str(self.upper),
-                scratch=str(self.dir / "scratch"),
-                shared=str(self.dir / "shared-inodes"),
-                privilege=self._store.privilege,
+                str(d.upper),
+                scratch=str(d.scratch),
+                shared=str(d.shared),
+                privilege=self._storage.privilege,
                 mounts=self._mount_points(),
             )
         return self._view_cache
@@ -168,12 +181,13 @@ class Container:
         return ContainerFS(self._view(), writable=True, owner=f"container {self.name}", guard=self._guard)
 
     def _guard(self) -> None:
-        """Refuse writes through the API while the kernel has the container mounted (another process may
-        have mounted it: one stat per write tells)."""
-        marker = self._marker
-        if os.path.exists(marker):
-            where = open(marker).read().strip()
+        """Before a write: refuse it while the kernel has the container mounted (another process may have
+        mounted it: one stat per write tells), and let recovery know this process may leave copy-ups
+        in progress in the scratch directory."""
+        where = self.mounted_at
+        if where is not None:
             raise OSError(errno.EBUSY, f"container {self.name} is mounted at {where}: write through the mount")
+        self._storage.use_scratch(self.id)
 
     # ----- changes -----
 
@@ -194,29 +208,27 @@ class Container:
         """``docker commit``: a new image = this container's image + one layer with its changes + a
         history entry. The container goes on working. The new layer shares the writable layer's files
         (hard links) instead of copying them; a later change to one of them copies it first."""
-        from ._changes import apply_changes
-        from .layers import StagedLayer
-
         self._guard()
-        store = self._store
         image = self.image
         apply_changes({}, changes)
-        with Staging(store._layout) as st:
-            content = make_layer_root(st.path / "diff")
-            diff_id, tar_size, size = self._view().commit(str(content), str(self.dir / "shared-inodes"), progress=progress)
-            staged = StagedLayer(st, diff_id, size, tar_size, image.top_layer)
-            config = store.images._child_config(
-                image,
-                staged.diff_id,
+        if tag is not None:
+            tag = full_tag(tag)
+        parent = image.chain_ids[-1] if image.chain_ids else None
+        with self._storage.transaction() as tx:
+            staged = tx.stage_layer()
+            diff_id, tar_size, size = self._view().commit(str(staged.content), str(self._dirs.shared), progress=progress)
+            layer = layer_record(diff_id, parent, size=size, tar_size=tar_size)
+            config = child_config(
+                image.config,
+                diff_id,
                 created_by=created_by if created_by is not None else " ".join(self.command),
                 comment=message or "",
                 author=author,
                 changes=changes,
             )
-            with store.images._stage_image(config, image.id) as ist:
-                with store._lock.exclusive():
-                    store.layers._publish_locked(staged, retain=False)
-                    return store.images._publish_locked(ist, config, full_tag(tag) if tag is not None else None)
+            with tx.publishing() as pub:
+                pub.add_layer(staged, layer)
+                return self._containers._images.publish(tx, pub, config, parent=image.id, tag=tag)
 
     def export(self, dest: str | os.PathLike[str] | IO[bytes], *, progress: Callable[[int], None] | None = None) -> None:
         """``docker export``: the flattened merged file system as one tar (mount contents excluded)."""
@@ -250,8 +262,6 @@ class Container:
     def put_archive(self, path: str, data: Source) -> bool:
         """As docker-py: extract a tar (bytes, a binary file or an iterable of chunks; plain, gzip or zstd)
         into the existing directory ``path`` of the container, through copy-up. Returns True."""
-        from .layers import as_source
-
         self._guard()
         self._view().put_archive(path, as_source(data))
         return True
@@ -268,16 +278,17 @@ class Container:
         """Mount the merged tree for real (kernel overlayfs over the stored layer directories) and yield
         the host path; volumes and bind mounts are bind-mounted at their targets. Changes made there are
         the container's changes. Needs the privilege to mount."""
-        target = Path(path) if path is not None else self.dir / "merged"
+        d = self._dirs
+        target = Path(path) if path is not None else d.merged
         target.mkdir(parents=True, exist_ok=True)
-        marker = self.dir / "mounted"
         view = self._view()
+        self._storage.use_scratch(self.id)
         view.unshare_all()  # the kernel writes in place: committed layers must not share inodes
         with contextlib.suppress(FileNotFoundError):
-            os.truncate(self.dir / "shared-inodes", 0)
+            os.truncate(d.shared, 0)
         lower = self.image.stack_paths() or [str(self._empty_lower())]
         try:
-            _ovlcore.mount_overlay(lower, str(self.upper), str(self.dir / "work"), str(target), userxattr=self._store.privilege == "rootless")
+            _ovlcore.mount_overlay(lower, str(d.upper), str(d.work), str(target), userxattr=self._storage.privilege == "rootless")
         except PermissionError as e:
             raise PermissionError(
                 errno.EPERM,
@@ -286,25 +297,26 @@ class Container:
                 str(target),
             ) from e
         scaffolding: builtins.list[str] = []
+        volumes = self._containers._volumes
         try:
-            marker.write_text(str(target))
+            d.marker.write_text(str(target))
             # Outer mounts first, so that a mount inside another one's target lands on top of it. Targets
             # are resolved again in the container as it is now (FollowSymlinkInScope).
             for m in sorted(self.mounts, key=lambda m: m.target.count("/")):
                 where = view.canonical(m.target)
-                scaffolding += _ovlcore.bind_mount_in(str(target), where, m.host_path(self._store), read_only=m.read_only)
+                scaffolding += _ovlcore.bind_mount_in(str(target), where, m.host_path(volumes), read_only=m.read_only)
             yield target
         finally:
             # Detaching the overlay detaches the bind mounts below it too.
             _ovlcore.unmount(str(target), lazy=True)
             with contextlib.suppress(FileNotFoundError):
-                marker.unlink()
+                d.marker.unlink()
             # Mount points the image did not have were made in the writable layer: take them out again,
             # so they never show in diff or commit (as Docker's mount points do not).
             view.remove_empty_mount_points(list(reversed(scaffolding)))
 
     def _empty_lower(self) -> Path:
-        p = self.dir / "empty"
+        p = self._dirs.empty
         p.mkdir(exist_ok=True)
         return p
 
@@ -312,7 +324,7 @@ class Container:
 
     def remove(self, volumes: bool = False) -> None:
         """Delete the container (see :meth:`Containers.remove`)."""
-        self._store.containers.remove(self.id, volumes=volumes)
+        self._containers.remove(self.id, volumes=volumes)
 
 
 def _go_file_mode(mode: int) -> int:
@@ -343,54 +355,38 @@ def _copy_stream(stream: Any, dest: str | os.PathLike[str] | IO[bytes], progress
 class Containers:
     """``store.containers``."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, storage: Storage, images: Images, volumes: Volumes) -> None:
+        self._storage = storage
+        self._images = images
+        self._volumes = volumes
 
-    def _records(self) -> builtins.list[dict[str, Any]]:
-        out = []
-        try:
-            names = os.listdir(self._store._layout.containers)
-        except FileNotFoundError:
-            return []
-        for cid in names:
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                rec = read_json(self._store._layout.container(cid) / "container.json")
-                out.append(rec)
-        return out
-
-    def _resolve(self, ref: str) -> dict[str, Any]:
+    def _resolve(self, q: Query, ref: str | Container) -> ContainerRecord:
         if isinstance(ref, Container):
             ref = ref.id
         if not isinstance(ref, str) or not ref:
             raise InvalidReference(f"invalid container reference {ref!r}")
-        recs = self._records()
-        name = ref.lstrip("/")
-        for r in recs:
-            if r["id"] == ref or r["name"] == name:
-                return r
-        matches = [r for r in recs if len(ref) >= 1 and str(r["id"]).startswith(ref)]
+        found = q.container(ref) or q.container_named(ref.lstrip("/"))
+        if found is not None:
+            return found
+        matches = q.containers_with_prefix(ref)
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            raise AmbiguousReference(f"container id prefix {ref!r} matches {len(matches)} containers")
+            raise AmbiguousReference(f"container id prefix {ref!r} matches more than one container")
         raise ContainerNotFound(f"No such container: {ref}")
 
     def get(self, ref: str) -> Container:
         """A container by name, full id or unique id prefix."""
-        with self._store._lock.shared():
-            return Container(self._store, self._resolve(ref))
+        return Container(self, self._resolve(self._storage.records, ref))
 
     def list(self) -> builtins.list[Container]:
         """Every container, newest first."""
-        with self._store._lock.shared():
-            recs = self._records()
-        recs.sort(key=lambda r: str(r["created"]), reverse=True)
-        return [Container(self._store, r) for r in recs]
+        return [Container(self, r) for r in self._storage.records.containers()]
 
-    def _new_name(self, taken: set[str]) -> str:
+    def _new_name(self, q: Query) -> str:
         while True:
             name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}"
-            if name not in taken:
+            if q.container_named(name) is None:
                 return name
 
     def create(
@@ -405,64 +401,55 @@ class Containers:
         """A new container: an empty writable layer on top of ``image``'s layers (nothing is copied).
         ``mounts``: :class:`~ovlcore.Mount` objects (or ``--mount``/``-v`` strings); missing named volumes are
         created, and an empty volume on an image directory is first filled with its content."""
-        from .mounts import plan_mounts
-
-        store = self._store
-        img = store.images.get(image)
+        img = self._images.get(image)
         if name is not None:
             name = check_name(name)
-        plans = plan_mounts(store, img, mounts)
-        cid = secrets.token_hex(32)
-        with contextlib.ExitStack() as cleanup, Staging(store._layout) as st:
+        mounts = builtins.list(mounts or ())
+        plans = plan_mounts(img.fs, mounts) if mounts else []
+        with self._storage.transaction() as tx:
             for plan in plans:
-                cleanup.callback(plan.close)
-                plan.stage(store, img.fs._view)
-            make_layer_root(st.path / "diff")
-            for sub in ("work", "scratch"):
-                (st.path / sub).mkdir()
-            record: dict[str, Any] = {
-                "id": cid,
-                "name": name,
-                "image": img.id,
-                "created": format_time(datetime.now(timezone.utc)),
-                "labels": dict(labels or {}),
-                "command": list(command or []),
-                "mounts": [],
-            }
-            with store._lock.exclusive():
-                taken = {str(r["name"]) for r in self._records()}
+                plan.stage(tx, self._volumes, img.fs, self._storage.privilege)
+            staged = tx.stage_container()
+            with tx.publishing() as pub:
+                w = pub.records
                 if name is None:
-                    record["name"] = self._new_name(taken)
-                elif name in taken:
+                    name = self._new_name(w)
+                elif w.container_named(name) is not None:
                     raise NameConflict(f"Conflict. The container name {name!r} is already in use")
-                if store.images._maybe(img.id) is None:
+                if w.image(img.id) is None:
                     raise ContainerNotFound(f"image {img.id} was removed meanwhile")
-                record["mounts"] = [plan.publish_locked(store) for plan in plans]
-                write_json(st.path / "container.json", record)
-                st.publish(store._layout.container(cid))
-        return Container(store, record)
+                record = ContainerRecord(
+                    id=secrets.token_hex(32),
+                    name=name,
+                    image_id=img.id,
+                    created=now(),
+                    labels=dict(labels or {}),
+                    command=builtins.list(command or []),
+                    mounts=[plan.publish(tx, pub, self._volumes) for plan in plans],
+                )
+                pub.add_container(staged, record)
+        return Container(self, record)
 
     def remove(self, ref: str | Container, *, volumes: bool = False, force: bool = False) -> None:
         """Delete the container and its writable layer (the image is unchanged); with ``volumes``, also
         its anonymous volumes."""
-        store = self._store
-        trash: builtins.list[tuple[Path, int]] = []
-        with store._lock.exclusive():
-            rec = self._resolve(ref)  # type: ignore[arg-type]
-            cdir = store._layout.container(str(rec["id"]))
-            if (cdir / "mounted").exists() and not force:
-                raise OSError(errno.EBUSY, f"container {rec['name']} is mounted; unmount it first", str(cdir))
-            p = move_to_trash(store._layout, cdir)
-            if p:
-                trash.append((p, 0))
+        with self._storage.transaction() as tx, tx.publishing() as pub:
+            w = pub.records
+            rec = self._resolve(w, ref)
+            marker = self._storage.layout.container(rec.id).marker
+            if marker.exists() and not force:
+                raise OSError(errno.EBUSY, f"container {rec.name} is mounted; unmount it first", str(marker.parent))
+            pub.remove_container(rec.id)
             if volumes:
-                trash.extend(store._remove_anonymous_volumes(rec))
-        store._empty(trash)
+                # Anonymous volumes go with it, unless another container uses them too.
+                for m in rec.mounts:
+                    source = m.get("source")
+                    if m.get("type") == "volume" and m.get("anonymous") and source and w.volume(source) is not None:
+                        if not w.container_names_using_volume(source):
+                            pub.remove_volume(source)
 
     def prune(self) -> PruneReport:
         """Remove every container (none of them runs: a store's containers are always stopped)."""
-        from .store import PruneReport
-
         report = PruneReport()
         for c in self.list():
             size = c.size().rw

@@ -30,13 +30,10 @@ import posixpath
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from .containers import Containers
 from .errors import InvalidReference
-
-if TYPE_CHECKING:
-    from .containers import Container
-    from .store import Store
+from .fs import ContainerFS
 
 __all__ = ["copy", "split_spec"]
 
@@ -45,7 +42,8 @@ _MAGIC = ("*", "?", "[")
 
 @dataclass
 class _Side:
-    container: Container | None
+    #: The container's file system, or None for the host.
+    fs: ContainerFS | None
     path: str
 
 
@@ -62,9 +60,9 @@ def split_spec(spec: str) -> tuple[str | None, str]:
     return ref, path or "/"
 
 
-def _side(store: Store, spec: str) -> _Side:
+def _side(containers: Containers, spec: str) -> _Side:
     ref, path = split_spec(spec)
-    return _Side(store.containers.get(ref) if ref is not None else None, path)
+    return _Side(containers.get(ref).fs if ref is not None else None, path)
 
 
 def _has_magic(path: str) -> bool:
@@ -72,7 +70,7 @@ def _has_magic(path: str) -> bool:
 
 
 def copy(
-    store: Store,
+    containers: Containers,
     src: str,
     dst: str,
     *,
@@ -80,17 +78,17 @@ def copy(
     archive: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> None:
-    s, d = _side(store, src), _side(store, dst)
-    if s.container is not None and d.container is not None:
+    s, d = _side(containers, src), _side(containers, dst)
+    if s.fs is not None and d.fs is not None:
         raise ValueError("copying between containers is not supported")
-    if s.container is None and d.container is None:
+    if s.fs is None and d.fs is None:
         raise ValueError("one side of a copy must be CONTAINER:PATH")
-    if s.container is not None:
+    if s.fs is not None:
         s.path = _abs(s.path)  # reading a mounted container is fine: only writes must go through the mount
     else:
-        assert d.container is not None
+        assert d.fs is not None
         d.path = _abs(d.path)
-        d.container._guard()
+        d.fs.check_writable()
 
     if _has_magic(s.path):
         matches = _glob(s)
@@ -99,7 +97,7 @@ def copy(
         if not _is_dir(d, d.path):
             raise NotADirectoryError(errno.ENOTDIR, "the destination of a glob copy must be an existing directory", dst)
         for m in matches:
-            _copy_one(_Side(s.container, m), d, follow_symlinks, archive, progress)
+            _copy_one(_Side(s.fs, m), d, follow_symlinks, archive, progress)
         return
     _copy_one(s, d, follow_symlinks, archive, progress)
 
@@ -109,19 +107,19 @@ def _abs(path: str) -> str:
 
 
 def _glob(s: _Side) -> list[str]:
-    if s.container is None:
+    if s.fs is None:
         return sorted(glob.glob(s.path))
     parent = posixpath.dirname(s.path.rstrip("/")) or "/"
     pattern = posixpath.basename(s.path.rstrip("/"))
-    fs = s.container.fs
+    fs = s.fs
     return [posixpath.join(parent, n) for n in fs.listdir(parent) if fnmatch.fnmatchcase(n, pattern)]
 
 
 def _kind(side: _Side, path: str, follow: bool) -> str | None:
     """``"dir"``, ``"file"`` (any non-directory), or ``None`` when missing."""
-    if side.container is not None:
+    if side.fs is not None:
         try:
-            mode = side.container.fs._view.stat(path, follow).st_mode
+            mode = side.fs.view.stat(path, follow).st_mode
         except FileNotFoundError:
             return None
         return "dir" if stat.S_ISDIR(mode) else "file"
@@ -173,8 +171,8 @@ def _copy_one(
             # `dir/.` to a missing path: the directory is created with the contents.
             contents_into = False
 
-    if s.container is not None:
-        view = s.container.fs._view
+    if s.fs is not None:
+        view = s.fs.view
         host = os.path.abspath(target)
         if contents_into:
             view.copy_out(src_path, os.path.dirname(host), os.path.basename(host), follow_symlinks=follow, archive=archive, contents=True, progress=progress)
@@ -182,8 +180,8 @@ def _copy_one(
             parent, base = os.path.split(host.rstrip("/") or "/")
             view.copy_out(src_path, parent, base, follow_symlinks=follow, archive=archive, progress=progress)
     else:
-        assert d.container is not None
-        view = d.container.fs._view
+        assert d.fs is not None
+        view = d.fs.view
         host = os.path.abspath(src_path)
         parent, base = os.path.split(host.rstrip("/") or "/")
         if contents_into:

@@ -20,6 +20,7 @@ __all__ = [
     "InvalidArchive",
     "InvalidReference",
     "AmbiguousReference",
+    "CorruptStore",
 ]
 
 
@@ -73,3 +74,8 @@ class InvalidReference(OvlError, ValueError):
 
 class AmbiguousReference(InvalidReference):
     """An id prefix matches more than one object."""
+
+
+class CorruptStore(OvlError):
+    """The store's own data is damaged: records that cannot be read, or layer content that no longer
+    matches what was recorded. Nothing the caller passed is at fault."""

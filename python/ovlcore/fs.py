@@ -12,12 +12,9 @@ import io
 import os
 import stat
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from . import _ovlcore
-
-if TYPE_CHECKING:
-    from .images import Image
 
 __all__ = ["ContainerFS", "DirEntry"]
 
@@ -90,20 +87,30 @@ class ContainerFS:
         self._guard = guard
 
     @classmethod
-    def for_image(cls, image: Image) -> ContainerFS:
-        view = _ovlcore.View(image.stack_paths(), None, privilege=image._store.privilege)
-        return cls(view, writable=False, owner=f"image {image.short_id}")
+    def of_layers(cls, stack: list[str], privilege: str, *, owner: str) -> ContainerFS:
+        """The read-only merged view of layer content directories ``stack`` (top first)."""
+        return cls(_ovlcore.View(stack, None, privilege=privilege), writable=False, owner=owner)
+
+    @property
+    def view(self) -> _ovlcore.View:
+        """The core's view behind this file system (for operations such as ``cp`` that run in the core)."""
+        return self._view
 
     def __repr__(self) -> str:
         return f"<ContainerFS of {self._owner}{'' if self._writable else ' (read-only)'}>"
 
+    def check_writable(self, path: str = "/") -> None:
+        """Raise unless writing is allowed now: ``PermissionError`` (EROFS) for an image, ``OSError``
+        (EBUSY) while the container is mounted by the kernel."""
+        if not self._writable:
+            raise PermissionError(errno.EROFS, f"Read-only file system ({self._owner})", path)
+        if self._guard is not None:
+            self._guard()
+
     def _w(self, path: str | os.PathLike[str]) -> str:
         """Check that writing is allowed and normalize the path."""
         p = _p(path)
-        if not self._writable:
-            raise PermissionError(errno.EROFS, f"Read-only file system ({self._owner})", p)
-        if self._guard is not None:
-            self._guard()
+        self.check_writable(p)
         return p
 
     # ----- reading -----

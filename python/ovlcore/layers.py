@@ -1,8 +1,9 @@
 """Layers: immutable, content-addressed directories in the kernel overlayfs format.
 
-Each layer lives in ``layers/<chain-id hex>/``: ``diff/`` holds its content (whiteouts as 0/0 character
-devices, opaque directories marked by xattr), ``layer.json`` its record and, for layers imported from an
-archive, ``tar-split.zst`` the header bytes that let :meth:`Layer.tar` reproduce the archive exactly.
+A layer's content directory holds its files in the kernel overlayfs format (whiteouts as 0/0 character
+devices, opaque directories marked by xattr); a layer imported from an archive also keeps the header bytes
+that let :meth:`Layer.tar` reproduce the archive exactly. Its record (diff id, parent, sizes) is in the
+store's records.
 """
 
 from __future__ import annotations
@@ -12,31 +13,23 @@ import builtins
 import io
 import os
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Union
+from typing import IO, Any, Union
 
 from . import _ovlcore
-from ._storage import Staging, read_json, write_json
-from .errors import AmbiguousReference, InvalidReference, LayerNotFound
+from ._store import Storage, Transaction
+from ._store.layout import LayerDir
+from ._store.records import LayerRecord
+from ._time import now, parse_time
+from .errors import AmbiguousReference, Conflict, InvalidReference, LayerNotFound
 
-if TYPE_CHECKING:
-    from .store import Store
-
-__all__ = ["Layer", "Layers", "Source"]
+__all__ = ["Layer", "Layers", "StagedLayer", "Source", "ProgressCallback", "as_source", "TarReader"]
 
 #: What an archive can be read from: a host path, a binary file object, or an iterable of bytes chunks.
 Source = Union[str, "os.PathLike[str]", bytes, IO[bytes], Iterable[bytes]]
 
 ProgressCallback = Callable[[int], None]
-
-
-def make_layer_root(path: Path) -> Path:
-    """A layer's (or writable layer's) root directory: 0755 whatever the umask, as Docker makes it. An
-    archive's ``./`` entry, if any, sets it afterwards."""
-    path.mkdir()
-    os.chmod(path, 0o755)
-    return path
 
 
 class _ChunkReader:
@@ -111,81 +104,88 @@ class TarReader(io.RawIOBase):
 
 
 class StagedLayer:
-    """A layer extracted into a staging directory, not yet visible. A context manager: leaving it removes
-    whatever was not published."""
+    """A layer built in a transaction's staging directory, not yet visible."""
 
-    def __init__(self, staging: Staging, diff_id: str, size: int, tar_size: int, parent: Layer | None) -> None:
-        self.staging = staging
-        self.parent = parent
-        self.chain_id = _ovlcore.chain_id(parent.chain_id if parent else None, diff_id)
-        self.record: dict[str, Any] = {
-            "chain_id": self.chain_id,
-            "diff_id": diff_id,
-            "parent": parent.chain_id if parent else None,
-            "size": size,
-            "tar_size": tar_size,
-            "created": datetime.now(timezone.utc).isoformat(),
-        }
+    def __init__(self, staged: LayerDir, record: LayerRecord, lower: builtins.list[str]) -> None:
+        self.staged = staged
+        self.record = record
+        #: Content directories of the staged layer and every layer below it, top first.
+        self.stack_paths = [str(staged.content), *lower]
+
+    @property
+    def chain_id(self) -> str:
+        return self.record.chain_id
 
     @property
     def diff_id(self) -> str:
-        return str(self.record["diff_id"])
+        return self.record.diff_id
 
-    def __enter__(self) -> StagedLayer:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.staging.close()
+def layer_record(diff_id: str, parent: str | None, *, size: int, tar_size: int | None, retained: bool = False) -> LayerRecord:
+    """The record of a new layer ``diff_id`` on top of the layer ``parent`` (a chain id)."""
+    return LayerRecord(
+        chain_id=_ovlcore.chain_id(parent, diff_id), diff_id=diff_id, parent=parent, size=size, tar_size=tar_size,
+        created=now(), retained=retained,
+    )
 
 
 class Layer:
     """One layer of the store. Immutable: its content directory :attr:`path` must never be changed."""
 
-    def __init__(self, store: Store, record: dict[str, Any]) -> None:
-        self._store = store
+    def __init__(self, storage: Storage, record: LayerRecord) -> None:
+        self._storage = storage
         self._record = record
 
     @property
     def chain_id(self) -> str:
         """The OCI chain id: this layer together with every layer below it."""
-        return str(self._record["chain_id"])
+        return self._record.chain_id
 
     @property
     def diff_id(self) -> str:
         """sha256 of the uncompressed layer tar."""
-        return str(self._record["diff_id"])
+        return self._record.diff_id
 
     @property
     def parent(self) -> Layer | None:
         """The layer below, or ``None`` at the bottom."""
-        p = self._record.get("parent")
-        return self._store.layers.get(p) if p else None
+        p = self._record.parent
+        if p is None:
+            return None
+        rec = self._storage.records.layer(p)
+        if rec is None:
+            raise LayerNotFound(f"layer {self.chain_id} is missing its parent {p}")
+        return Layer(self._storage, rec)
 
     @property
     def parent_chain_id(self) -> str | None:
         """The chain id of the layer below, or ``None`` at the bottom."""
-        p = self._record.get("parent")
-        return str(p) if p else None
+        return self._record.parent
 
     @property
     def size(self) -> int:
         """Bytes of content (regular files and symlink targets, hard links counted once)."""
-        return int(self._record["size"])
+        return self._record.size
+
+    @property
+    def tar_size(self) -> int | None:
+        """Bytes of the uncompressed layer tar, when known."""
+        return self._record.tar_size
 
     @property
     def created(self) -> datetime:
         """When this store published the layer."""
-        return datetime.fromisoformat(str(self._record["created"]))
+        return parse_time(self._record.created)
 
     @property
     def dir(self) -> Path:
-        """The layer's directory in the store (content, record, tar-split)."""
-        return self._store._layout.layer(self.chain_id)
+        """The layer's directory in the store (content, tar-split)."""
+        return self._storage.layout.layer(self.chain_id).path
 
     @property
     def path(self) -> Path:
         """The content directory, in the kernel overlayfs format (read-only by contract)."""
-        return self.dir / "diff"
+        return self._storage.layout.layer(self.chain_id).content
 
     def stack(self) -> builtins.list[Layer]:
         """This layer and every layer below it, top first."""
@@ -195,22 +195,30 @@ class Layer:
         return out
 
     def stack_paths(self) -> builtins.list[str]:
-        """The content directories of this layer and those below it, top first."""
-        return [str(layer.path) for layer in self.stack()]
+        """The content directories of this layer and those below it, top first (chain ids name them:
+        no record needs reading)."""
+        out = [str(self.path)]
+        chain = self._record.parent
+        layout = self._storage.layout
+        while chain is not None:
+            out.append(str(layout.layer(chain).content))
+            rec = self._storage.records.layer(chain)
+            chain = rec.parent if rec is not None else None
+        return out
 
     def tar(self, compression: str | None = None, *, verify: bool = True) -> TarReader:
         """The layer as an OCI layer tar (``None``, ``"gzip"`` or ``"zstd"``), streamed. An imported
         layer re-exports byte for byte, so the uncompressed stream hashes to :attr:`diff_id`.
         ``verify=False`` skips hashing the stream (sha256 is the slowest part of plain streaming); the
         reader's ``diff_id`` and, uncompressed, ``digest`` then stay ``None``."""
-        split = self.dir / "tar-split.zst"
+        split = self._storage.layout.layer(self.chain_id).tarsplit
         parent = self.parent
         return TarReader(
             _ovlcore.layer_tar(
                 str(self.path),
                 tarsplit=str(split) if split.exists() else None,
                 lower=parent.stack_paths() if parent else [],
-                privilege=self._store.privilege,
+                privilege=self._storage.privilege,
                 compression=compression,
                 digest=verify,
             )
@@ -229,14 +237,13 @@ class Layer:
 class Layers:
     """``store.layers``: the layer store, for tools that back their own storage on ovlcore."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
 
-    def _read(self, chain_id: str) -> Layer | None:
-        try:
-            return Layer(self._store, read_json(self._store._layout.layer(chain_id) / "layer.json"))
-        except FileNotFoundError:
-            return None
+    def find(self, chain_id: str) -> Layer | None:
+        """The layer with exactly this chain id, if the store has it."""
+        rec = self._storage.records.layer(chain_id)
+        return Layer(self._storage, rec) if rec is not None else None
 
     def get(self, digest: str) -> Layer:
         """A layer by chain id or diff id (``sha256:<hex>``, or a unique hex prefix of 4+ digits)."""
@@ -246,15 +253,10 @@ class Layers:
         if len(hexpart) < 4:
             raise InvalidReference(f"layer reference {digest!r} is too short (4+ hex digits)")
         if len(hexpart) == 64:
-            found = self._read(hexpart)
+            found = self.find("sha256:" + hexpart)
             if found:
                 return found
-        matches = [
-            layer
-            for layer in self.list()
-            if layer.chain_id.removeprefix("sha256:").startswith(hexpart)
-            or layer.diff_id.removeprefix("sha256:").startswith(hexpart)
-        ]
+        matches = [Layer(self._storage, r) for r in self._storage.records.layers_matching("sha256:" + hexpart)]
         if not matches:
             raise LayerNotFound(f"No such layer: {digest}")
         # A diff id may sit on several parents; the one at the bottom of a stack comes first.
@@ -268,16 +270,7 @@ class Layers:
 
     def list(self) -> builtins.list[Layer]:
         """Every layer of the store, by chain id."""
-        out = []
-        try:
-            names = sorted(os.listdir(self._store._layout.layers))
-        except FileNotFoundError:
-            return []
-        for name in names:
-            layer = self._read(name)
-            if layer is not None:
-                out.append(layer)
-        return out
+        return [Layer(self._storage, r) for r in self._storage.records.layers()]
 
     def apply(
         self,
@@ -289,67 +282,45 @@ class Layers:
     ) -> Layer:
         """Import an OCI layer tar (plain, gzip or zstd) on top of ``parent``. The layer is kept until
         removed with :meth:`remove` or :meth:`ovlcore.Store.prune`, whether or not an image uses it."""
-        return self._apply(source, parent=parent, retain=True, progress=progress, max_size=max_size)
-
-    def _apply(
-        self,
-        source: Source,
-        *,
-        parent: Layer | str | None,
-        retain: bool,
-        progress: ProgressCallback | None = None,
-        max_size: int | None = None,
-    ) -> Layer:
-        with self._stage(source, parent=parent, progress=progress, max_size=max_size) as staged:
-            with self._store._lock.exclusive():
-                return self._publish_locked(staged, retain)
-
-    def _stage(
-        self,
-        source: Source,
-        *,
-        parent: Layer | str | None,
-        progress: ProgressCallback | None = None,
-        max_size: int | None = None,
-    ) -> StagedLayer:
-        """Extract a layer tar into a staging directory (no lock held: this is the long part)."""
-        store = self._store
         parent_layer = self.get(parent) if isinstance(parent, str) else parent
-        st = Staging(store._layout)
-        try:
-            content = make_layer_root(st.path / "diff")
-            diff_id, size, tar_size = _ovlcore.import_layer(
-                as_source(source),
-                str(content),
-                tarsplit=str(st.path / "tar-split.zst"),
-                lower=parent_layer.stack_paths() if parent_layer else [],
-                privilege=store.privilege,
-                max_size=max_size,
-                progress=progress,
-            )
-            return StagedLayer(st, diff_id, size, tar_size, parent_layer)
-        except BaseException:
-            st.close()
-            raise
+        with self._storage.transaction() as tx:
+            staged = self.stage(tx, source, parent=parent_layer, progress=progress, max_size=max_size, retain=True)
+            with tx.publishing() as pub:
+                return Layer(self._storage, pub.add_layer(staged.staged, staged.record))
 
-    def _publish_locked(self, staged: StagedLayer, retain: bool) -> Layer:
-        """Publish a staged layer, or return the store's copy when it has one (the store lock is held
-        exclusively by the caller, who may publish what references the layer in the same hold)."""
-        store = self._store
-        parent = staged.parent
-        if parent is not None and not store._layout.layer(parent.chain_id).exists():
-            raise LayerNotFound(f"parent layer {parent.chain_id} was removed meanwhile")
-        existing = self._read(staged.chain_id)
-        if existing is not None:
-            if retain and not existing._record.get("retained"):
-                existing._record["retained"] = True
-                write_json(existing.dir / "layer.json", existing._record)
-            return existing
-        record = dict(staged.record, retained=retain)
-        write_json(staged.staging.path / "layer.json", record)
-        staged.staging.publish(store._layout.layer(staged.chain_id))
-        return Layer(store, record)
+    def stage(
+        self,
+        tx: Transaction,
+        source: Source,
+        *,
+        parent: Layer | None,
+        progress: ProgressCallback | None = None,
+        max_size: int | None = None,
+        retain: bool = False,
+    ) -> StagedLayer:
+        """Extract a layer tar into a staging directory of ``tx`` (no lock held: this is the long part),
+        for the transaction to publish."""
+        staged = tx.stage_layer()
+        lower = parent.stack_paths() if parent else []
+        diff_id, size, tar_size = _ovlcore.import_layer(
+            as_source(source),
+            str(staged.content),
+            tarsplit=str(staged.tarsplit),
+            lower=lower,
+            privilege=self._storage.privilege,
+            max_size=max_size,
+            progress=progress,
+        )
+        rec = layer_record(diff_id, parent.chain_id if parent else None, size=size, tar_size=tar_size, retained=retain)
+        return StagedLayer(staged, rec, lower)
 
     def remove(self, digest: str) -> None:
         """Remove a layer that no image uses (and that no other layer is built on)."""
-        self._store._remove_layers([self.get(digest).chain_id])
+        chain = self.get(digest).chain_id
+        with self._storage.transaction() as tx, tx.publishing() as pub:
+            if pub.records.layer_in_use(chain):
+                raise Conflict(f"layer {chain} is used by an image")
+            if pub.records.layer_has_children(chain):
+                raise Conflict(f"layer {chain} has layers built on it")
+            if pub.records.layer(chain) is not None:
+                pub.remove_layer(chain)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 import posixpath
-import secrets
 import stat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from . import _ovlcore
-from ._storage import Staging
+from ._store import Publisher, Transaction
+from ._store.layout import VolumeDir
+from .fs import ContainerFS
 from .references import check_name
-
-if TYPE_CHECKING:
-    from .images import Image
-    from .store import Store
+from .volumes import Volumes, anonymous_name, volume_record
 
 __all__ = ["Mount"]
 
@@ -116,13 +114,13 @@ class Mount:
             return cls(target, source, type="bind", read_only=read_only)
         return cls(target, source, read_only=read_only, nocopy=nocopy)
 
-    def host_path(self, store: Store) -> str:
+    def host_path(self, volumes: Volumes) -> str:
         """Where the mounted data lives on the host."""
         if self.type == "bind":
             assert self.source is not None
             return self.source
         assert self.source is not None, "anonymous volumes get their name when the container is created"
-        return str(store._layout.volume(self.source) / "_data")
+        return str(volumes.data_of(self.source))
 
     def to_record(self) -> dict[str, Any]:
         """The mount as stored in ``container.json``."""
@@ -153,72 +151,57 @@ def as_mount(m: Mount | str | dict[str, Any]) -> Mount:
 
 
 class MountPlan:
-    """One mount of a container being created. Volume data is prepared in a staging directory outside the
-    store lock (:meth:`stage`), then published together with the container (:meth:`publish_locked`)."""
+    """One mount of a container being created. Volume data is prepared in the container's transaction
+    outside the store lock (:meth:`stage`), then published together with the container (:meth:`publish`)."""
 
     def __init__(self, mount: Mount, image_kind: str | None) -> None:
         self.mount = mount
         self.anonymous = mount.type == "volume" and mount.source is None
-        self.name = secrets.token_hex(32) if self.anonymous else mount.source
+        self.name = anonymous_name() if self.anonymous else mount.source
         self.fill = mount.type == "volume" and image_kind == "dir" and not mount.nocopy
-        self.staging: Staging | None = None
+        self.staged: VolumeDir | None = None
 
-    def stage(self, store: Store, view: Any) -> None:
-        """Build the volume's directory (filled from the image where it will be used) in staging, unless an
+    def stage(self, tx: Transaction, volumes: Volumes, image_fs: ContainerFS, privilege: str) -> None:
+        """Build the volume's directory (filled from the image where it will be used) in ``tx``, unless an
         existing volume already holds data."""
         if self.mount.type != "volume":
             return
-        existing = store.volumes._read(str(self.name))
+        existing = volumes.find(str(self.name))
         if existing is not None and (not self.fill or os.listdir(existing.mountpoint)):
             return
-        st = Staging(store._layout)
-        try:
-            data = st.path / "_data"
-            data.mkdir(mode=0o755)
-            os.chmod(data, 0o755)
-            if self.fill:
-                view.copy_out(self.mount.target, str(st.path), "_data", follow_symlinks=True, contents=True, store_convention=True)
-                _take_attrs(store, str(data), view.stat(self.mount.target))
-                _ovlcore.sync_fs(str(data))
-        except BaseException:
-            st.close()
-            raise
-        self.staging = st
+        staged = tx.stage_volume()
+        if self.fill:
+            view = image_fs.view
+            view.copy_out(self.mount.target, str(staged.path), staged.data.name, follow_symlinks=True, contents=True, store_convention=True)
+            _take_attrs(privilege, str(staged.data), view.stat(self.mount.target))
+            _ovlcore.sync_fs(str(staged.data))
+        self.staged = staged
 
-    def publish_locked(self, store: Store) -> dict[str, Any]:
-        """Create the volume or fill it if it is still empty (store lock held); the mount's record."""
+    def publish(self, tx: Transaction, pub: Publisher, volumes: Volumes) -> dict[str, Any]:
+        """Create the volume, or fill it if it is still empty; the mount's record."""
         m = self.mount
         if m.type == "volume":
-            vols = store.volumes
-            existing = vols._read(str(self.name))
-            if existing is None:
-                if self.staging is None:  # the volume vanished since staging: make an empty one
-                    vols._create_locked(self.name, None, self.anonymous)
-                else:
-                    vols._publish_locked(self.staging, str(self.name), None, self.anonymous)
-            elif self.staging is not None and self.fill and not os.listdir(existing.mountpoint):
-                os.rename(self.staging.path / "_data", existing.mountpoint)
-            m = Mount(m.target, self.name, type="volume", read_only=m.read_only, nocopy=m.nocopy)
+            name = str(self.name)
+            if pub.records.volume(name) is None:
+                # Staged above, or (the volume vanished since staging) an empty one made now.
+                volumes.publish(pub, self.staged or tx.stage_volume(), volume_record(name, anonymous=self.anonymous))
+            elif self.staged is not None and self.fill and not os.listdir(volumes.data_of(name)):
+                pub.fill_volume(name, self.staged)
+            m = Mount(m.target, name, type="volume", read_only=m.read_only, nocopy=m.nocopy)
         rec = m.to_record()
         rec["anonymous"] = self.anonymous
         return rec
 
-    def close(self) -> None:
-        if self.staging is not None:
-            self.staging.close()
 
-
-def plan_mounts(store: Store, image: Image, mounts: Iterable[Mount | str | dict[str, Any]]) -> list[MountPlan]:
+def plan_mounts(image_fs: ContainerFS, mounts: Iterable[Mount | str | dict[str, Any]]) -> list[MountPlan]:
     """Check a container's mounts against the image: bind sources must exist, a volume may not cover an
     image file, targets are unique. An empty volume mounted on an image directory is to be filled with that
     directory's content (mode and owner too) unless ``nocopy``."""
     plans = []
     targets: set[str] = set()
-    view = None
+    view = image_fs.view
     for raw in mounts:
         m = as_mount(raw)
-        if view is None:
-            view = image.fs._view
         # Targets are resolved inside the image, symlinks included, as Docker's FollowSymlinkInScope does.
         canonical = view.canonical(m.target)
         if canonical == "/":
@@ -240,9 +223,9 @@ def plan_mounts(store: Store, image: Image, mounts: Iterable[Mount | str | dict[
     return plans
 
 
-def _take_attrs(store: Store, path: str, st: Any) -> None:
+def _take_attrs(privilege: str, path: str, st: Any) -> None:
     """The volume directory takes the image directory's mode and owner."""
-    if store.privilege == "root":
+    if privilege == "root":
         os.chown(path, st.st_uid, st.st_gid)
         os.chmod(path, stat.S_IMODE(st.st_mode))
     else:

@@ -1,13 +1,18 @@
-"""Dockerfile-style config edits, as ``docker commit --change`` and ``docker import --change`` take them."""
+"""Image configs: Dockerfile-style edits (as ``docker commit --change`` and ``docker import --change`` take
+them), the config of one more build step, and the canonical bytes this store writes."""
 
 from __future__ import annotations
 
 import json
+import platform
 import posixpath
 import shlex
+from datetime import datetime, timezone
 from typing import Any
 
-__all__ = ["apply_changes", "describe_change"]
+from ._time import format_time
+
+__all__ = ["apply_changes", "describe_change", "child_config", "encode_config", "host_arch"]
 
 SUPPORTED = ("ENV", "CMD", "ENTRYPOINT", "WORKDIR", "USER", "LABEL", "EXPOSE", "VOLUME", "STOPSIGNAL", "ONBUILD")
 
@@ -99,3 +104,50 @@ def apply_changes(config: dict[str, Any], changes: list[str] | None) -> dict[str
 def describe_change(change: str) -> str:
     """How Docker shows a config-only step in ``history``."""
     return f"/bin/sh -c #(nop)  {change.strip()}"
+
+
+def host_arch() -> str:
+    """This machine's architecture as OCI names it (``amd64``, ``arm64``, ...)."""
+    m = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(m, m)
+
+
+def encode_config(config: dict[str, Any]) -> bytes:
+    """The canonical bytes of a config this store writes (sorted keys, no spaces)."""
+    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+
+
+def child_config(
+    base: dict[str, Any] | None,
+    diff_id: str | None,
+    *,
+    created_by: str,
+    comment: str,
+    author: str | None,
+    changes: list[str] | None,
+    config: dict[str, Any] | None = None,
+) -> bytes:
+    """The config of ``base`` (a parsed image config, or ``None`` for a base image) plus one step: a layer
+    ``diff_id`` (or none: ``empty_layer``) and its history entry. ``config`` replaces the runtime config
+    before ``changes`` apply."""
+    now = datetime.now(timezone.utc)
+    if base is not None:
+        cfg = json.loads(json.dumps(base))
+    else:
+        cfg = {"architecture": host_arch(), "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+    if config is not None:
+        cfg["config"] = dict(config)
+    apply_changes(cfg.setdefault("config", {}), changes)
+    cfg["created"] = format_time(now)
+    entry: dict[str, Any] = {"created": cfg["created"], "created_by": created_by}
+    if comment:
+        entry["comment"] = comment
+    if author:
+        entry["author"] = author
+        cfg["author"] = author
+    if diff_id is None:
+        entry["empty_layer"] = True
+    else:
+        cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []}).setdefault("diff_ids", []).append(diff_id)
+    cfg.setdefault("history", []).append(entry)
+    return encode_config(cfg)
