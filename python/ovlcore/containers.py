@@ -178,12 +178,14 @@ class Container:
     @property
     def fs(self) -> ContainerFS:
         """The merged file system: reads see image + changes, writes land in the writable layer."""
-        return ContainerFS(self._view(), writable=True, owner=f"container {self.name}", guard=self._guard)
+        return ContainerFS(self._view(), writable=self._storage.writable, owner=f"container {self.name}", guard=self._guard)
 
     def _guard(self) -> None:
         """Before a write: refuse it while the kernel has the container mounted (another process may have
         mounted it: one stat per write tells), and let recovery know this process may leave copy-ups
         in progress in the scratch directory."""
+        if not self._storage.writable:
+            raise PermissionError(errno.EROFS, f"{os.strerror(errno.EROFS)} (the store is open read-only)", str(self.dir))
         where = self.mounted_at
         if where is not None:
             raise OSError(errno.EBUSY, f"container {self.name} is mounted at {where}: write through the mount")
