@@ -22,6 +22,18 @@ TARGETS = [
 ]
 
 
+#: Scale curves (bench_scale.py): (group, test, [(objects, the largest acceptable median in seconds)],
+#: [(smaller size, larger size, the largest acceptable ratio of their medians)]).
+SCALE_TARGETS = [
+    ("scale-create", "test_create", [(10000, 0.008)], [(100, 10000, 1.3)]),
+    ("scale-get-name", "test_get_by_name", [(10000, 0.0005)], []),
+    ("scale-get-prefix", "test_get_by_id_prefix", [(10000, 0.0005)], []),
+    ("scale-list", "test_list", [(10000, 0.1)], []),
+    ("scale-commit", "test_commit_one_file", [(1000, 0.015)], [(10, 1000, 1.3)]),
+    ("scale-images-get", "test_image_by_id_prefix", [(10000, 0.001)], []),
+]
+
+
 def fmt(seconds: float) -> str:
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
         if seconds >= scale:
@@ -64,7 +76,29 @@ def main(path: str) -> int:
         failed += not ok
         print(f"  {group}: {ours} / {base} = {rm:.2f}x (mean), {rmed:.2f}x (median); target <= {limit:g}x: "
               f"{'met' if ok else 'MISSED'}")
+    failed += scale(benches)
     return 1 if failed else 0
+
+
+def scale(benches: dict[str, dict]) -> int:
+    """Print each scale curve (median by number of objects) and check its targets; returns the misses."""
+    failed = 0
+    for group, test, limits, flat in SCALE_TARGETS:
+        curve = {int(b["extra_info"]["objects"]): b["stats"]["median"] for b in benches.values() if b["name"].startswith(test + "[")}
+        if not curve:
+            continue
+        print(f"\n  {group} (median by objects): " + ", ".join(f"{n:,}: {fmt(t)}" for n, t in sorted(curve.items())))
+        for n, limit in limits:
+            if n in curve:
+                ok = curve[n] <= limit
+                failed += not ok
+                print(f"    at {n:,}: {fmt(curve[n])}, target < {fmt(limit)}: {'met' if ok else 'MISSED'}")
+        for lo, hi, ratio in flat:
+            if lo in curve and hi in curve:
+                r = curve[hi] / curve[lo]
+                failed += r > ratio
+                print(f"    {hi:,} / {lo:,}: {r:.2f}x, target <= {ratio}x: {'met' if r <= ratio else 'MISSED'}")
+    return failed
 
 
 if __name__ == "__main__":
