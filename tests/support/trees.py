@@ -21,6 +21,7 @@ import ovlcore
 
 
 def kind_of(mode: int) -> str:
+    """The kind of file an ``st_mode`` says, by name."""
     return {
         stat.S_IFREG: "file",
         stat.S_IFDIR: "dir",
