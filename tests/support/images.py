@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import ovlcore
 
 from .tars import FIXED_MTIME as T0
-from .tars import D, Entry, F, L, tar
+from .tars import D, Entry, F, H, L, tar
 
 PASSWD = "root:x:0:0:container-root:/root:/bin/sh\n"
 
@@ -72,7 +72,7 @@ RICH_BASE = [
     D("usr/"),
     D("usr/bin/"),
     F("usr/bin/a", b"hard linked\n", 0o755),
-    Entry("usr/bin/b", "h", link="usr/bin/a", mode=0o755),
+    H("usr/bin/b", "usr/bin/a", mode=0o755),
     D("usr/lib/"),
     F("usr/lib/libx.so", b"\0libx" * 100, 0o755),
     D("usr/share/"),
@@ -81,7 +81,7 @@ RICH_BASE = [
     F("usr/share/doc/b.txt", b"doc b\n"),
     D("usr/share/doc/sub/"),
     F("usr/share/doc/sub/deep.txt", b"deep\n"),
-    Entry("lib", "l", link="usr/lib"),
+    L("lib", "usr/lib"),
     D("var/"),
     D("var/log/", 0o750, mtime=T0 + 11),
     D("home/"),
