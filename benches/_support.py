@@ -1,4 +1,5 @@
-"""Data builders and helpers shared by ovlcore's benchmarks (the fixtures wrapping them are in conftest.py).
+"""Data builders and helpers shared by ovlcore's benchmarks (the fixtures wrapping them are in conftest.py; tars
+and kernel mounts come from the test suite's ``support`` package).
 
 Built archives are cached in ``$OVLCORE_BENCH_DATA`` (default ``/tmp/ovlcore-bench-data``).
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -18,6 +18,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from support.tars import D, F, tar
 
 DATA_DIR = Path(os.environ.get("OVLCORE_BENCH_DATA", "/tmp/ovlcore-bench-data"))
 
@@ -293,26 +295,6 @@ def cached_rootfs(budget: int) -> RootfsTar:
 # ----- synthetic layer stacks for the union-view benchmarks -----
 
 
-def _tar_add(tf: tarfile.TarFile, name: str, *, kind: bytes = tarfile.REGTYPE, data: bytes = b"", mode: int = 0o644) -> None:
-    ti = tarfile.TarInfo(name)
-    ti.type = kind
-    ti.mode = 0o755 if kind == tarfile.DIRTYPE else mode
-    ti.mtime = 1_700_000_000
-    ti.uid = ti.gid = 0
-    ti.uname = ti.gname = ""
-    ti.size = len(data) if kind == tarfile.REGTYPE else 0
-    tf.addfile(ti, io.BytesIO(data) if ti.size else None)
-
-
-def _write_tar(path: Path, entries: list[tuple[str, bytes, bytes]]) -> None:
-    """``entries``: (name, tar type, content)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
-        for name, kind, data in entries:
-            _tar_add(tf, name, kind=kind, data=data)
-    os.replace(tmp, path)
-
-
 @dataclass(frozen=True)
 class StatStack:
     """Layer tars (bottom first) whose bottom layer holds ``target``, under directories every layer has."""
@@ -343,20 +325,20 @@ def make_stat_stack(d: Path, small: bool) -> StatStack:
     n_layers, n_files = (3, 10) if small else (20, 50)
     tars = []
     for i in range(n_layers):
-        entries: list[tuple[str, bytes, bytes]] = [
-            ("usr", tarfile.DIRTYPE, b""),
-            ("usr/lib", tarfile.DIRTYPE, b""),
-            ("usr/lib/bench", tarfile.DIRTYPE, b""),
-            ("usr/lib/bench/pkg", tarfile.DIRTYPE, b""),
-            ("etc", tarfile.DIRTYPE, b""),
-            (f"etc/layer-{i:02d}.conf", tarfile.REGTYPE, f"layer {i}\n".encode()),
-            ("usr/lib/bench/shared.conf", tarfile.REGTYPE, f"from layer {i}\n".encode()),
+        entries = [
+            D("usr"),
+            D("usr/lib"),
+            D("usr/lib/bench"),
+            D("usr/lib/bench/pkg"),
+            D("etc"),
+            F(f"etc/layer-{i:02d}.conf", f"layer {i}\n"),
+            F("usr/lib/bench/shared.conf", f"from layer {i}\n"),
         ]
-        entries += [(f"usr/lib/bench/pkg/l{i:02d}-{j:03d}.so", tarfile.REGTYPE, b"x" * 64) for j in range(n_files)]
+        entries += [F(f"usr/lib/bench/pkg/l{i:02d}-{j:03d}.so", b"x" * 64) for j in range(n_files)]
         if i == 0:
-            entries.append((STAT_TARGET.lstrip("/"), tarfile.REGTYPE, b"t" * STAT_TARGET_SIZE))
+            entries.append(F(STAT_TARGET.lstrip("/"), b"t" * STAT_TARGET_SIZE))
         p = d / f"layer-{i:02d}.tar"
-        _write_tar(p, entries)
+        p.write_bytes(tar(*entries))
         tars.append(p)
     return StatStack(tars=tars, target=STAT_TARGET, target_size=STAT_TARGET_SIZE)
 
@@ -368,62 +350,25 @@ def make_listdir_stack(d: Path, small: bool) -> ListdirStack:
     n0, n1, over, n2, gone = int(0.6 * n), int(0.3 * n), int(0.05 * n), int(0.11 * n), int(0.01 * n)
     assert n0 - gone + n1 + n2 == n
     dname = LISTDIR_DIR.lstrip("/")
-    base = [("srv", tarfile.DIRTYPE, b""), (dname, tarfile.DIRTYPE, b"")]
+    base = [D("srv"), D(dname)]
     name = "e{:05d}".format
     layers = [
-        base + [(f"{dname}/{name(k)}", tarfile.REGTYPE, b"") for k in range(n0)],
+        base + [F(f"{dname}/{name(k)}", b"") for k in range(n0)],
         base
-        + [(f"{dname}/{name(k)}", tarfile.REGTYPE, b"v2") for k in range(over)]
-        + [(f"{dname}/{name(k)}", tarfile.REGTYPE, b"") for k in range(n0, n0 + n1)],
+        + [F(f"{dname}/{name(k)}", b"v2") for k in range(over)]
+        + [F(f"{dname}/{name(k)}", b"") for k in range(n0, n0 + n1)],
         base
-        + [(f"{dname}/.wh.{name(k)}", tarfile.REGTYPE, b"") for k in range(n0 - gone, n0)]
-        + [(f"{dname}/{name(k)}", tarfile.REGTYPE, b"") for k in range(n0 + n1, n0 + n1 + n2)],
+        + [F(f"{dname}/.wh.{name(k)}", b"") for k in range(n0 - gone, n0)]
+        + [F(f"{dname}/{name(k)}", b"") for k in range(n0 + n1, n0 + n1 + n2)],
     ]
     tars = []
     for i, entries in enumerate(layers):
         p = d / f"layer-{i}.tar"
-        _write_tar(p, entries)
+        p.write_bytes(tar(*entries))
         tars.append(p)
     expected = sorted({name(k) for k in range(n0 + n1 + n2)} - {name(k) for k in range(n0 - gone, n0)})
     assert len(expected) == n
     return ListdirStack(tars=tars, directory=LISTDIR_DIR, expected=expected)
-
-
-# ----- kernel overlayfs mounts (the baseline of the union-view benchmarks) -----
-
-
-class KernelMount:
-    """A read-only kernel overlayfs mount of layer directories (``lowers`` top first), or the reason it
-    could not be made (:attr:`refused`)."""
-
-    def __init__(self, lowers: list[str], mountpoint: Path) -> None:
-        self.path = mountpoint
-        self.mounted = False
-        self.refused: str | None = None
-        if os.geteuid() != 0:
-            self.refused = "kernel overlayfs baseline needs root to mount"
-            return
-        if len(lowers) < 2:
-            self.refused = "the kernel needs at least two lower layers to mount without an upper layer"
-            return
-        mountpoint.mkdir(parents=True, exist_ok=True)
-        opts = "lowerdir=" + ":".join(lowers)
-        r = subprocess.run(
-            ["mount", "-t", "overlay", "overlay", "-o", opts, str(mountpoint)], check=False, capture_output=True, text=True
-        )
-        if r.returncode != 0:
-            self.refused = f"mount -t overlay refused: {(r.stderr or r.stdout).strip() or f'exit {r.returncode}'}"
-            return
-        self.mounted = True
-
-    def unmount(self) -> None:
-        if self.mounted:
-            r = subprocess.run(["umount", str(self.path)], check=False, capture_output=True, text=True)
-            if r.returncode != 0:  # still busy (an open directory): detach it
-                subprocess.run(["umount", "-l", str(self.path)], check=False)
-            self.mounted = False
-        with contextlib.suppress(OSError):
-            self.path.rmdir()
 
 
 # ----- the container workload (issues 3, 4, 5) -----------------------------------------------------------

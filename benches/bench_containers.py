@@ -15,7 +15,6 @@ import hashlib
 import os
 import shutil
 import stat
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 
 import ovlcore
 from _support import ContainerWorkload, apply_container_workload
+from support.kernel import MountRefused, mount_overlay, unmount
 
 MB = 1 << 20
 
@@ -238,22 +238,22 @@ def test_copy_up_kernel(benchmark: Any, workload: ContainerWorkload, big_image: 
     if os.geteuid() != 0:
         pytest.skip("the kernel baseline needs root to mount")
     benchmark.extra_info.update(role="baseline", what="open(MNT/big, 'ab') on a kernel overlay mount")
-    lowers = ":".join(big_image.stack_paths())
+    lowers = big_image.stack_paths()
     base = module_dir / "kernel-copyup"
     counter = iter(range(1000))
     mounted: list[Path] = []
 
     def setup() -> tuple[tuple[Path], dict[str, Any]]:
         for m in mounted:
-            subprocess.run(["umount", str(m)], check=False)
+            unmount(m)
         mounted.clear()
         d = base / str(next(counter))
         for sub in ("upper", "work", "mnt"):
             (d / sub).mkdir(parents=True)
-        opts = f"lowerdir={lowers},upperdir={d / 'upper'},workdir={d / 'work'},redirect_dir=nofollow,index=off,metacopy=off"
-        r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(d / "mnt")], capture_output=True, text=True)
-        if r.returncode != 0:
-            pytest.skip(f"mount -t overlay refused: {r.stderr.strip()}")
+        try:
+            mount_overlay(lowers, d / "mnt", upper=d / "upper", work=d / "work")
+        except MountRefused as e:
+            pytest.skip(str(e))
         mounted.append(d / "mnt")
         os.sync()
         return (d / "mnt",), {}
@@ -264,6 +264,6 @@ def test_copy_up_kernel(benchmark: Any, workload: ContainerWorkload, big_image: 
     benchmark.pedantic(copy_up, setup=setup, rounds=rounds(workload), iterations=1)
     assert os.path.getsize(mounted[-1].parent / "upper" / "big") == workload.big
     for m in mounted:
-        subprocess.run(["umount", str(m)], check=False)
+        unmount(m)
     shutil.rmtree(base, ignore_errors=True)
 

@@ -25,8 +25,10 @@ from pathlib import Path
 
 import pytest
 
-# The benchmark modules import their helpers from here, whatever pytest's import mode.
+# The benchmark modules import their helpers from here, whatever pytest's import mode, and the test
+# suite's builders (tests/support/: tars, kernel mounts) too.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from _support import (  # noqa: E402
     APPLY_ROUNDS,

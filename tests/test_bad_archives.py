@@ -12,17 +12,8 @@ import pytest
 import ovlcore
 from ovlcore.errors import InvalidArchive
 
-from conftest import (
-    EOF_BLOCKS,
-    TarBuilder,
-    bzip2_bytes,
-    gzip_bytes,
-    pad,
-    raw_header,
-    tar_of,
-    xz_bytes,
-    zstd_bytes,
-)
+from support.compression import bzip2_bytes, gzip_bytes, xz_bytes, zstd_bytes
+from support.tars import EOF_BLOCKS, D, F, TarBuilder, pad, raw_header, tar
 
 
 def expect_refused(store: ovlcore.Store, sandbox, data: bytes, entry: str | None, *, parent=None) -> InvalidArchive:
@@ -192,7 +183,7 @@ def test_hard_link_to_a_missing_entry(store, sandbox):
 
 def test_hard_link_to_a_lower_layer_file(store, sandbox):
     # A hard link names another path *in the same archive*; a lower layer's file is not one.
-    base = store.layers.apply(tar_of(("f", "lower-file", b"x")))
+    base = store.layers.apply(tar(F("lower-file", b"x")))
     expect_refused(store, sandbox, TarBuilder().hardlink("h", "lower-file").bytes(), "h", parent=base)
 
 
@@ -211,7 +202,7 @@ def test_bad_whiteout_names(store, sandbox, name):
 
 
 def test_whiteout_of_dotdot_on_a_lower_layer_deletes_nothing(store, sandbox):
-    base = store.layers.apply(tar_of(("d", "a"), ("f", "a/keep", b"k"), ("f", "top", b"t")))
+    base = store.layers.apply(tar(D("a"), F("a/keep", b"k"), F("top", b"t")))
     expect_refused(store, sandbox, TarBuilder().dir("a").file("a/.wh..", b"").bytes(), "a/.wh..", parent=base)
     fs = store.images.create(layer=base).fs
     assert fs.listdir("/") == ["a", "top"]
@@ -221,13 +212,13 @@ def test_whiteout_of_dotdot_on_a_lower_layer_deletes_nothing(store, sandbox):
 
 
 def test_truncated_in_file_content(store, sandbox):
-    data = tar_of(("f", "first", b"1"), ("f", "bigfile", b"x" * 10000))
+    data = tar(F("first", b"1"), F("bigfile", b"x" * 10000))
     cut = data.index(b"x" * 100) + 3000
     expect_refused(store, sandbox, data[:cut], "bigfile")
 
 
 def test_truncated_in_a_header(store, sandbox):
-    data = tar_of(("f", "first", b"1"), ("f", "second", b"2"))
+    data = tar(F("first", b"1"), F("second", b"2"))
     cut = 1024 + 200  # inside the second header
     expect_refused(store, sandbox, data[:cut], None)
 
@@ -238,12 +229,12 @@ def test_truncated_in_pax_header(store, sandbox):
 
 
 def test_truncated_gzip(store, sandbox):
-    data = gzip_bytes(tar_of(("f", "a", os.urandom(50000)), ("f", "b", b"b")))
+    data = gzip_bytes(tar(F("a", os.urandom(50000)), F("b", b"b")))
     expect_refused(store, sandbox, data[: len(data) // 2], None)
 
 
 def test_gzip_without_its_trailer(store, sandbox):
-    data = gzip_bytes(tar_of(("f", "a", b"a" * 1000)))
+    data = gzip_bytes(tar(F("a", b"a" * 1000)))
     expect_refused(store, sandbox, data[:-8], None)
 
 
@@ -252,17 +243,17 @@ def test_gzip_magic_with_garbage(store, sandbox):
 
 
 def test_truncated_zstd(store, sandbox):
-    data = zstd_bytes(tar_of(("f", "a", os.urandom(50000))))
+    data = zstd_bytes(tar(F("a", os.urandom(50000))))
     expect_refused(store, sandbox, data[: len(data) // 2], None)
 
 
 def test_bzip2_is_refused_with_its_name(store, sandbox):
-    err = expect_refused(store, sandbox, bzip2_bytes(tar_of(("f", "a", b"a"))), None)
+    err = expect_refused(store, sandbox, bzip2_bytes(tar(F("a", b"a"))), None)
     assert "bzip2" in str(err)
 
 
 def test_xz_is_refused_with_its_name(store, sandbox):
-    err = expect_refused(store, sandbox, xz_bytes(tar_of(("f", "a", b"a"))), None)
+    err = expect_refused(store, sandbox, xz_bytes(tar(F("a", b"a"))), None)
     assert "xz" in str(err)
 
 
@@ -337,7 +328,7 @@ def test_store_still_works_after_refusals(store, sandbox):
     for bad in (TarBuilder().raw(raw_header("../x")).bytes(), b"\x1f\x8bgarbage"):
         with pytest.raises(InvalidArchive):
             store.layers.apply(bad)
-    layer = store.layers.apply(tar_of(("f", "ok", b"fine")))
+    layer = store.layers.apply(tar(F("ok", b"fine")))
     assert (Path(layer.path) / "ok").read_bytes() == b"fine"
 
 

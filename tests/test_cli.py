@@ -25,16 +25,10 @@ from ovlcore import Mount
 from ovlcore._format import human_ago, human_size
 from ovlcore.cli import cli as ovl_cli
 
-from _helpers_56 import (
-    BASE_ENTRIES,
-    IS_ROOT,
-    PASSWD,
-    F,
-    make_tar,
-    needs_root,
-    run_cli,
-    upper_tree,
-)
+from support.cli import run_cli
+from support.images import BASE_ENTRIES, PASSWD
+from support.privilege import IS_ROOT, needs_root, require
+from support.tars import tar
 
 HEX = re.compile(r"^[0-9a-f]+$")
 SIZE = re.compile(r"^\d+(\.\d+)?(B|kB|MB|GB)$")
@@ -76,8 +70,7 @@ class CLI:
 
 
 def _cli(tmp_path: Path, privilege: str | None) -> CLI:
-    if privilege == "root" and not IS_ROOT:
-        pytest.skip("a root-convention store needs root")
+    require(privilege)
     return CLI(tmp_path / "store", privilege)
 
 
@@ -97,7 +90,7 @@ def pcli(request: pytest.FixtureRequest, tmp_path: Path) -> CLI:
 @pytest.fixture
 def base_tar(tmp_path: Path) -> Path:
     p = tmp_path / "base.tar"
-    p.write_bytes(make_tar(BASE_ENTRIES))
+    p.write_bytes(tar(*BASE_ENTRIES))
     return p
 
 
@@ -624,7 +617,7 @@ def test_check_verify_digests(cli: CLI, base_tar: Path) -> None:
 def err_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store with base:1 shared by the error tests (none of which changes it)."""
     d = tmp_path_factory.mktemp("errs")
-    (d / "base.tar").write_bytes(make_tar(BASE_ENTRIES))
+    (d / "base.tar").write_bytes(tar(*BASE_ENTRIES))
     assert run_cli("import", str(d / "base.tar"), "base:1", root=d / "s").returncode == 0
     return d / "s"
 

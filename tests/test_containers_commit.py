@@ -9,7 +9,6 @@ import hashlib
 import io
 import os
 import stat
-import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,44 +17,28 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import ovlcore  # noqa: E402
-from _helpers_containers import (  # noqa: E402,F401
-    IS_ROOT,
-    T0,
-    Images,
-    apply_fs,
-    assert_parents_first,
-    compare_trees,
-    diff_pairs,
-    dir_op_strategy,
-    env,
-    expected_diff,
-    fs_tree,
-    gnu_tar_apply,
-    host_tree,
-    make_images,
-    model_of_fs,
-    op_strategy,
-    read_all,
-    snapshot_dir,
-    strip_links,
-    tar_model,
-)
+import ovlcore
+from support.diffs import assert_parents_first, diff_pairs, expected_diff
+from support.images import SampleImages, make_images
+from support.layer_apply import gnu_tar_apply, model_of_fs, strip_links, tar_model
+from support.operations import apply_fs, dir_op_strategy, op_strategy
+from support.privilege import IS_ROOT
+from support.stores import open_store
+from support.tars import FIXED_MTIME, read_all
+from support.trees import compare_trees, fs_tree, host_tree, snapshot
 
 
 @pytest.fixture
-def c(env: Images) -> Iterator[ovlcore.Container]:
-    before = {layer.chain_id: snapshot_dir(layer.path) for layer in env.child.layers}
-    container = env.store.containers.create(env.child, command=["/bin/sh", "-c", "make things"])
+def c(sample: SampleImages) -> Iterator[ovlcore.Container]:
+    before = {layer.chain_id: snapshot(layer.path) for layer in sample.child.layers}
+    container = sample.store.containers.create(sample.child, command=["/bin/sh", "-c", "make things"])
     yield container
-    after = {layer.chain_id: snapshot_dir(layer.path) for layer in env.child.layers}
+    after = {layer.chain_id: snapshot(layer.path) for layer in sample.child.layers}
     assert after == before, "an image layer changed"
 
 
-def oracle(env: Images, c: ovlcore.Container) -> list[tuple[str, str]]:
-    return expected_diff(fs_tree(env.child.fs, xattrs=False), fs_tree(c.fs, xattrs=False))
+def oracle(sample: SampleImages, c: ovlcore.Container) -> list[tuple[str, str]]:
+    return expected_diff(fs_tree(sample.child.fs, xattrs=False), fs_tree(c.fs, xattrs=False))
 
 
 def sorted_diff(c: ovlcore.Container) -> list[tuple[str, str]]:
@@ -84,7 +67,7 @@ def rich_changes(c: ovlcore.Container) -> None:
     fs.chown("/etc/group", 1000, 1000)
     fs.setxattr("/etc/secret", "user.tag", b"value")
     fs.mkfifo("/newdir/fifo", 0o640)
-    fs.utime("/opt/tool", ns=(T0 * 10**9, (T0 + 42) * 10**9))
+    fs.utime("/opt/tool", ns=(FIXED_MTIME * 10**9, (FIXED_MTIME + 42) * 10**9))
     fs.remove("/etc/motd")
     fs.mkdir("/etc/motd", 0o711)  # a type change
     fs.write_bytes("/etc/motd/inside", b"i")
@@ -95,7 +78,7 @@ def rich_changes(c: ovlcore.Container) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_diff_rules(env: Images, c: ovlcore.Container) -> None:
+def test_diff_rules(sample: SampleImages, c: ovlcore.Container) -> None:
     fs = c.fs
     # a same-size, same-mtime rewrite is invisible (content is not compared)
     st0 = fs.stat("/opt/tool")
@@ -107,7 +90,7 @@ def test_diff_rules(env: Images, c: ovlcore.Container) -> None:
     # metadata changes: C
     fs.chmod("/bin/sh", 0o700)
     fs.chown("/etc/group", 0, 1000)
-    fs.utime("/etc/suid", ns=(T0 * 10**9, (T0 + 1) * 10**9))
+    fs.utime("/etc/suid", ns=(FIXED_MTIME * 10**9, (FIXED_MTIME + 1) * 10**9))
     # a directory's own mode change: C (the directory is not listed twice)
     fs.chmod("/var/log", 0o700)
     fs.write_bytes("/var/log/new.log", b"log")
@@ -150,12 +133,12 @@ def test_diff_rules(env: Images, c: ovlcore.Container) -> None:
     ]
     got = sorted_diff(c)
     assert got == sorted(want, key=lambda kp: kp[1])
-    assert got == oracle(env, c)
+    assert got == oracle(sample, c)
     assert all(p != "/" for _, p in got)
     assert all(str(ch) == f"{ch.kind} {ch.path}" for ch in c.diff())
 
 
-def test_diff_inside_recreated_directory(env: Images, c: ovlcore.Container) -> None:
+def test_diff_inside_recreated_directory(sample: SampleImages, c: ovlcore.Container) -> None:
     """A directory deleted and made again hides all of the image's entries below it: for docker diff
     (a comparison of the merged trees) the image's entries under it that are gone are deleted, at any
     depth, and names made again are changes, not additions."""
@@ -170,19 +153,19 @@ def test_diff_inside_recreated_directory(env: Images, c: ovlcore.Container) -> N
         ("D", "/app/data/x.bin"),
         ("C", "/app/main.py"),
     ]
-    assert oracle(env, c) == want
+    assert oracle(sample, c) == want
     assert sorted_diff(c) == want
 
 
-def test_diff_of_renamed_directory(env: Images, c: ovlcore.Container) -> None:
+def test_diff_of_renamed_directory(sample: SampleImages, c: ovlcore.Container) -> None:
     c.fs.rename("/usr", "/usr2")
     got = sorted_diff(c)
-    assert got == oracle(env, c)
+    assert got == oracle(sample, c)
     assert ("D", "/usr") in got and ("A", "/usr2") in got and ("A", "/usr2/share/doc/c.txt") in got
     c.fs.rename("/usr2", "/usr")
     # renamed back: the merged tree is the image's again, except for directory times (see
     # test_rename_keeps_directory_times), which docker diff does not compare
-    assert sorted_diff(c) == oracle(env, c) == []
+    assert sorted_diff(c) == oracle(sample, c) == []
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
@@ -204,7 +187,7 @@ def test_diff_matches_merged_tree_comparison(tmp_path_factory: pytest.TempPathFa
 
 
 class _DiffEnv:
-    def __init__(self, images: Images) -> None:
+    def __init__(self, images: SampleImages) -> None:
         self.store, self.child = images.store, images.child
         self.tree = fs_tree(images.child.fs, xattrs=False)
 
@@ -217,16 +200,7 @@ def _diff_envs(factory: pytest.TempPathFactory) -> list[_DiffEnv]:
     if key not in _DIFF_ENVS:
         out = []
         for priv in (["root"] if IS_ROOT else []) + ["rootless"]:
-            old = os.environ.get("OVLCORE_PRIVILEGE")
-            os.environ["OVLCORE_PRIVILEGE"] = priv
-            try:
-                store = ovlcore.Store(factory.mktemp(f"diffstore-{priv}"))
-            finally:
-                if old is None:
-                    del os.environ["OVLCORE_PRIVILEGE"]
-                else:
-                    os.environ["OVLCORE_PRIVILEGE"] = old
-            assert store.privilege == priv
+            store = open_store(factory.mktemp(f"diffstore-{priv}"), priv)
             out.append(_DiffEnv(make_images(store)))
         _DIFF_ENVS[key] = out
     return _DIFF_ENVS[key]
@@ -241,13 +215,13 @@ def layer_blobs(img: ovlcore.Image) -> list[bytes]:
     out = []
     for layer in img.layers:
         stream = layer.tar()
-        data = read_all(stream)
+        data = read_all(stream, 1 << 16)
         assert "sha256:" + hashlib.sha256(data).hexdigest() == layer.diff_id == stream.diff_id
         out.append(data)
     return out
 
 
-def test_commit_layer_content_model(env: Images, c: ovlcore.Container) -> None:
+def test_commit_layer_content_model(sample: SampleImages, c: ovlcore.Container) -> None:
     """The image's layer tars, then the committed one, applied with the OCI whiteout rules give the
     container's merged tree: every path, type, mode, owner, size, content, link target, xattr and
     (whole-second) mtime."""
@@ -268,7 +242,7 @@ def test_commit_layer_content_model(env: Images, c: ovlcore.Container) -> None:
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="GNU tar can only restore owners and device nodes as root")
-def test_commit_layer_content_gnu_tar(env: Images, c: ovlcore.Container, tmp_path: Path) -> None:
+def test_commit_layer_content_gnu_tar(sample: SampleImages, c: ovlcore.Container, tmp_path: Path) -> None:
     """The same with GNU tar: extract the image's layers and the committed one in order (whiteouts and
     opaque markers applied first), then compare the host tree with the container's merged view."""
     rich_changes(c)
@@ -284,7 +258,7 @@ def test_commit_layer_content_gnu_tar(env: Images, c: ovlcore.Container, tmp_pat
     assert compare_trees(sec(got), sec(want), times=True, names=("gnu-tar", "container")) == []
 
 
-def test_commit_and_export_unusual_entries(env: Images, c: ovlcore.Container) -> None:
+def test_commit_and_export_unusual_entries(sample: SampleImages, c: ovlcore.Container) -> None:
     """Long paths and link targets (PAX), ids beyond ustar, binary xattrs, unusual names."""
     fs = c.fs
     deep = "/" + "/".join(["d" * 40] * 5)
@@ -302,30 +276,30 @@ def test_commit_and_export_unusual_entries(env: Images, c: ovlcore.Container) ->
     assert strip_links(tar_model([buf.getvalue()])) == model_of_fs(c.fs)
     got = sorted_diff(c)
     assert ("A", deep + "/" + "f" * 120) in got and ("A", "/name with spaces & ünï") in got
-    assert got == oracle(env, c)
+    assert got == oracle(sample, c)
 
 
-def test_commit_then_new_container_sees_the_same(env: Images, c: ovlcore.Container) -> None:
+def test_commit_then_new_container_sees_the_same(sample: SampleImages, c: ovlcore.Container) -> None:
     rich_changes(c)
     seen = fs_tree(c.fs)
     new = c.commit(tag="rich:2")
-    c2 = env.store.containers.create("rich:2")
+    c2 = sample.store.containers.create("rich:2")
     assert compare_trees(seen, fs_tree(c2.fs), times=True, names=("committer", "new container")) == []
     assert compare_trees(seen, fs_tree(new.fs), times=True, names=("committer", "image")) == []
     assert c2.diff() == []
     # the committing container is unaffected: same view, same diff against its own image
     assert compare_trees(seen, fs_tree(c.fs), times=True) == []
-    assert c.image.id == env.child.id
-    assert sorted_diff(c) == oracle(env, c)
+    assert c.image.id == sample.child.id
+    assert sorted_diff(c) == oracle(sample, c)
 
 
-def test_commit_of_a_fresh_container_is_an_empty_layer(env: Images, c: ovlcore.Container) -> None:
+def test_commit_of_a_fresh_container_is_an_empty_layer(sample: SampleImages, c: ovlcore.Container) -> None:
     new = c.commit()
-    assert len(new.layers) == len(env.child.layers) + 1
-    data = read_all(new.layers[-1].tar())
+    assert len(new.layers) == len(sample.child.layers) + 1
+    data = read_all(new.layers[-1].tar(), 1 << 16)
     with tarfile.open(fileobj=io.BytesIO(data)) as t:
         assert t.getmembers() == []
-    assert compare_trees(fs_tree(env.child.fs), fs_tree(new.fs), times=True) == []
+    assert compare_trees(fs_tree(sample.child.fs), fs_tree(new.fs), times=True) == []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -333,29 +307,29 @@ def test_commit_of_a_fresh_container_is_an_empty_layer(env: Images, c: ovlcore.C
 # --------------------------------------------------------------------------------------------------
 
 
-def test_layer_tar_hashes_to_diff_id(env: Images, c: ovlcore.Container) -> None:
+def test_layer_tar_hashes_to_diff_id(sample: SampleImages, c: ovlcore.Container) -> None:
     rich_changes(c)
     new = c.commit()
     top = new.layers[-1]
-    assert new.config["rootfs"]["diff_ids"] == env.child.config["rootfs"]["diff_ids"] + [top.diff_id]
+    assert new.config["rootfs"]["diff_ids"] == sample.child.config["rootfs"]["diff_ids"] + [top.diff_id]
     for _ in range(2):
         stream = top.tar()
-        data = read_all(stream)
+        data = read_all(stream, 1 << 16)
         assert stream.diff_id == top.diff_id
         assert "sha256:" + hashlib.sha256(data).hexdigest() == top.diff_id
     # the same layer found by diff id and by chain id
-    assert env.store.layers.get(top.chain_id) == top
-    assert top.parent == env.child.layers[-1]
+    assert sample.store.layers.get(top.chain_id) == top
+    assert top.parent == sample.child.layers[-1]
 
 
-def test_same_content_committed_twice_gives_same_diff_id(env: Images, c: ovlcore.Container) -> None:
+def test_same_content_committed_twice_gives_same_diff_id(sample: SampleImages, c: ovlcore.Container) -> None:
     rich_changes(c)
     first = c.commit()
     second = c.commit()
     assert first.layers[-1].diff_id == second.layers[-1].diff_id
     assert first.layers[-1].chain_id == second.layers[-1].chain_id
     assert first.layers[-1].path == second.layers[-1].path
-    assert len(env.store.layers.list()) == len(env.child.layers) + 1
+    assert len(sample.store.layers.list()) == len(sample.child.layers) + 1
 
 
 def _normalize_times(c: ovlcore.Container, ns: int) -> None:
@@ -372,13 +346,13 @@ def _normalize_times(c: ovlcore.Container, ns: int) -> None:
         c.fs.utime(p, ns=(ns, ns), follow_symlinks=False)
 
 
-def test_diff_id_is_deterministic_across_containers(env: Images) -> None:
+def test_diff_id_is_deterministic_across_containers(sample: SampleImages) -> None:
     """Two containers making the same changes (times made equal) commit to the same diff_id."""
     ids = []
     for _ in range(2):
-        c = env.store.containers.create(env.child)
+        c = sample.store.containers.create(sample.child)
         rich_changes(c)
-        _normalize_times(c, (T0 + 1000) * 10**9)
+        _normalize_times(c, (FIXED_MTIME + 1000) * 10**9)
         ids.append(c.commit().layers[-1].diff_id)
     assert ids[0] == ids[1]
 
@@ -388,9 +362,9 @@ def test_diff_id_is_deterministic_across_containers(env: Images) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_commit_history_and_config(env: Images, c: ovlcore.Container) -> None:
+def test_commit_history_and_config(sample: SampleImages, c: ovlcore.Container) -> None:
     c.fs.write_bytes("/hello", b"hello world")
-    parent_hist = env.child.history()
+    parent_hist = sample.child.history()
     new = c.commit("hist:1", message="a message", author="Ada <ada@example.com>")
     h = new.history()
     assert len(h) == len(parent_hist) + 1
@@ -406,18 +380,18 @@ def test_commit_history_and_config(env: Images, c: ovlcore.Container) -> None:
     assert cfg["history"][-1]["author"] == "Ada <ada@example.com>"
     assert cfg["history"][-1]["comment"] == "a message"
     assert cfg["author"] == "Ada <ada@example.com>"
-    assert cfg["history"][:-1] == env.child.config["history"]
-    assert cfg["config"] == env.child.config["config"]  # no changes asked for: the config is kept
+    assert cfg["history"][:-1] == sample.child.config["history"]
+    assert cfg["config"] == sample.child.config["config"]  # no changes asked for: the config is kept
     assert new.tags == ["hist:1"] or new.tags == ["docker.io/library/hist:1"] or "hist" in new.tags[0]
-    assert env.store.images.get("hist:1").id == new.id
-    assert new.parent_id == env.child.id
+    assert sample.store.images.get("hist:1").id == new.id
+    assert new.parent_id == sample.child.id
     # created_by given explicitly
     other = c.commit(created_by="manual step")
     assert other.history()[0].created_by == "manual step"
     assert other.tags == []  # no tag: a dangling image
 
 
-def test_commit_changes(env: Images, c: ovlcore.Container) -> None:
+def test_commit_changes(sample: SampleImages, c: ovlcore.Container) -> None:
     new = c.commit(changes=[
         "ENV A=1 B=two",
         'CMD ["sh", "-c", "echo hi"]',
@@ -439,19 +413,19 @@ def test_commit_changes(env: Images, c: ovlcore.Container) -> None:
     assert cfg["User"] == "nobody"
     assert cfg["Entrypoint"] == ["/bin/sh", "-c", "/bin/entry"]
     assert "/data" in cfg["Volumes"]
-    assert env.child.config["config"]["Cmd"] == ["/bin/sh"]  # the parent is unchanged
+    assert sample.child.config["config"]["Cmd"] == ["/bin/sh"]  # the parent is unchanged
 
 
-def test_commit_with_bad_change_leaves_nothing(env: Images, c: ovlcore.Container) -> None:
+def test_commit_with_bad_change_leaves_nothing(sample: SampleImages, c: ovlcore.Container) -> None:
     c.fs.write_bytes("/x", b"x")
-    images = sorted(i.id for i in env.store.images.list())
-    layers = sorted(layer.chain_id for layer in env.store.layers.list())
+    images = sorted(i.id for i in sample.store.images.list())
+    layers = sorted(layer.chain_id for layer in sample.store.layers.list())
     with pytest.raises(ValueError):
         c.commit("bad:1", changes=["FROBNICATE everything"])
-    assert sorted(i.id for i in env.store.images.list()) == images
-    assert sorted(layer.chain_id for layer in env.store.layers.list()) == layers
+    assert sorted(i.id for i in sample.store.images.list()) == images
+    assert sorted(layer.chain_id for layer in sample.store.layers.list()) == layers
     with pytest.raises(ovlcore.ImageNotFound):
-        env.store.images.get("bad:1")
+        sample.store.images.get("bad:1")
     assert c.fs.read_bytes("/x") == b"x"
 
 
@@ -493,7 +467,7 @@ def _rw(fs: ovlcore.ContainerFS, p: str) -> None:
 
 
 @pytest.mark.parametrize("how", sorted(WRITES_AFTER_COMMIT))
-def test_writes_after_commit_leave_committed_layer_alone(env: Images, c: ovlcore.Container, how: str) -> None:
+def test_writes_after_commit_leave_committed_layer_alone(sample: SampleImages, c: ovlcore.Container, how: str) -> None:
     rich_changes(c)
     seen = fs_tree(c.fs)
     new = c.commit(tag="after:1")
@@ -511,22 +485,22 @@ def test_writes_after_commit_leave_committed_layer_alone(env: Images, c: ovlcore
         else:
             assert in_upper.st_nlink >= 2 and in_layer.st_nlink >= 2, p
     assert shared > 0
-    snap = snapshot_dir(top.path)
+    snap = snapshot(top.path)
     for p in files:
         if c.fs.is_file(p):
             WRITES_AFTER_COMMIT[how](c.fs, p)
     # the container sees its new changes...
     assert compare_trees(seen, fs_tree(c.fs), times=True) != []
     # ...the committed layer does not
-    after = snapshot_dir(top.path)
+    after = snapshot(top.path)
     assert after == snap
-    data = read_all(top.tar())
+    data = read_all(top.tar(), 1 << 16)
     assert "sha256:" + hashlib.sha256(data).hexdigest() == top.diff_id
-    c2 = env.store.containers.create("after:1")
+    c2 = sample.store.containers.create("after:1")
     assert compare_trees(seen, fs_tree(c2.fs), times=True, names=("at commit", "new container")) == []
 
 
-def test_hard_links_stay_linked_after_commit(env: Images, c: ovlcore.Container) -> None:
+def test_hard_links_stay_linked_after_commit(sample: SampleImages, c: ovlcore.Container) -> None:
     """Two names of one file in the writable layer are still one file after a commit: a write through
     one name shows through the other (and the committed layer keeps the old content)."""
     fs = c.fs
@@ -539,7 +513,7 @@ def test_hard_links_stay_linked_after_commit(env: Images, c: ovlcore.Container) 
     assert new.fs.read_bytes("/one") == b"one"
 
 
-def test_hard_link_made_after_commit(env: Images, c: ovlcore.Container) -> None:
+def test_hard_link_made_after_commit(sample: SampleImages, c: ovlcore.Container) -> None:
     fs = c.fs
     fs.write_bytes("/one", b"one")
     new = c.commit()
@@ -550,30 +524,30 @@ def test_hard_link_made_after_commit(env: Images, c: ovlcore.Container) -> None:
     assert not new.fs.exists("/two")
 
 
-def test_commit_through_another_handle(env: Images, c: ovlcore.Container) -> None:
+def test_commit_through_another_handle(sample: SampleImages, c: ovlcore.Container) -> None:
     """A second handle of the same container, whose view was loaded before the commit, must also leave
     the committed layer alone when it writes."""
-    other = env.store.containers.get(c.id)
+    other = sample.store.containers.get(c.id)
     c.fs.write_bytes("/shared", b"before commit")
     assert other.fs.read_bytes("/shared") == b"before commit"  # other's view is loaded
     new = c.commit()
-    snap = snapshot_dir(new.layers[-1].path)
+    snap = snapshot(new.layers[-1].path)
     other.fs.write_bytes("/shared", b"after")
     with other.fs.open("/shared", "ab") as f:
         f.write(b"!")
     other.fs.chmod("/shared", 0o600)
-    assert snapshot_dir(new.layers[-1].path) == snap
+    assert snapshot(new.layers[-1].path) == snap
     assert new.fs.read_bytes("/shared") == b"before commit"
     assert c.fs.read_bytes("/shared") == b"after!"
 
 
-def test_remove_committed_container_keeps_image(env: Images, c: ovlcore.Container) -> None:
+def test_remove_committed_container_keeps_image(sample: SampleImages, c: ovlcore.Container) -> None:
     rich_changes(c)
     seen = fs_tree(c.fs)
     new = c.commit(tag="keep:1")
     c.remove()
-    assert compare_trees(seen, fs_tree(env.store.images.get("keep:1").fs), times=True) == []
-    data = read_all(new.layers[-1].tar())
+    assert compare_trees(seen, fs_tree(sample.store.images.get("keep:1").fs), times=True) == []
+    data = read_all(new.layers[-1].tar(), 1 << 16)
     assert "sha256:" + hashlib.sha256(data).hexdigest() == new.layers[-1].diff_id
 
 
@@ -582,7 +556,7 @@ def test_remove_committed_container_keeps_image(env: Images, c: ovlcore.Containe
 # --------------------------------------------------------------------------------------------------
 
 
-def test_export_holds_the_merged_tree(env: Images, c: ovlcore.Container, tmp_path: Path) -> None:
+def test_export_holds_the_merged_tree(sample: SampleImages, c: ovlcore.Container, tmp_path: Path) -> None:
     rich_changes(c)
     dest = tmp_path / "export.tar"
     c.export(dest)
@@ -601,7 +575,7 @@ def test_export_holds_the_merged_tree(env: Images, c: ovlcore.Container, tmp_pat
             assert c.fs.stat(p).st_ino == c.fs.stat(rec["hardlink_of"]).st_ino
     assert strip_links(model) == model_of_fs(c.fs)
     # export of the image's own view is the image
-    c0 = env.store.containers.create(env.child)
+    c0 = sample.store.containers.create(sample.child)
     buf0 = io.BytesIO()
     c0.export(buf0)
-    assert strip_links(tar_model([buf0.getvalue()])) == model_of_fs(env.child.fs)
+    assert strip_links(tar_model([buf0.getvalue()])) == model_of_fs(sample.child.fs)

@@ -8,38 +8,25 @@ import dataclasses
 import errno
 import os
 import stat
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import ovlcore  # noqa: E402
-from _helpers_containers import (  # noqa: E402,F401
-    BIG,
-    T0,
-    Images,
-    assert_parents_first,
-    diff_pairs,
-    env,
-    expected_diff,
-    fs_tree,
-    is_opaque,
-    is_whiteout,
-    opaque_xattr,
-    snapshot_dir,
-    upper_markers,
-)
+import ovlcore
+from support.diffs import assert_parents_first, diff_pairs, expected_diff
+from support.images import BIG, SampleImages
+from support.layout import is_opaque, is_whiteout, opaque_xattr, upper_markers
+from support.tars import FIXED_MTIME
+from support.trees import fs_tree, snapshot
 
 
 @pytest.fixture
-def c(env: Images) -> Iterator[ovlcore.Container]:
+def c(sample: SampleImages) -> Iterator[ovlcore.Container]:
     """A container of the child image; at teardown, the image layers must be exactly as before."""
-    before = {layer.chain_id: snapshot_dir(layer.path) for layer in env.child.layers}
-    container = env.store.containers.create(env.child)
+    before = {layer.chain_id: snapshot(layer.path) for layer in sample.child.layers}
+    container = sample.store.containers.create(sample.child)
     yield container
-    after = {layer.chain_id: snapshot_dir(layer.path) for layer in env.child.layers}
+    after = {layer.chain_id: snapshot(layer.path) for layer in sample.child.layers}
     assert after == before, "an image layer changed"
 
 
@@ -51,11 +38,11 @@ def up(c: ovlcore.Container, path: str) -> str:
     return str(c.upper) + path
 
 
-def check_diff(env: Images, c: ovlcore.Container) -> None:
+def check_diff(sample: SampleImages, c: ovlcore.Container) -> None:
     """c.diff() equals the diff computed from the image's and the container's merged trees."""
     got = diff_pairs(c)
     assert_parents_first(got)
-    want = expected_diff(fs_tree(env.child.fs, xattrs=False), fs_tree(c.fs, xattrs=False))
+    want = expected_diff(fs_tree(sample.child.fs, xattrs=False), fs_tree(c.fs, xattrs=False))
     assert sorted(got, key=lambda kp: kp[1]) == want
 
 
@@ -64,7 +51,7 @@ def check_diff(env: Images, c: ovlcore.Container) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_reading_never_copies_up(env: Images, c: ovlcore.Container) -> None:
+def test_reading_never_copies_up(sample: SampleImages, c: ovlcore.Container) -> None:
     fs = c.fs
     assert fs.read_bytes("/data/big.bin") == BIG
     assert fs.read_text("/etc/motd") == "welcome to the child image\n"
@@ -136,7 +123,7 @@ COPY_UP_OPS = {
     "chmod": (lambda fs: fs.chmod(PROFILE, 0o604), PROFILE_DATA, {"mode"}),
     "chown": (lambda fs: fs.chown(PROFILE, 1234, 5678), PROFILE_DATA, {"uid", "gid"}),
     "chown_keep": (lambda fs: fs.chown(PROFILE, -1, -1), PROFILE_DATA, set()),
-    "utime": (lambda fs: fs.utime(PROFILE, ns=((T0 + 50) * 1_000_000_000, T0 * 1_000_000_000 + 77)), PROFILE_DATA, {"mtime"}),
+    "utime": (lambda fs: fs.utime(PROFILE, ns=((FIXED_MTIME + 50) * 1_000_000_000, FIXED_MTIME * 1_000_000_000 + 77)), PROFILE_DATA, {"mtime"}),
     "setxattr": (lambda fs: fs.setxattr(PROFILE, "user.added", b"v"), PROFILE_DATA, {"xattr"}),
     "removexattr": (lambda fs: fs.removexattr(PROFILE, "user.other"), PROFILE_DATA, {"xattr"}),
     "truncate_grow": (lambda fs: fs.truncate(PROFILE, 40), PROFILE_DATA + b"\0" * (40 - len(PROFILE_DATA)), {"mtime", "size"}),
@@ -148,7 +135,7 @@ COPY_UP_OPS = {
 
 
 @pytest.mark.parametrize("op", sorted(COPY_UP_OPS))
-def test_copy_up(env: Images, c: ovlcore.Container, op: str) -> None:
+def test_copy_up(sample: SampleImages, c: ovlcore.Container, op: str) -> None:
     """The first write, open for writing (even writing nothing), chmod, chown, utime, setxattr,
     truncate or link copies the file up: data, mode, owner, times and xattrs come along, and only what
     the operation changes differs."""
@@ -159,7 +146,7 @@ def test_copy_up(env: Images, c: ovlcore.Container, op: str) -> None:
     fn, content, changes = COPY_UP_OPS[op]
     fn(fs)
     if op == "utime":  # before any read: reading may move atime (relatime)
-        assert fs.stat(PROFILE).st_atime_ns == (T0 + 50) * 1_000_000_000
+        assert fs.stat(PROFILE).st_atime_ns == (FIXED_MTIME + 50) * 1_000_000_000
     # the file now lives in the writable layer, as a regular file
     raw = os.lstat(up(c, PROFILE))
     assert stat.S_ISREG(raw.st_mode)
@@ -175,11 +162,11 @@ def test_copy_up(env: Images, c: ovlcore.Container, op: str) -> None:
     else:
         assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid) == (1000, 1000)
     if op == "utime":
-        assert after.st_mtime_ns == T0 * 1_000_000_000 + 77
+        assert after.st_mtime_ns == FIXED_MTIME * 1_000_000_000 + 77
     elif "mtime" in changes:
         assert after.st_mtime_ns > before.st_mtime_ns
     else:
-        assert after.st_mtime_ns == before.st_mtime_ns == T0 * 1_000_000_000
+        assert after.st_mtime_ns == before.st_mtime_ns == FIXED_MTIME * 1_000_000_000
     assert after.st_size == len(content)
     xattrs_after = {n: fs.getxattr(PROFILE, n) for n in fs.listxattr(PROFILE)}
     if op == "setxattr":
@@ -197,8 +184,8 @@ def test_copy_up(env: Images, c: ovlcore.Container, op: str) -> None:
     for d in ("/home", "/home/user"):
         st = os.lstat(up(c, d))
         assert stat.S_ISDIR(st.st_mode)
-        assert stat.S_IMODE(fs.stat(d).st_mode) == stat.S_IMODE(env.child.fs.stat(d).st_mode)
-        assert (fs.stat(d).st_uid, fs.stat(d).st_gid) == (env.child.fs.stat(d).st_uid, env.child.fs.stat(d).st_gid)
+        assert stat.S_IMODE(fs.stat(d).st_mode) == stat.S_IMODE(sample.child.fs.stat(d).st_mode)
+        assert (fs.stat(d).st_uid, fs.stat(d).st_gid) == (sample.child.fs.stat(d).st_uid, sample.child.fs.stat(d).st_gid)
         assert not is_opaque(up(c, d), priv(c))
     if priv(c) == "root":
         # the root convention stores the real owner and mode
@@ -206,10 +193,10 @@ def test_copy_up(env: Images, c: ovlcore.Container, op: str) -> None:
         assert stat.S_IMODE(raw.st_mode) == stat.S_IMODE(after.st_mode)
     # the merged directory still shows everything else
     assert fs.listdir("/home/user") == sorted([".profile"] + ([".profile.lnk"] if op == "link" else []))
-    check_diff(env, c)
+    check_diff(sample, c)
 
 
-def test_copy_up_without_change_is_not_in_diff(env: Images, c: ovlcore.Container) -> None:
+def test_copy_up_without_change_is_not_in_diff(sample: SampleImages, c: ovlcore.Container) -> None:
     _open_rw_nothing(c.fs)
     c.fs.chown(PROFILE, -1, -1)
     c.fs.chmod("/etc/motd", 0o644)  # same mode
@@ -217,11 +204,11 @@ def test_copy_up_without_change_is_not_in_diff(env: Images, c: ovlcore.Container
     assert c.diff() == []
 
 
-def test_copy_up_keeps_parent_directory_metadata(env: Images, c: ovlcore.Container) -> None:
+def test_copy_up_keeps_parent_directory_metadata(sample: SampleImages, c: ovlcore.Container) -> None:
     """Copy-up creates the missing parents with the lower metadata, times included; the kernel also
     puts the parent's times back after linking the copy in (ovl_set_timestamps), so copying a file up
     changes nothing visible about its directories."""
-    image = fs_tree(env.child.fs)
+    image = fs_tree(sample.child.fs)
     c.fs.chmod("/usr/share/doc/c.txt", 0o600)
     c.fs.setxattr("/app/data/x.bin", "user.k", b"1")
     after = fs_tree(c.fs)
@@ -230,7 +217,7 @@ def test_copy_up_keeps_parent_directory_metadata(env: Images, c: ovlcore.Contain
         assert after[d].core(times=True) == image[d].core(times=True), d
 
 
-def test_rename_keeps_directory_times(env: Images, c: ovlcore.Container) -> None:
+def test_rename_keeps_directory_times(sample: SampleImages, c: ovlcore.Container) -> None:
     """rename(2) does not change the moved directory's own metadata: renaming an image directory
     (which ovlcore does by copying it up whole) must not either, nor the times of the directories
     inside it."""
@@ -242,29 +229,29 @@ def test_rename_keeps_directory_times(env: Images, c: ovlcore.Container) -> None
         assert after[p].core(times=True) == before[p].core(times=True), p
 
 
-def test_copy_up_keeps_setuid_and_special_files(env: Images, c: ovlcore.Container) -> None:
+def test_copy_up_keeps_setuid_and_special_files(sample: SampleImages, c: ovlcore.Container) -> None:
     fs = c.fs
-    fs.utime("/etc/suid", ns=(T0 * 10**9, T0 * 10**9))
+    fs.utime("/etc/suid", ns=(FIXED_MTIME * 10**9, FIXED_MTIME * 10**9))
     st = fs.stat("/etc/suid")
     assert stat.S_IMODE(st.st_mode) == 0o4755
     assert fs.read_bytes("/etc/suid") == b"\x7fELF-ish"
     # a device node copied up stays a device with its numbers
-    fs.utime("/dev/null", ns=(T0 * 10**9, (T0 + 1) * 10**9))
+    fs.utime("/dev/null", ns=(FIXED_MTIME * 10**9, (FIXED_MTIME + 1) * 10**9))
     st = fs.lstat("/dev/null")
     assert stat.S_ISCHR(st.st_mode)
     assert (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 3)
     assert stat.S_IMODE(st.st_mode) == 0o666
     assert os.path.lexists(up(c, "/dev/null"))
     # a symlink copied up (metadata change on the link itself) keeps its target
-    fs.utime("/lib", ns=(T0 * 10**9, (T0 + 3) * 10**9), follow_symlinks=False)
+    fs.utime("/lib", ns=(FIXED_MTIME * 10**9, (FIXED_MTIME + 3) * 10**9), follow_symlinks=False)
     assert fs.readlink("/lib") == "usr/lib"
     assert os.path.islink(up(c, "/lib"))
-    assert fs.lstat("/lib").st_mtime_ns == (T0 + 3) * 10**9
+    assert fs.lstat("/lib").st_mtime_ns == (FIXED_MTIME + 3) * 10**9
     assert fs.read_bytes("/lib/libx.so") == b"\0libx" * 100
-    check_diff(env, c)
+    check_diff(sample, c)
 
 
-def test_copy_up_breaks_image_hard_links(env: Images, c: ovlcore.Container) -> None:
+def test_copy_up_breaks_image_hard_links(sample: SampleImages, c: ovlcore.Container) -> None:
     """Without the index feature, copying up one name of a multiply-linked image file breaks the link
     (as the kernel does): the other name keeps the image's content."""
     assert c.fs.stat("/usr/bin/a").st_ino == c.fs.stat("/usr/bin/b").st_ino
@@ -273,18 +260,18 @@ def test_copy_up_breaks_image_hard_links(env: Images, c: ovlcore.Container) -> N
     assert c.fs.read_bytes("/usr/bin/a") == b"changed a"
 
 
-def test_copy_up_of_directory_keeps_it_merged(env: Images, c: ovlcore.Container) -> None:
+def test_copy_up_of_directory_keeps_it_merged(sample: SampleImages, c: ovlcore.Container) -> None:
     fs = c.fs
     fs.chmod("/etc", 0o700)
     fs.chown("/usr/share/doc", 7, 8)
     assert os.path.isdir(up(c, "/etc")) and os.listdir(up(c, "/etc")) == []
     assert not is_opaque(up(c, "/etc"), priv(c))
     assert not is_opaque(up(c, "/usr/share/doc"), priv(c))
-    assert fs.listdir("/etc") == env.child.fs.listdir("/etc")
+    assert fs.listdir("/etc") == sample.child.fs.listdir("/etc")
     assert fs.listdir("/usr/share/doc") == ["c.txt"]
     assert stat.S_IMODE(fs.stat("/etc").st_mode) == 0o700
     assert (fs.stat("/usr/share/doc").st_uid, fs.stat("/usr/share/doc").st_gid) == (7, 8)
-    check_diff(env, c)
+    check_diff(sample, c)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,10 +279,10 @@ def test_copy_up_of_directory_keeps_it_merged(env: Images, c: ovlcore.Container)
 # --------------------------------------------------------------------------------------------------
 
 
-def test_delete_image_file_leaves_whiteout(env: Images, c: ovlcore.Container) -> None:
+def test_delete_image_file_leaves_whiteout(sample: SampleImages, c: ovlcore.Container) -> None:
     fs = c.fs
     fs.remove("/etc/motd")  # exists in two layers: one whiteout hides both
-    assert is_whiteout(os.lstat(up(c, "/etc/motd")))
+    assert is_whiteout(up(c, "/etc/motd"))
     assert not fs.exists("/etc/motd")
     assert "motd" not in fs.listdir("/etc")
     with pytest.raises(FileNotFoundError) as ei:
@@ -303,32 +290,32 @@ def test_delete_image_file_leaves_whiteout(env: Images, c: ovlcore.Container) ->
     assert ei.value.filename == "/etc/motd"
     # unlink alias; a symlink of the image is removed, not its target
     fs.unlink("/lib")
-    assert is_whiteout(os.lstat(up(c, "/lib")))
+    assert is_whiteout(up(c, "/lib"))
     assert fs.exists("/usr/lib/libx.so")
     # a copied-up file removed: a whiteout replaces the copy
     fs.chmod("/etc/group", 0o600)
     fs.remove("/etc/group")
-    assert is_whiteout(os.lstat(up(c, "/etc/group")))
+    assert is_whiteout(up(c, "/etc/group"))
     # a file only in the writable layer: simply gone, no whiteout
     fs.write_bytes("/etc/fresh", b"x")
     fs.remove("/etc/fresh")
     assert not os.path.lexists(up(c, "/etc/fresh"))
-    check_diff(env, c)
+    check_diff(sample, c)
 
 
-def test_rmtree_image_dir_is_one_whiteout(env: Images, c: ovlcore.Container) -> None:
+def test_rmtree_image_dir_is_one_whiteout(sample: SampleImages, c: ovlcore.Container) -> None:
     c.fs.write_bytes("/usr/share/doc/new.txt", b"n")
     c.fs.chmod("/usr/lib/libx.so", 0o700)
     c.fs.rmtree("/usr")
-    assert is_whiteout(os.lstat(up(c, "/usr")))
+    assert is_whiteout(up(c, "/usr"))
     assert upper_markers(c.upper, priv(c)) == {"/usr": "whiteout"}
     assert not c.fs.exists("/usr")
     assert not c.fs.exists("/lib/libx.so")  # /lib -> usr/lib dangles now
     assert c.fs.is_symlink("/lib")
-    check_diff(env, c)
+    check_diff(sample, c)
 
 
-def test_mkdir_where_image_dir_was_deleted_is_opaque(env: Images, c: ovlcore.Container) -> None:
+def test_mkdir_where_image_dir_was_deleted_is_opaque(sample: SampleImages, c: ovlcore.Container) -> None:
     fs = c.fs
     fs.rmtree("/usr/share/doc")
     fs.mkdir("/usr/share/doc", 0o755)
@@ -353,10 +340,10 @@ def test_mkdir_where_image_dir_was_deleted_is_opaque(env: Images, c: ovlcore.Con
     assert fs.listdir("/app") == ["data"]
     assert fs.listdir("/app/data") == ["deeper"]
     assert is_opaque(up(c, "/app"), priv(c))
-    check_diff(env, c)
+    check_diff(sample, c)
 
 
-def test_new_entries_where_a_whiteout_was(env: Images, c: ovlcore.Container) -> None:
+def test_new_entries_where_a_whiteout_was(sample: SampleImages, c: ovlcore.Container) -> None:
     fs = c.fs
     for p in ("/etc/motd", "/etc/passwd", "/etc/group", "/opt/tool", "/bin/sh"):
         fs.remove(p)
@@ -384,13 +371,13 @@ def test_new_entries_where_a_whiteout_was(env: Images, c: ovlcore.Container) -> 
     with pytest.raises(FileExistsError):
         fs.open("/etc/secret", "x")
     assert upper_markers(c.upper, priv(c)).get("/etc/secret") == "file"
-    check_diff(env, c)
+    check_diff(sample, c)
 
 
-def test_rmdir_of_merged_directory(env: Images, c: ovlcore.Container) -> None:
+def test_rmdir_of_merged_directory(sample: SampleImages, c: ovlcore.Container) -> None:
     fs = c.fs
     fs.rmdir("/var/log")  # an empty image directory
-    assert is_whiteout(os.lstat(up(c, "/var/log")))
+    assert is_whiteout(up(c, "/var/log"))
     # a merged directory emptied through the view
     with pytest.raises(OSError) as ei:
         fs.rmdir("/usr/bin")
@@ -406,11 +393,11 @@ def test_rmdir_of_merged_directory(env: Images, c: ovlcore.Container) -> None:
     assert fs.listdir("/usr/bin") == []
     fs.rmdir("/usr/bin")
     assert not fs.exists("/usr/bin")
-    assert is_whiteout(os.lstat(up(c, "/usr/bin")))
+    assert is_whiteout(up(c, "/usr/bin"))
     # an image directory made opaque in layer 2: only c.txt is visible, so removing it empties it
     fs.remove("/usr/share/doc/c.txt")
     fs.rmdir("/usr/share/doc")
-    assert is_whiteout(os.lstat(up(c, "/usr/share/doc")))
+    assert is_whiteout(up(c, "/usr/share/doc"))
     with pytest.raises(NotADirectoryError):
         fs.rmdir("/etc/passwd")
     with pytest.raises(FileNotFoundError):
@@ -420,7 +407,7 @@ def test_rmdir_of_merged_directory(env: Images, c: ovlcore.Container) -> None:
     # and a directory can be made again where one was removed
     fs.mkdir("/usr/bin")
     assert fs.listdir("/usr/bin") == []
-    check_diff(env, c)
+    check_diff(sample, c)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -443,10 +430,10 @@ def _no_whiteouts_below(c: ovlcore.Container, top: str) -> None:
     base = up(c, top)
     for dirpath, dirnames, filenames in os.walk(base):
         for n in dirnames + filenames:
-            assert not is_whiteout(os.lstat(os.path.join(dirpath, n))), os.path.join(dirpath, n)
+            assert not is_whiteout(os.path.join(dirpath, n)), os.path.join(dirpath, n)
 
 
-def test_rename_image_directory(env: Images, c: ovlcore.Container) -> None:
+def test_rename_image_directory(sample: SampleImages, c: ovlcore.Container) -> None:
     """Renaming a directory that exists in the image works (the kernel says EXDEV): the new name holds
     exactly what the old one showed, the old name is a whiteout, and the moved tree carries no
     whiteouts (they would be visible to the kernel in a directory that no longer merges)."""
@@ -460,7 +447,7 @@ def test_rename_image_directory(env: Images, c: ovlcore.Container) -> None:
     fs.rename("/etc", "/etc2")
     assert moved(fs_tree(fs, "/etc2"), "/etc", "/etc2") == before
     assert not fs.exists("/etc")
-    assert is_whiteout(os.lstat(up(c, "/etc")))
+    assert is_whiteout(up(c, "/etc"))
     _no_whiteouts_below(c, "/etc2")
     # a whole image tree with subdirectories
     tree = moved(fs_tree(fs, "/usr"), "", "")
@@ -476,10 +463,10 @@ def test_rename_image_directory(env: Images, c: ovlcore.Container) -> None:
     assert not fs.lexists("/usr2")
     assert not os.path.lexists(up(c, "/usr2"))
     assert fs.read_bytes("/lib/libx.so") == b"\0libx" * 100
-    check_diff(env, c)
+    check_diff(sample, c)
 
 
-def test_rename_directory_onto_deleted_and_empty_image_dirs(env: Images, c: ovlcore.Container) -> None:
+def test_rename_directory_onto_deleted_and_empty_image_dirs(sample: SampleImages, c: ovlcore.Container) -> None:
     fs = c.fs
     app = moved(fs_tree(fs, "/app"), "", "")
     fs.rmtree("/opt")
@@ -487,7 +474,7 @@ def test_rename_directory_onto_deleted_and_empty_image_dirs(env: Images, c: ovlc
     assert moved(fs_tree(fs, "/opt"), "/app", "/opt") == app
     assert not fs.exists("/opt/tool")
     assert is_opaque(up(c, "/opt"), priv(c))
-    assert is_whiteout(os.lstat(up(c, "/app")))
+    assert is_whiteout(up(c, "/app"))
     data = moved(fs_tree(fs, "/opt/data"), "", "")
     fs.rename("/opt/data", "/var/log")  # over an empty image directory
     assert moved(fs_tree(fs, "/var/log"), "/opt/data", "/var/log") == data
@@ -505,14 +492,14 @@ def test_rename_directory_onto_deleted_and_empty_image_dirs(env: Images, c: ovlc
     assert fs.listdir("/bin") == ["f"]
     assert is_opaque(up(c, "/bin"), priv(c))
     assert not os.path.lexists(up(c, "/nd2"))
-    check_diff(env, c)
+    check_diff(sample, c)
 
 
-def test_rename_image_file(env: Images, c: ovlcore.Container) -> None:
+def test_rename_image_file(sample: SampleImages, c: ovlcore.Container) -> None:
     fs = c.fs
     before = fs.stat("/etc/secret")
     fs.rename("/etc/secret", "/etc/secret.bak")
-    assert is_whiteout(os.lstat(up(c, "/etc/secret")))
+    assert is_whiteout(up(c, "/etc/secret"))
     st = fs.stat("/etc/secret.bak")
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, st.st_size) == (
         stat.S_IMODE(before.st_mode), before.st_uid, before.st_gid, before.st_mtime_ns, before.st_size)
@@ -525,8 +512,8 @@ def test_rename_image_file(env: Images, c: ovlcore.Container) -> None:
     fs.remove("/opt/tool")
     fs.rename("/bin/sh", "/opt/tool")
     assert fs.read_bytes("/opt/tool") == b"#!/fake/shell\n" * 20
-    assert is_whiteout(os.lstat(up(c, "/bin/sh")))
-    check_diff(env, c)
+    assert is_whiteout(up(c, "/bin/sh"))
+    check_diff(sample, c)
 
 
 @pytest.mark.parametrize(
@@ -545,7 +532,7 @@ def test_rename_image_file(env: Images, c: ovlcore.Container) -> None:
         ("/nope", "/etc/passwd/x", errno.ENOTDIR),  # both parents are resolved before the source
     ],
 )
-def test_rename_errors(env: Images, c: ovlcore.Container, src: str, dst: str, err: int) -> None:
+def test_rename_errors(sample: SampleImages, c: ovlcore.Container, src: str, dst: str, err: int) -> None:
     with pytest.raises(OSError) as ei:
         c.fs.rename(src, dst)
     assert ei.value.errno == err
@@ -558,7 +545,7 @@ def test_rename_errors(env: Images, c: ovlcore.Container, src: str, dst: str, er
 # --------------------------------------------------------------------------------------------------
 
 
-def test_read_after_write(env: Images, c: ovlcore.Container) -> None:
+def test_read_after_write(sample: SampleImages, c: ovlcore.Container) -> None:
     fs = c.fs
     with fs.open("/etc/motd", "r+b") as f:
         f.write(b"WELCOME")
@@ -593,7 +580,7 @@ def test_read_after_write(env: Images, c: ovlcore.Container) -> None:
     assert (fs.stat("/tmp/counter").st_uid, fs.stat("/tmp/counter").st_gid) == (33, 44)
     fs.utime("/tmp/counter", (1000.0, 2000.0))
     assert fs.stat("/tmp/counter").st_mtime == 2000.0
-    check_diff(env, c)
+    check_diff(sample, c)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -623,7 +610,7 @@ def test_read_after_write(env: Images, c: ovlcore.Container) -> None:
         (lambda fs: fs.getxattr("/etc/motd", "user.none"), OSError, errno.ENODATA, "/etc/motd"),
     ],
 )
-def test_errors_are_oserrors_with_container_path(env: Images, c: ovlcore.Container, call, exc, err, filename) -> None:  # type: ignore[no-untyped-def]
+def test_errors_are_oserrors_with_container_path(sample: SampleImages, c: ovlcore.Container, call, exc, err, filename) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(exc) as ei:
         call(c.fs)
     assert ei.value.errno == err
@@ -637,7 +624,7 @@ def test_errors_are_oserrors_with_container_path(env: Images, c: ovlcore.Contain
 # --------------------------------------------------------------------------------------------------
 
 
-def test_new_entries_in_setgid_directory_take_its_group(env: Images, c: ovlcore.Container) -> None:
+def test_new_entries_in_setgid_directory_take_its_group(sample: SampleImages, c: ovlcore.Container) -> None:
     """As on Linux (and through the kernel's overlay): in a directory with the setgid bit, a new file
     gets the directory's group, and a new subdirectory its group and the setgid bit. Also where the new
     entry replaces a whiteout (ovlcore builds it elsewhere first)."""
@@ -666,12 +653,12 @@ def test_new_entries_in_setgid_directory_take_its_group(env: Images, c: ovlcore.
     }
 
 
-def test_lchown_of_a_symlink(env: Images, c: ovlcore.Container) -> None:
+def test_lchown_of_a_symlink(sample: SampleImages, c: ovlcore.Container) -> None:
     """chown(follow_symlinks=False) changes a symlink's owner in a root store. A rootless store keeps
     owners in an xattr, which a symlink cannot carry (as with containers/storage): the change is refused
     with EPERM, as os.lchown refuses it to an unprivileged user, rather than silently lost."""
     c.fs.symlink("target", "/mylink")
-    if env.store.privilege == "rootless":
+    if sample.store.privilege == "rootless":
         with pytest.raises(PermissionError):
             c.fs.chown("/mylink", 5, 6, follow_symlinks=False)
         with pytest.raises(PermissionError):
@@ -692,7 +679,7 @@ def test_lchown_of_a_symlink(env: Images, c: ovlcore.Container) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_concurrent_first_writes_to_one_image_file(env: Images, c: ovlcore.Container) -> None:
+def test_concurrent_first_writes_to_one_image_file(sample: SampleImages, c: ovlcore.Container) -> None:
     """Eight threads (each with its own handle of the container) open the same image file for writing
     at once: one copy-up wins, and every thread's write lands in that one copy."""
     import threading
@@ -703,7 +690,7 @@ def test_concurrent_first_writes_to_one_image_file(env: Images, c: ovlcore.Conta
 
         def work(i: int) -> None:
             try:
-                fs = env.store.containers.get(c.id).fs
+                fs = sample.store.containers.get(c.id).fs
                 barrier.wait()
                 with fs.open(path, "r+b") as f:
                     f.seek(i)
@@ -718,6 +705,6 @@ def test_concurrent_first_writes_to_one_image_file(env: Images, c: ovlcore.Conta
             t.join()
         assert errors == []
         data = c.fs.read_bytes(path)
-        original = env.child.fs.read_bytes(path)
+        original = sample.child.fs.read_bytes(path)
         assert data == b"Z" * 8 + original[8:]
         assert not [n for n in os.listdir(c.dir / "scratch")], "leftovers in scratch"

@@ -4,27 +4,17 @@ use, size)."""
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import ovlcore  # noqa: E402
-from _helpers_containers import (  # noqa: E402,F401
-    BIG,
-    Images,
-    assert_parents_first,
-    diff_pairs,
-    env,
-    fs_tree,
-    compare_trees,
-    snapshot_dir,
-)
+import ovlcore
+from support.diffs import assert_parents_first, diff_pairs
+from support.images import BIG, SampleImages
+from support.trees import compare_trees, fs_tree, snapshot
 
 
 def layer_snapshots(img: ovlcore.Image) -> dict[str, object]:
-    return {layer.chain_id: snapshot_dir(layer.path) for layer in img.layers}
+    return {layer.chain_id: snapshot(layer.path) for layer in img.layers}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -32,11 +22,11 @@ def layer_snapshots(img: ovlcore.Image) -> dict[str, object]:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_walkthrough(env: Images) -> None:
+def test_walkthrough(sample: SampleImages) -> None:
     """The seed's story: a base image, a child image with two more layers, two containers sharing the
     layers, a write in one invisible to the other, a delete, diff, commit; removing the container
     leaves the image unchanged."""
-    store, base, child = env.store, env.base, env.child
+    store, base, child = sample.store, sample.base, sample.child
     assert len(base.layers) == 1
     assert len(child.layers) == 3
     assert [layer.chain_id for layer in child.layers[:1]] == [base.layers[0].chain_id]
@@ -121,8 +111,8 @@ def test_walkthrough(env: Images) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_create_adds_an_empty_writable_layer_without_copying(env: Images) -> None:
-    store, child = env.store, env.child
+def test_create_adds_an_empty_writable_layer_without_copying(sample: SampleImages) -> None:
+    store, child = sample.store, sample.child
     before = layer_snapshots(child)
     layers_before = {layer.chain_id for layer in store.layers.list()}
     c = store.containers.create(child, labels={"role": "test"}, command=["/bin/sh", "-c", "true"])
@@ -145,8 +135,8 @@ def test_create_adds_an_empty_writable_layer_without_copying(env: Images) -> Non
     assert total < 16 * 1024
 
 
-def test_many_containers_share_the_layer_dirs(env: Images) -> None:
-    store, child = env.store, env.child
+def test_many_containers_share_the_layer_dirs(sample: SampleImages) -> None:
+    store, child = sample.store, sample.child
     before = layer_snapshots(child)
     cs = [store.containers.create(child) for _ in range(8)]
     assert len({c.id for c in cs}) == 8
@@ -162,24 +152,24 @@ def test_many_containers_share_the_layer_dirs(env: Images) -> None:
     assert store.containers.create(child).fs.read_text("/etc/motd") == "welcome to the child image\n"
 
 
-def test_names_are_unique(env: Images) -> None:
-    store = env.store
-    c = store.containers.create(env.child, name="unique")
+def test_names_are_unique(sample: SampleImages) -> None:
+    store = sample.store
+    c = store.containers.create(sample.child, name="unique")
     with pytest.raises(ovlcore.NameConflict):
-        store.containers.create(env.base, name="unique")
+        store.containers.create(sample.base, name="unique")
     assert isinstance(ovlcore.NameConflict("x"), ovlcore.errors.Conflict)
     # the failed create left nothing behind
     assert [x.id for x in store.containers.list()] == [c.id]
     # the name is free again once the container is gone
     c.remove()
-    c2 = store.containers.create(env.base, name="unique")
+    c2 = store.containers.create(sample.base, name="unique")
     assert c2.name == "unique" and c2.id != c.id
 
 
-def test_get_by_name_id_and_prefix(env: Images) -> None:
-    store = env.store
-    a = store.containers.create(env.child, name="alpha")
-    b = store.containers.create(env.child, name="beta")
+def test_get_by_name_id_and_prefix(sample: SampleImages) -> None:
+    store = sample.store
+    a = store.containers.create(sample.child, name="alpha")
+    b = store.containers.create(sample.child, name="beta")
     for ref in ("alpha", "/alpha", a.id, a.id[:12], a.short_id, a.id[:8]):
         got = store.containers.get(ref)
         assert got.id == a.id, ref
@@ -193,8 +183,8 @@ def test_get_by_name_id_and_prefix(env: Images) -> None:
     assert {c.id for c in store.containers.list()} == {a.id, b.id}
 
 
-def test_remove_deletes_only_the_writable_layer(env: Images) -> None:
-    store, child = env.store, env.child
+def test_remove_deletes_only_the_writable_layer(sample: SampleImages) -> None:
+    store, child = sample.store, sample.child
     before = layer_snapshots(child)
     images_before = sorted(i.id for i in store.images.list())
     c = store.containers.create(child, name="doomed")
@@ -216,10 +206,10 @@ def test_remove_deletes_only_the_writable_layer(env: Images) -> None:
         store.containers.remove("doomed")
 
 
-def test_container_remove_method_and_prune(env: Images) -> None:
-    store = env.store
-    a = store.containers.create(env.child)
-    b = store.containers.create(env.base)
+def test_container_remove_method_and_prune(sample: SampleImages) -> None:
+    store = sample.store
+    a = store.containers.create(sample.child)
+    b = store.containers.create(sample.base)
     a.fs.write_bytes("/x", b"12345")
     a.remove()
     assert [c.id for c in store.containers.list()] == [b.id]
@@ -229,11 +219,11 @@ def test_container_remove_method_and_prune(env: Images) -> None:
     assert report.space_reclaimed == 3
     assert store.containers.list() == []
     # images are still there
-    assert store.images.get("child:1").id == env.child.id
+    assert store.images.get("child:1").id == sample.child.id
 
 
-def test_image_in_use_cannot_be_removed(env: Images) -> None:
-    store, child = env.store, env.child
+def test_image_in_use_cannot_be_removed(sample: SampleImages) -> None:
+    store, child = sample.store, sample.child
     c = store.containers.create(child)
     for ref in ("child:1", child.id, child.short_id):
         with pytest.raises(ovlcore.ImageInUse):
@@ -243,7 +233,7 @@ def test_image_in_use_cannot_be_removed(env: Images) -> None:
     assert store.images.get("child:1").id == child.id
     assert c.fs.read_text("/opt/tool") == "tool v1\n"
     # a parent image's layers are used by the container too
-    base_layer = env.base.layers[0].path
+    base_layer = sample.base.layers[0].path
     assert base_layer.is_dir()
     # force: the image loses its tag but the container keeps working
     store.images.remove("child:1", force=True)
@@ -259,9 +249,9 @@ def test_image_in_use_cannot_be_removed(env: Images) -> None:
         store.images.get(child.id)
 
 
-def test_image_removable_after_its_containers_are_removed(env: Images) -> None:
-    store = env.store
-    cs = [store.containers.create(env.child) for _ in range(3)]
+def test_image_removable_after_its_containers_are_removed(sample: SampleImages) -> None:
+    store = sample.store
+    cs = [store.containers.create(sample.child) for _ in range(3)]
     for c in cs[:-1]:
         c.remove()
     with pytest.raises(ovlcore.ImageInUse):
@@ -279,8 +269,8 @@ def test_image_removable_after_its_containers_are_removed(env: Images) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_size(env: Images) -> None:
-    store, child = env.store, env.child
+def test_size(sample: SampleImages) -> None:
+    store, child = sample.store, sample.child
     c = store.containers.create(child)
     s0 = c.size()
     assert s0.rw == 0
@@ -308,9 +298,9 @@ def test_size(env: Images) -> None:
     assert c.size().rw == len(BIG) + 3
 
 
-def test_ambiguous_id_prefix(env: Images) -> None:
-    store = env.store
-    cs = [store.containers.create(env.base) for _ in range(17)]  # two share a first hex digit
+def test_ambiguous_id_prefix(sample: SampleImages) -> None:
+    store = sample.store
+    cs = [store.containers.create(sample.base) for _ in range(17)]  # two share a first hex digit
     first: dict[str, list[str]] = {}
     for c in cs:
         first.setdefault(c.id[0], []).append(c.id)
@@ -321,9 +311,9 @@ def test_ambiguous_id_prefix(env: Images) -> None:
         assert store.containers.get(cid).id == cid
 
 
-def test_two_handles_of_one_container(env: Images) -> None:
-    store = env.store
-    a = store.containers.create(env.child, name="twice")
+def test_two_handles_of_one_container(sample: SampleImages) -> None:
+    store = sample.store
+    a = store.containers.create(sample.child, name="twice")
     b = store.containers.get("twice")
     assert a == b
     assert b.fs.read_text("/etc/motd") == "welcome to the child image\n"  # b's view is loaded
@@ -334,14 +324,14 @@ def test_two_handles_of_one_container(env: Images) -> None:
     assert diff_pairs(a) == diff_pairs(b)
 
 
-def test_removing_the_parent_image_keeps_the_container_working(env: Images) -> None:
-    store = env.store
-    before = layer_snapshots(env.child)
-    c = store.containers.create(env.child)
+def test_removing_the_parent_image_keeps_the_container_working(sample: SampleImages) -> None:
+    store = sample.store
+    before = layer_snapshots(sample.child)
+    c = store.containers.create(sample.child)
     try:
         store.images.remove("base:1")
     except ovlcore.errors.Conflict:
         pass  # refusing is fine too (docker: "image has dependent child images")
-    assert layer_snapshots(env.child) == before
+    assert layer_snapshots(sample.child) == before
     assert c.fs.read_bytes("/data/big.bin") == BIG
     assert store.containers.create("child:1").fs.read_text("/bin/sh").startswith("#!/fake/shell")

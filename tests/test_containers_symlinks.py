@@ -10,7 +10,6 @@ import io
 import os
 import secrets
 import stat
-import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,18 +17,10 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import ovlcore  # noqa: E402
-from _helpers_containers import (  # noqa: E402
-    IS_ROOT,
-    PRIVILEGES,
-    E,
-    layer_tar,
-    make_images,
-    make_store,
-    snapshot_dir,
-)
+import ovlcore
+from support.images import make_images
+from support.tars import Entry, tar
+from support.trees import snapshot
 
 HOST_SECRET = b"host secret: must never be read or written through a container\n"
 
@@ -52,7 +43,7 @@ class Host:
     def snapshot(self) -> Any:
         st = os.lstat(self.tmpfile)
         xa = sorted(os.listxattr(self.tmpfile))
-        return (snapshot_dir(self.dir), self.tmpfile.read_bytes(), st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, xa)
+        return (snapshot(self.dir), self.tmpfile.read_bytes(), st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, xa)
 
     def check(self) -> None:
         assert self.snapshot() == self.snap, "a host file changed"
@@ -60,29 +51,27 @@ class Host:
             assert not os.path.lexists(p)
 
 
-@pytest.fixture(params=PRIVILEGES)
-def setup(request: Any, tmp_path: Path, monkeypatch: Any) -> Iterator[tuple[ovlcore.Container, Host]]:
-    if request.param == "root" and not IS_ROOT:
-        pytest.skip("a store with the root convention needs root")
+@pytest.fixture
+def setup(any_store: ovlcore.Store, tmp_path: Path) -> Iterator[tuple[ovlcore.Container, Host]]:
     host = Host(tmp_path)
-    store = make_store(tmp_path / "store", request.param, monkeypatch)
+    store = any_store
     imgs = make_images(store)
     # an image layer full of links that would escape on the host
     hostile = [
-        E("links/", "d"),
-        E("links/abs-etc", "l", link="/etc"),
-        E("links/abs-passwd", "l", link="/etc/passwd"),
-        E("links/up", "l", link="../../../../../../../../.."),
-        E("links/up-etc", "l", link="../../../../../../../../../etc"),
-        E("links/host-dir", "l", link=str(host.dir)),
-        E("links/host-secret", "l", link=str(host.dir / "secret.txt")),
-        E("links/host-tmpfile", "l", link=str(host.tmpfile)),
-        E("links/host-dir-rel", "l", link="../../../../../../../../.." + str(host.dir)),
-        E("links/loop", "l", link="loop"),
-        E("links/chain1", "l", link="chain2"),
-        E("links/chain2", "l", link="/links/up/etc/motd"),
+        Entry("links/", "d"),
+        Entry("links/abs-etc", "l", link="/etc"),
+        Entry("links/abs-passwd", "l", link="/etc/passwd"),
+        Entry("links/up", "l", link="../../../../../../../../.."),
+        Entry("links/up-etc", "l", link="../../../../../../../../../etc"),
+        Entry("links/host-dir", "l", link=str(host.dir)),
+        Entry("links/host-secret", "l", link=str(host.dir / "secret.txt")),
+        Entry("links/host-tmpfile", "l", link=str(host.tmpfile)),
+        Entry("links/host-dir-rel", "l", link="../../../../../../../../.." + str(host.dir)),
+        Entry("links/loop", "l", link="loop"),
+        Entry("links/chain1", "l", link="chain2"),
+        Entry("links/chain2", "l", link="/links/up/etc/motd"),
     ]
-    layer = store.layers.apply(io.BytesIO(layer_tar(hostile)), parent=imgs.child.top_layer)
+    layer = store.layers.apply(io.BytesIO(tar(*hostile)), parent=imgs.child.top_layer)
     img = store.images.create(layer=layer, parent=imgs.child, tag="hostile:1")
     c = store.containers.create(img)
     # the same kinds of links made inside the container

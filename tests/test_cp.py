@@ -17,23 +17,11 @@ import pytest
 import ovlcore
 from ovlcore import Mount
 
-from _helpers_56 import (  # noqa: F401  (fixtures)
-    BASE_ENTRIES,
-    IS_ROOT,
-    PASSWD,
-    D,
-    F,
-    L,
-    host_tree,
-    image,
-    import_image,
-    needs_root,
-    pimage,
-    pstore,
-    snapshot,
-    store,
-    upper_tree,
-)
+from support.images import BASE_ENTRIES, PASSWD, import_image
+from support.layout import upper_tree
+from support.privilege import IS_ROOT, needs_root
+from support.tars import D, L
+from support.trees import host_files, snapshot
 
 
 @dataclass
@@ -47,17 +35,17 @@ class Env:
 
 
 @pytest.fixture
-def env(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> Env:
+def env(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path) -> Env:
     host = tmp_path / "host"
     host.mkdir()
     shared = tmp_path / "shared_mount"
     shared.mkdir()
-    c = pstore.containers.create(
-        pimage,
+    c = any_store.containers.create(
+        any_image,
         name="my_container",
         mounts=[Mount("/shared", str(shared), type="bind"), Mount("/vol", "my_vol"), Mount("/ro", "rovol", read_only=True)],
     )
-    return Env(pstore, c, host, shared, pstore.volumes.get("my_vol").mountpoint, pstore.volumes.get("rovol").mountpoint)
+    return Env(any_store, c, host, shared, any_store.volumes.get("my_vol").mountpoint, any_store.volumes.get("rovol").mountpoint)
 
 
 def _err(fn, *errnos: int) -> OSError:
@@ -97,14 +85,14 @@ def test_out_file_into_existing_dir(env: Env) -> None:
 
 def test_out_dir_to_missing_path(env: Env) -> None:
     env.store.cp("my_container:/srv/dir", str(env.host / "copy"))
-    assert host_tree(env.host / "copy") == {"one.txt": "one\n", "nested": "dir", "nested/two.txt": "two\n"}
+    assert host_files(env.host / "copy") == {"one.txt": "one\n", "nested": "dir", "nested/two.txt": "two\n"}
 
 
 def test_out_dir_into_existing_dir(env: Env) -> None:
     (env.host / "exists").mkdir()
     (env.host / "exists" / "keep").write_text("k")
     env.store.cp("my_container:/srv/dir", str(env.host / "exists"))
-    assert host_tree(env.host / "exists") == {
+    assert host_files(env.host / "exists") == {
         "keep": "k",
         "dir": "dir",
         "dir/one.txt": "one\n",
@@ -116,12 +104,12 @@ def test_out_dir_into_existing_dir(env: Env) -> None:
 def test_out_dir_dot_copies_contents(env: Env) -> None:
     (env.host / "exists").mkdir()
     env.store.cp("my_container:/srv/dir/.", str(env.host / "exists"))
-    assert host_tree(env.host / "exists") == {"one.txt": "one\n", "nested": "dir", "nested/two.txt": "two\n"}
+    assert host_files(env.host / "exists") == {"one.txt": "one\n", "nested": "dir", "nested/two.txt": "two\n"}
 
 
 def test_out_dir_dot_to_missing_path_creates_it(env: Env) -> None:
     env.store.cp("my_container:/srv/dir/.", str(env.host / "new"))
-    assert host_tree(env.host / "new") == {"one.txt": "one\n", "nested": "dir", "nested/two.txt": "two\n"}
+    assert host_files(env.host / "new") == {"one.txt": "one\n", "nested": "dir", "nested/two.txt": "two\n"}
 
 
 def test_out_dir_to_existing_file_is_error(env: Env) -> None:
@@ -155,7 +143,7 @@ def test_out_dst_existing_file_with_trailing_slash_is_error(env: Env) -> None:
 
 def test_out_whole_root(env: Env) -> None:
     env.store.cp("my_container:/", str(env.host / "rootfs"))
-    t = host_tree(env.host / "rootfs")
+    t = host_files(env.host / "rootfs")
     assert t["etc/passwd"] == PASSWD
     assert t["links/to_root"] == "link:/"
 
@@ -172,7 +160,7 @@ def test_out_reads_container_changes(env: Env) -> None:
     env.store.cp("my_container:/etc/passwd", str(env.host / "pw"))
     env.store.cp("my_container:/srv/dir", str(env.host / "d"))
     assert (env.host / "pw").read_text() == "changed in container\n"
-    assert host_tree(env.host / "d") == {"nested": "dir", "nested/two.txt": "two\n"}
+    assert host_files(env.host / "d") == {"nested": "dir", "nested/two.txt": "two\n"}
 
 
 def test_out_relative_container_path(env: Env) -> None:
@@ -315,7 +303,7 @@ def test_in_and_out_of_volume(env: Env, src: Path) -> None:
     assert (env.vol / "f").read_text() == "host file\n"
     assert upper_tree(env.c) == [] and env.c.diff() == []
     env.store.cp("my_container:/vol/tree", str(env.host / "back"))
-    assert host_tree(env.host / "back") == {"a.txt": "a\n", "sub": "dir", "sub/b.txt": "b\n"}
+    assert host_files(env.host / "back") == {"a.txt": "a\n", "sub": "dir", "sub/b.txt": "b\n"}
 
 
 def test_in_and_out_of_bind_mount(env: Env, src: Path) -> None:
@@ -412,70 +400,70 @@ def test_in_through_container_link_component(env: Env, src: Path) -> None:
 
 
 @needs_root
-def test_out_archive_keeps_owner_and_mode(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
+def test_out_archive_keeps_owner_and_mode(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path) -> None:
     """Host files get real owners when the copier can chown (root), whatever convention the store
     uses internally: the store's override xattr is no substitute on the host."""
-    pstore.containers.create(pimage, name="c")
-    pstore.cp("c:/data", str(tmp_path / "a"), archive=True)
+    any_store.containers.create(any_image, name="c")
+    any_store.cp("c:/data", str(tmp_path / "a"), archive=True)
     for rel, want in {"": (1234, 5678, 0o750), "seed.txt": (1234, 5678, 0o640), "sub": (1234, 5678, 0o711), "sub/deep.txt": (42, 43, 0o600)}.items():
         st = os.lstat(tmp_path / "a" / rel)
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == want, rel
 
 
-def test_mtime_kept_both_ways(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
-    c = pstore.containers.create(pimage, name="c")
-    pstore.cp("c:/srv/dir", str(tmp_path / "d"))
+def test_mtime_kept_both_ways(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path) -> None:
+    c = any_store.containers.create(any_image, name="c")
+    any_store.cp("c:/srv/dir", str(tmp_path / "d"))
     assert os.stat(tmp_path / "d" / "one.txt").st_mtime == 1_600_000_000
     assert os.stat(tmp_path / "d").st_mtime == 1_600_000_000
     f = tmp_path / "f"
     f.write_text("x")
     os.utime(f, (1_000_000_000, 1_000_000_000))
-    pstore.cp(str(f), "c:/tmp/f")
+    any_store.cp(str(f), "c:/tmp/f")
     assert c.fs.stat("/tmp/f").st_mtime == 1_000_000_000
 
 
-def test_hard_links_kept_both_ways(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
-    c = pstore.containers.create(pimage, name="c")
+def test_hard_links_kept_both_ways(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path) -> None:
+    c = any_store.containers.create(any_image, name="c")
     c.fs.link("/srv/a.png", "/srv/hl.png")
-    pstore.cp("c:/srv", str(tmp_path / "out"))
+    any_store.cp("c:/srv", str(tmp_path / "out"))
     assert os.stat(tmp_path / "out" / "a.png").st_ino == os.stat(tmp_path / "out" / "hl.png").st_ino
     d = tmp_path / "h"
     d.mkdir()
     (d / "one").write_text("same")
     os.link(d / "one", d / "two")
-    pstore.cp(str(d), "c:/tmp/")
+    any_store.cp(str(d), "c:/tmp/")
     assert c.fs.stat("/tmp/h/one").st_ino == c.fs.stat("/tmp/h/two").st_ino
     c.fs.write_text("/tmp/h/one", "changed")
     assert c.fs.read_text("/tmp/h/two") == "changed"
 
 
-def test_out_without_archive_owner_is_caller_mode_kept(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
-    pstore.containers.create(pimage, name="c")
-    pstore.cp("c:/data/seed.txt", str(tmp_path / "s"))
+def test_out_without_archive_owner_is_caller_mode_kept(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path) -> None:
+    any_store.containers.create(any_image, name="c")
+    any_store.cp("c:/data/seed.txt", str(tmp_path / "s"))
     st = os.lstat(tmp_path / "s")
     assert (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid())
     assert stat.S_IMODE(st.st_mode) == 0o640
 
 
-def test_in_archive_keeps_mode(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
-    c = pstore.containers.create(pimage, name="c")
+def test_in_archive_keeps_mode(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path) -> None:
+    c = any_store.containers.create(any_image, name="c")
     f = tmp_path / "m"
     f.write_text("x")
     os.chmod(f, 0o4751 if IS_ROOT else 0o751)
-    pstore.cp(str(f), "c:/tmp/m", archive=True)
+    any_store.cp(str(f), "c:/tmp/m", archive=True)
     assert stat.S_IMODE(c.fs.stat("/tmp/m").st_mode) == (0o4751 if IS_ROOT else 0o751)
 
 
 @needs_root
-def test_in_archive_keeps_owner(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
-    c = pstore.containers.create(pimage, name="c")
+def test_in_archive_keeps_owner(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path) -> None:
+    c = any_store.containers.create(any_image, name="c")
     d = tmp_path / "owned"
     d.mkdir()
     (d / "f").write_text("x")
     os.chown(d, 2001, 2002)
     os.chown(d / "f", 3001, 3002)
     os.chmod(d / "f", 0o640)
-    pstore.cp(str(d), "c:/tmp/", archive=True)
+    any_store.cp(str(d), "c:/tmp/", archive=True)
     st = c.fs.stat("/tmp/owned")
     assert (st.st_uid, st.st_gid) == (2001, 2002)
     st = c.fs.stat("/tmp/owned/f")
@@ -488,7 +476,7 @@ def test_in_archive_keeps_owner(pstore: ovlcore.Store, pimage: ovlcore.Image, tm
 
 def test_glob_out_of_container(env: Env) -> None:
     env.store.cp("my_container:/srv/*.png", str(env.host))
-    assert host_tree(env.host) == {"a.png": "\ufffdPNG a", "b.png": "\ufffdPNG b"}
+    assert host_files(env.host) == {"a.png": "\ufffdPNG a", "b.png": "\ufffdPNG b"}
 
 
 def test_glob_into_container(env: Env, tmp_path: Path) -> None:
@@ -502,7 +490,7 @@ def test_glob_into_container(env: Env, tmp_path: Path) -> None:
 
 def test_glob_matches_directories_too(env: Env) -> None:
     env.store.cp("my_container:/srv/*", str(env.host))
-    t = host_tree(env.host)
+    t = host_files(env.host)
     assert sorted(t) == sorted(["a.png", "b.png", "notes.txt", "dir", "dir/one.txt", "dir/nested", "dir/nested/two.txt"])
 
 
@@ -516,7 +504,7 @@ def test_glob_destination_must_be_existing_directory(env: Env, tmp_path: Path) -
     _err(lambda: env.store.cp("my_container:/srv/*.png", str(env.host / "missing")))
     (env.host / "file").write_text("f")
     _err(lambda: env.store.cp("my_container:/srv/*.png", str(env.host / "file")))
-    assert host_tree(env.host) == {"file": "f"}
+    assert host_files(env.host) == {"file": "f"}
     _err(lambda: env.store.cp(str(tmp_path / "shared_mount" / "*"), "my_container:/etc/passwd"))
 
 
@@ -541,22 +529,22 @@ def test_seed_example_bind_mount(store: ovlcore.Store, image: ovlcore.Image, tmp
     assert c.diff() == []
 
 
-def test_seed_example_volume(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_seed_example_volume(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     for i in range(3):
         Path(f"pic{i}.png").write_bytes(b"\x89PNG %d" % i)
-    c = pstore.containers.create(pimage, name="my_container", mounts=[Mount.parse_volume("my_vol:/shared")])
+    c = any_store.containers.create(any_image, name="my_container", mounts=[Mount.parse_volume("my_vol:/shared")])
     # The empty volume was filled from the image's /shared.
     assert c.fs.listdir("/shared") == ["image_only.txt"]
-    pstore.cp("*.png", "my_container:/shared/")
+    any_store.cp("*.png", "my_container:/shared/")
     assert sorted(c.fs.listdir("/shared")) == ["image_only.txt", "pic0.png", "pic1.png", "pic2.png"]
     os.mkdir("back")
-    pstore.cp("my_container:/shared/*.png", "back/")
+    any_store.cp("my_container:/shared/*.png", "back/")
     assert sorted(os.listdir("back")) == ["pic0.png", "pic1.png", "pic2.png"]
-    pstore.containers.remove("my_container")
-    v = pstore.volumes.get("my_vol")
+    any_store.containers.remove("my_container")
+    v = any_store.volumes.get("my_vol")
     assert sorted(os.listdir(v.mountpoint)) == ["image_only.txt", "pic0.png", "pic1.png", "pic2.png"]
-    d = pstore.containers.create(pimage, name="again", mounts=["my_vol:/elsewhere"])
+    d = any_store.containers.create(any_image, name="again", mounts=["my_vol:/elsewhere"])
     assert d.fs.read_bytes("/elsewhere/pic0.png") == b"\x89PNG 0"
 
 
@@ -626,7 +614,7 @@ class Evil:
 
 
 @pytest.fixture
-def evil(pstore: ovlcore.Store, tmp_path: Path) -> Evil:
+def evil(any_store: ovlcore.Store, tmp_path: Path) -> Evil:
     hostdir = tmp_path / "hostdir"
     hostdir.mkdir()
     canary = hostdir / "host_secret"
@@ -640,18 +628,18 @@ def evil(pstore: ovlcore.Store, tmp_path: Path) -> Evil:
         L("evil/dotdot_abs", "../../../../../../../../.." + str(hostdir)),
         L("evil/etc_passwd", "/etc/passwd"),
     ]
-    img = import_image(pstore, entries, tag="evil:1")
+    img = import_image(any_store, entries, tag="evil:1")
     bind = tmp_path / "bind"
     bind.mkdir()
     os.symlink(str(hostdir), bind / "to_hostdir")
     os.symlink("../../../../../../../..", bind / "up")
-    c = pstore.containers.create(img, name="ev", mounts=[Mount("/vol", "evol"), Mount("/shared", str(bind), type="bind")])
-    vol = pstore.volumes.get("evol").mountpoint
+    c = any_store.containers.create(img, name="ev", mounts=[Mount("/vol", "evol"), Mount("/shared", str(bind), type="bind")])
+    vol = any_store.volumes.get("evol").mountpoint
     os.symlink(str(hostdir), vol / "to_hostdir")
     os.symlink(str(canary), vol / "to_canary")
     out = tmp_path / "out"
     out.mkdir()
-    return Evil(pstore, c, tmp_path, canary, hostdir, out, bind)
+    return Evil(any_store, c, tmp_path, canary, hostdir, out, bind)
 
 
 def _outside(e: Evil) -> dict:

@@ -12,14 +12,15 @@ import pytest
 
 import ovlcore
 
-from _helpers_56 import BASE_ENTRIES, IS_ROOT, import_image, make_tar, run_cli
+from support.cli import run_cli
+from support.images import import_image
+from support.privilege import require
 
 PREFIX = "ovlcore-demo"
 
 
 def _run_demo(tmp_path: Path, *args: str, privilege: str | None = None, root: Path | None = None):
-    if privilege == "root" and not IS_ROOT:
-        pytest.skip("a root-convention store needs root")
+    require(privilege)
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir(exist_ok=True)
     env = {"TMPDIR": str(tmpdir), "COLUMNS": "200"}

@@ -12,14 +12,12 @@ import subprocess
 import sys
 import tarfile
 import zlib
-from pathlib import Path
 
 import pytest
 
-import ovlcore
 from ovlcore.errors import InvalidArchive
 
-from conftest import EOF_BLOCKS, TarBuilder, pad, raw_header
+from support.tars import EOF_BLOCKS, TarBuilder, pad, raw_header
 from test_bad_archives import expect_refused
 
 

@@ -15,18 +15,20 @@ import pytest
 import ovlcore
 from ovlcore.errors import AmbiguousReference, ImageInUse, ImageNotFound, InvalidReference
 
-from conftest import gzip_bytes, sha256_digest, tar_of, zstd_bytes
+from support.compression import gzip_bytes, zstd_bytes
+from support.digests import sha256_digest
+from support.tars import D, F, W, tar
 
-ROOTFS = tar_of(
-    ("d", "bin"),
-    ("f", "bin/sh", b"#!shell" * 10),
-    ("d", "etc"),
-    ("f", "etc/os-release", b"ID=test\n"),
+ROOTFS = tar(
+    D("bin"),
+    F("bin/sh", b"#!shell" * 10),
+    D("etc"),
+    F("etc/os-release", b"ID=test\n"),
 )
 
 
 def layer_tar(name: str, data: bytes = b"data") -> bytes:
-    return tar_of(("d", "app"), ("f", f"app/{name}", data))
+    return tar(D("app"), F(f"app/{name}", data))
 
 
 def derive(store: ovlcore.Store, parent: ovlcore.Image, tar: bytes, **kw) -> ovlcore.Image:
@@ -400,7 +402,7 @@ class TestCreate:
 
     def test_child_view_merges_all_layers(self, store):
         base = store.images.import_archive(ROOTFS)
-        child = derive(store, base, tar_of(("d", "etc"), ("w", "etc/os-release"), ("f", "etc/new", b"n")))
+        child = derive(store, base, tar(D("etc"), W("etc/os-release"), F("etc/new", b"n")))
         assert child.fs.listdir("/etc") == ["new"]
         assert base.fs.listdir("/etc") == ["os-release"]
 
@@ -453,7 +455,7 @@ class TestImageProperties:
         base = store.images.import_archive(ROOTFS, tag="base", message="imported")
         mid = derive(store, base, layer_tar("m", b"m" * 100), created_by="step mid", comment="c-mid", tag="mid")
         cfg_step = store.images.create(layer=None, parent=mid, created_by="step env", changes=["ENV Q=1"])
-        top = derive(store, cfg_step, tar_of(("f", "t", b"t" * 7)), created_by="step top")
+        top = derive(store, cfg_step, tar(F("t", b"t" * 7)), created_by="step top")
         h = top.history()
         assert [e.created_by for e in h] == ["step top", "step env", "step mid", ""]
         assert [e.id for e in h] == [top.id, cfg_step.id, mid.id, base.id]

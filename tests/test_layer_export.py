@@ -11,7 +11,9 @@ import tarfile
 
 import pytest
 
-from conftest import TarBuilder, gzip_bytes, sha256_digest, unzstd_bytes, zstd_bytes
+from support.compression import gzip_bytes, unzstd_bytes, zstd_bytes
+from support.digests import sha256_digest
+from support.tars import TarBuilder, read_all
 
 
 def rich_tar(fmt: int = tarfile.PAX_FORMAT) -> bytes:
@@ -36,17 +38,6 @@ def rich_tar(fmt: int = tarfile.PAX_FORMAT) -> bytes:
     t.whiteout("usr/gone")
     t.opaque("etc")
     return t.bytes()
-
-
-def read_all(stream, chunk: int | None = None) -> bytes:
-    if chunk is None:
-        return stream.read()
-    out = bytearray()
-    while True:
-        b = stream.read(chunk)
-        if not b:
-            return bytes(out)
-        out += b
 
 
 @pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT], ids=["pax", "gnu", "ustar"])

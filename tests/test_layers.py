@@ -14,30 +14,22 @@ import pytest
 import ovlcore
 from ovlcore.errors import Conflict, InvalidReference, LayerNotFound
 
-from conftest import (
-    FIXED_MTIME,
-    IS_ROOT,
-    TarBuilder,
-    chain_id,
-    gzip_bytes,
-    image_chain,
-    is_opaque,
-    is_whiteout,
-    needs_root,
-    sha256_digest,
-    tar_of,
-    zstd_bytes,
-)
+from support.compression import gzip_bytes, zstd_bytes
+from support.digests import chain_id, sha256_digest
+from support.images import image_chain
+from support.layout import is_opaque, is_whiteout
+from support.privilege import IS_ROOT, needs_root
+from support.tars import FIXED_MTIME, D, F, L, O, TarBuilder, W, tar
 
-BASE = tar_of(
-    ("d", "etc"),
-    ("f", "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"),
-    ("f", "etc/hosts", b"127.0.0.1 localhost\n"),
-    ("d", "usr"),
-    ("d", "usr/lib"),
-    ("f", "usr/lib/libc.so", b"\x7fELF" + b"\0" * 100),
-    ("d", "var"),
-    ("f", "var/log", b"log\n"),
+BASE = tar(
+    D("etc"),
+    F("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"),
+    F("etc/hosts", b"127.0.0.1 localhost\n"),
+    D("usr"),
+    D("usr/lib"),
+    F("usr/lib/libc.so", b"\x7fELF" + b"\0" * 100),
+    D("var"),
+    F("var/log", b"log\n"),
 )
 
 
@@ -136,12 +128,12 @@ class TestShortReadsAndFailingSources:
 
 class TestIdentity:
     def test_diff_id_is_sha256_of_uncompressed_tar(self, store):
-        t = tar_of(("f", "a", b"x" * 10000))
+        t = tar(F("a", b"x" * 10000))
         assert store.layers.apply(t).diff_id == sha256_digest(t)
 
     def test_diff_id_covers_bytes_after_end_of_archive(self, store):
         # Padding after the end-of-archive blocks is part of the layer stream and of its digest.
-        t = tar_of(("f", "a", b"x")) + b"\0" * 8192
+        t = tar(F("a", b"x")) + b"\0" * 8192
         assert store.layers.apply(t).diff_id == sha256_digest(t)
 
     def test_same_tar_twice_is_the_same_layer(self, store):
@@ -159,8 +151,8 @@ class TestIdentity:
 
     def test_chain_id_formula(self, store):
         l0 = store.layers.apply(BASE)
-        t1 = tar_of(("f", "one", b"1"))
-        t2 = tar_of(("f", "two", b"2"))
+        t1 = tar(F("one", b"1"))
+        t2 = tar(F("two", b"2"))
         l1 = store.layers.apply(t1, parent=l0)
         l2 = store.layers.apply(t2, parent=l1)
         assert l1.chain_id == chain_id(l0.chain_id, sha256_digest(t1))
@@ -169,7 +161,7 @@ class TestIdentity:
         assert l2.parent.parent.chain_id == l0.chain_id
 
     def test_same_diff_on_different_parents_gives_different_layers(self, store):
-        t = tar_of(("f", "x", b"x"))
+        t = tar(F("x", b"x"))
         bottom = store.layers.apply(t)
         on_base = store.layers.apply(t, parent=store.layers.apply(BASE))
         assert bottom.diff_id == on_base.diff_id
@@ -178,7 +170,7 @@ class TestIdentity:
 
     def test_parent_given_by_chain_id_string(self, store):
         l0 = store.layers.apply(BASE)
-        l1 = store.layers.apply(tar_of(("f", "x", b"x")), parent=l0.chain_id)
+        l1 = store.layers.apply(tar(F("x", b"x")), parent=l0.chain_id)
         assert l1.parent == l0
 
     def test_size_counts_file_bytes_and_symlink_targets_hard_links_once(self, store):
@@ -233,7 +225,7 @@ class TestIdentity:
 class TestGetListRemove:
     def test_get_by_chain_id_diff_id_and_prefix(self, store):
         l0 = store.layers.apply(BASE)
-        l1 = store.layers.apply(tar_of(("f", "x", b"x")), parent=l0)
+        l1 = store.layers.apply(tar(F("x", b"x")), parent=l0)
         assert store.layers.get(l1.chain_id) == l1
         assert store.layers.get(l1.diff_id) == l1
         assert store.layers.get(l1.chain_id[7:19]) == l1
@@ -253,7 +245,7 @@ class TestGetListRemove:
     def test_list(self, store):
         assert store.layers.list() == []
         l0 = store.layers.apply(BASE)
-        l1 = store.layers.apply(tar_of(("f", "x", b"x")), parent=l0)
+        l1 = store.layers.apply(tar(F("x", b"x")), parent=l0)
         assert {x.chain_id for x in store.layers.list()} == {l0.chain_id, l1.chain_id}
 
     def test_remove(self, store):
@@ -267,7 +259,7 @@ class TestGetListRemove:
 
     def test_remove_refuses_a_layer_with_children(self, store):
         l0 = store.layers.apply(BASE)
-        store.layers.apply(tar_of(("f", "x", b"x")), parent=l0)
+        store.layers.apply(tar(F("x", b"x")), parent=l0)
         with pytest.raises(Conflict):
             store.layers.remove(l0.chain_id)
         assert l0.path.is_dir()
@@ -290,18 +282,18 @@ class TestGetListRemove:
 
 class TestWhiteouts:
     def test_whiteout_hides_a_file_below(self, store):
-        fs = apply_view(store, BASE, tar_of(("d", "etc"), ("w", "etc/hosts")))
+        fs = apply_view(store, BASE, tar(D("etc"), W("etc/hosts")))
         assert fs.listdir("/etc") == ["passwd"]
         assert not fs.exists("/etc/hosts")
 
     def test_whiteout_is_stored_as_a_0_0_char_device(self, store):
         l0 = store.layers.apply(BASE)
-        l1 = store.layers.apply(tar_of(("d", "etc"), ("w", "etc/hosts")), parent=l0)
+        l1 = store.layers.apply(tar(D("etc"), W("etc/hosts")), parent=l0)
         assert is_whiteout(l1.path / "etc" / "hosts")
         assert not os.path.lexists(l1.path / "etc" / ".wh.hosts")
 
     def test_whiteout_hides_a_directory_and_everything_below(self, store):
-        fs = apply_view(store, BASE, tar_of(("w", "usr")))
+        fs = apply_view(store, BASE, tar(W("usr")))
         assert fs.listdir("/") == ["etc", "var"]
         assert not fs.exists("/usr/lib/libc.so")
 
@@ -360,7 +352,7 @@ class TestWhiteouts:
         assert fs.listdir("/var/log") == ["x"]
 
     def test_whiteout_of_a_missing_name_is_harmless(self, store):
-        fs = apply_view(store, BASE, tar_of(("d", "etc"), ("w", "etc/nonexistent")))
+        fs = apply_view(store, BASE, tar(D("etc"), W("etc/nonexistent")))
         assert fs.listdir("/etc") == ["hosts", "passwd"]
 
     def test_whiteouts_that_hide_nothing_are_not_stored(self, store):
@@ -372,7 +364,7 @@ class TestWhiteouts:
         assert apply_view(store, TarBuilder().dir("d").whiteout("d/x").bytes()).listdir("/d") == []
 
     def test_whiteout_markers_are_not_visible(self, store):
-        fs = apply_view(store, BASE, tar_of(("d", "etc"), ("w", "etc/hosts"), ("o", "usr")))
+        fs = apply_view(store, BASE, tar(D("etc"), W("etc/hosts"), O("usr")))
         for d in ("/", "/etc", "/usr"):
             assert not [n for n in fs.listdir(d) if n.startswith(".wh.")]
 
@@ -393,19 +385,19 @@ class TestWhiteouts:
 
     def test_bare_wh_prefix_is_invalid(self, store):
         with pytest.raises(ovlcore.InvalidArchive, match=r"\.wh\."):
-            store.layers.apply(tar_of(("d", "etc"), ("f", "etc/.wh.", b"")))
+            store.layers.apply(tar(D("etc"), F("etc/.wh.", b"")))
 
 
 class TestOpaque:
     def test_opaque_directory_hides_lower_children(self, store):
-        fs = apply_view(store, BASE, tar_of(("d", "etc"), ("o", "etc"), ("f", "etc/new", b"n")))
+        fs = apply_view(store, BASE, tar(D("etc"), O("etc"), F("etc/new", b"n")))
         assert fs.listdir("/etc") == ["new"]
         assert not fs.exists("/etc/passwd")
 
     def test_opaque_marker_is_stored_as_xattr(self, store):
         l0 = store.layers.apply(BASE)
-        l1 = store.layers.apply(tar_of(("d", "etc"), ("o", "etc")), parent=l0)
-        assert is_opaque(store, l1.path / "etc")
+        l1 = store.layers.apply(tar(D("etc"), O("etc")), parent=l0)
+        assert is_opaque(l1.path / "etc", store.privilege)
         assert os.listdir(l1.path / "etc") == []
 
     @pytest.mark.parametrize("position", ["first", "middle", "last", "before-dir"])
@@ -429,20 +421,20 @@ class TestOpaque:
         assert fs.listdir("/") == ["etc", "top", "usr", "var"]
 
     def test_opaque_does_not_hide_the_directory_itself_or_siblings(self, store):
-        fs = apply_view(store, BASE, tar_of(("d", "usr"), ("o", "usr")))
+        fs = apply_view(store, BASE, tar(D("usr"), O("usr")))
         assert fs.is_dir("/usr")
         assert fs.listdir("/usr") == []
         assert fs.listdir("/") == ["etc", "usr", "var"]
 
     def test_opaque_hides_every_lower_layer(self, store):
-        mid = tar_of(("d", "etc"), ("f", "etc/mid", b"m"))
-        fs = apply_view(store, BASE, mid, tar_of(("d", "etc"), ("o", "etc"), ("f", "etc/top", b"t")))
+        mid = tar(D("etc"), F("etc/mid", b"m"))
+        fs = apply_view(store, BASE, mid, tar(D("etc"), O("etc"), F("etc/top", b"t")))
         assert fs.listdir("/etc") == ["top"]
 
     def test_directory_over_lower_opaque_merges_with_it_only(self, store):
         # Layer 1 makes /etc opaque (hiding layer 0); layer 2 adds a name: layer 1 + layer 2.
-        l1 = tar_of(("d", "etc"), ("o", "etc"), ("f", "etc/one", b"1"))
-        l2 = tar_of(("d", "etc"), ("f", "etc/two", b"2"))
+        l1 = tar(D("etc"), O("etc"), F("etc/one", b"1"))
+        l2 = tar(D("etc"), F("etc/two", b"2"))
         fs = apply_view(store, BASE, l1, l2)
         assert fs.listdir("/etc") == ["one", "two"]
 
@@ -461,19 +453,19 @@ class TestOpaque:
 
 class TestTypeChanges:
     def test_file_above_hides_directory_below(self, store):
-        fs = apply_view(store, BASE, tar_of(("f", "usr", b"file now")))
+        fs = apply_view(store, BASE, tar(F("usr", b"file now")))
         assert fs.is_file("/usr")
         assert fs.read_bytes("/usr") == b"file now"
         with pytest.raises(NotADirectoryError):
             fs.listdir("/usr")
 
     def test_directory_above_replaces_file_below(self, store):
-        fs = apply_view(store, BASE, tar_of(("d", "var"), ("d", "var/log"), ("f", "var/log/syslog", b"s")))
+        fs = apply_view(store, BASE, tar(D("var"), D("var/log"), F("var/log/syslog", b"s")))
         assert fs.is_dir("/var/log")
         assert fs.listdir("/var/log") == ["syslog"]
 
     def test_symlink_above_hides_directory_below(self, store):
-        fs = apply_view(store, BASE, tar_of(("l", "usr", "etc")))
+        fs = apply_view(store, BASE, tar(L("usr", "etc")))
         assert fs.is_symlink("/usr")
         assert fs.listdir("/usr") == ["hosts", "passwd"]  # followed: /etc
 
@@ -630,7 +622,7 @@ class TestMetadata:
             store.layers.apply(TarBuilder().chardev("zero", 0, 0).bytes())
 
     def test_implied_parents_are_root_owned_0755(self, any_store):
-        fs = apply_view(any_store, tar_of(("f", "a/b/c", b"x")))
+        fs = apply_view(any_store, tar(F("a/b/c", b"x")))
         for d in ("/a", "/a/b"):
             st = fs.stat(d)
             assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o755
@@ -641,7 +633,7 @@ class TestMetadata:
         # without a `./` entry must not depend on the importing process's umask.
         old = os.umask(0o077)
         try:
-            fs = apply_view(any_store, tar_of(("f", "a/b", b"x"), ("d", "c")))
+            fs = apply_view(any_store, tar(F("a/b", b"x"), D("c")))
         finally:
             os.umask(old)
         st = fs.stat("/")

@@ -18,21 +18,12 @@ import pytest
 import ovlcore
 from ovlcore import Mount
 
-from _helpers_56 import (  # noqa: F401  (fixtures)
-    IS_ROOT,
-    PASSWD,
-    F,
-    D,
-    L,
-    image,
-    import_image,
-    needs_root,
-    pimage,
-    pstore,
-    snapshot,
-    store,
-    upper_tree,
-)
+from support import TESTS_DIR
+from support.images import PASSWD, import_image
+from support.layout import upper_tree
+from support.privilege import IS_ROOT, needs_root
+from support.stores import open_store
+from support.trees import snapshot
 
 # ==================================================================================================
 # Mount objects and Docker's syntaxes
@@ -137,11 +128,11 @@ def test_bind_source_must_be_absolute() -> None:
         Mount("/shared", "shared_mount", type="bind")
 
 
-def test_volume_on_image_file_is_an_error(pstore: ovlcore.Store, pimage: ovlcore.Image) -> None:
+def test_volume_on_image_file_is_an_error(any_store: ovlcore.Store, any_image: ovlcore.Image) -> None:
     with pytest.raises((OSError, ValueError, ovlcore.OvlError)) as ei:
-        pstore.containers.create(pimage, name="c", mounts=[Mount("/etc/hostname", "v")])
+        any_store.containers.create(any_image, name="c", mounts=[Mount("/etc/hostname", "v")])
     assert "/etc/hostname" in str(ei.value)
-    assert pstore.containers.list() == []
+    assert any_store.containers.list() == []
 
 
 def test_failed_create_leaves_no_volumes_behind(store: ovlcore.Store, image: ovlcore.Image) -> None:
@@ -163,9 +154,9 @@ def test_failed_create_bind_missing_leaves_no_volumes(store: ovlcore.Store, imag
 # Pre-population
 
 
-def test_empty_volume_is_filled_from_image_dir(pstore: ovlcore.Store, pimage: ovlcore.Image) -> None:
-    c = pstore.containers.create(pimage, mounts=[Mount("/data", "pre")])
-    v = pstore.volumes.get("pre")
+def test_empty_volume_is_filled_from_image_dir(any_store: ovlcore.Store, any_image: ovlcore.Image) -> None:
+    c = any_store.containers.create(any_image, mounts=[Mount("/data", "pre")])
+    v = any_store.volumes.get("pre")
     assert sorted(os.listdir(v.mountpoint)) == ["pw", "seed.txt", "sub"]
     assert (v.mountpoint / "seed.txt").read_text() == "seed from the image\n"
     assert (v.mountpoint / "sub" / "deep.txt").read_text() == "deep\n"
@@ -200,9 +191,9 @@ def test_anonymous_volume_is_filled_too(store: ovlcore.Store, image: ovlcore.Ima
     assert sorted(os.listdir(v.mountpoint)) == ["pw", "seed.txt", "sub"]
 
 
-def test_nocopy_leaves_volume_empty(pstore: ovlcore.Store, pimage: ovlcore.Image) -> None:
-    c = pstore.containers.create(pimage, mounts=[Mount("/data", "nc", nocopy=True)])
-    assert os.listdir(pstore.volumes.get("nc").mountpoint) == []
+def test_nocopy_leaves_volume_empty(any_store: ovlcore.Store, any_image: ovlcore.Image) -> None:
+    c = any_store.containers.create(any_image, mounts=[Mount("/data", "nc", nocopy=True)])
+    assert os.listdir(any_store.volumes.get("nc").mountpoint) == []
     assert c.fs.listdir("/data") == []
     assert not c.fs.exists("/data/seed.txt")
 
@@ -212,11 +203,11 @@ def test_nocopy_through_parse(store: ovlcore.Store, image: ovlcore.Image) -> Non
     assert os.listdir(store.volumes.get("nc").mountpoint) == []
 
 
-def test_volume_with_data_is_never_overwritten(pstore: ovlcore.Store, pimage: ovlcore.Image) -> None:
-    v = pstore.volumes.create("full")
+def test_volume_with_data_is_never_overwritten(any_store: ovlcore.Store, any_image: ovlcore.Image) -> None:
+    v = any_store.volumes.create("full")
     (v.mountpoint / "mine.txt").write_text("mine")
     (v.mountpoint / "seed.txt").write_text("the volume's own seed")
-    c = pstore.containers.create(pimage, mounts=[Mount("/data", "full")])
+    c = any_store.containers.create(any_image, mounts=[Mount("/data", "full")])
     assert sorted(os.listdir(v.mountpoint)) == ["mine.txt", "seed.txt"]
     assert c.fs.read_text("/data/seed.txt") == "the volume's own seed"
     assert not c.fs.exists("/data/sub")
@@ -230,34 +221,34 @@ def test_filled_volume_not_refilled_by_second_container(store: ovlcore.Store, im
     assert sorted(b.fs.listdir("/srv")) == ["pw", "sub"]
 
 
-def test_volume_on_missing_top_level_path(pstore: ovlcore.Store, pimage: ovlcore.Image) -> None:
-    c = pstore.containers.create(pimage, mounts=[Mount("/newdir", "nv")])
+def test_volume_on_missing_top_level_path(any_store: ovlcore.Store, any_image: ovlcore.Image) -> None:
+    c = any_store.containers.create(any_image, mounts=[Mount("/newdir", "nv")])
     assert c.fs.is_dir("/newdir")
     assert c.fs.listdir("/newdir") == []
     assert "newdir" in c.fs.listdir("/")
     c.fs.write_text("/newdir/f", "x")
-    assert (pstore.volumes.get("nv").mountpoint / "f").read_text() == "x"
+    assert (any_store.volumes.get("nv").mountpoint / "f").read_text() == "x"
 
 
-def test_volume_on_missing_nested_path(pstore: ovlcore.Store, pimage: ovlcore.Image) -> None:
-    c = pstore.containers.create(pimage, mounts=[Mount("/new/deeper", "nv")])
+def test_volume_on_missing_nested_path(any_store: ovlcore.Store, any_image: ovlcore.Image) -> None:
+    c = any_store.containers.create(any_image, mounts=[Mount("/new/deeper", "nv")])
     assert c.fs.is_dir("/new/deeper")
     assert c.fs.listdir("/new/deeper") == []
     assert "deeper" in c.fs.listdir("/new")
     assert "new" in c.fs.listdir("/")
     c.fs.write_text("/new/deeper/f", "x")
-    assert (pstore.volumes.get("nv").mountpoint / "f").read_text() == "x"
+    assert (any_store.volumes.get("nv").mountpoint / "f").read_text() == "x"
 
 
 # ==================================================================================================
 # Bind mounts
 
 
-def test_bind_mount_hides_image_content(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
+def test_bind_mount_hides_image_content(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path) -> None:
     shared = tmp_path / "shared_mount"
     shared.mkdir()
     (shared / "host.txt").write_text("from the host")
-    c = pstore.containers.create(pimage, mounts=[Mount("/shared", str(shared), type="bind")])
+    c = any_store.containers.create(any_image, mounts=[Mount("/shared", str(shared), type="bind")])
     assert c.fs.listdir("/shared") == ["host.txt"]
     assert not c.fs.exists("/shared/image_only.txt")
     assert c.fs.read_text("/shared/host.txt") == "from the host"
@@ -265,10 +256,10 @@ def test_bind_mount_hides_image_content(pstore: ovlcore.Store, pimage: ovlcore.I
     assert os.listdir(shared) == ["host.txt"]
 
 
-def test_bind_mount_writes_land_on_host(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
+def test_bind_mount_writes_land_on_host(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path) -> None:
     shared = tmp_path / "shared_mount"
     shared.mkdir()
-    c = pstore.containers.create(pimage, mounts=[Mount("/shared", str(shared), type="bind")])
+    c = any_store.containers.create(any_image, mounts=[Mount("/shared", str(shared), type="bind")])
     c.fs.write_text("/shared/out.txt", "written in the container")
     c.fs.mkdir("/shared/sub")
     c.fs.write_bytes("/shared/sub/b", b"\x00\x01")
@@ -334,8 +325,8 @@ def _write_everything_under_mounts(c: ovlcore.Container) -> None:
     fs.truncate("/data/new.txt", 3)
 
 
-def test_writes_under_mounts_never_touch_writable_layer(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
-    c, vol, shared = _mounted(pstore, pimage, tmp_path)
+def test_writes_under_mounts_never_touch_writable_layer(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path) -> None:
+    c, vol, shared = _mounted(any_store, any_image, tmp_path)
     _write_everything_under_mounts(c)
     assert upper_tree(c) == []
     assert c.diff() == []
@@ -345,8 +336,8 @@ def test_writes_under_mounts_never_touch_writable_layer(pstore: ovlcore.Store, p
     assert sorted(os.listdir(vol / "newdir")) == ["lnk", "y"]
     assert sorted(os.listdir(shared)) == ["hd", "host_new.txt"]
     # The image is unchanged.
-    assert pimage.fs.read_text("/data/seed.txt") == "seed from the image\n"
-    assert pimage.fs.exists("/data/sub/deep.txt")
+    assert any_image.fs.read_text("/data/seed.txt") == "seed from the image\n"
+    assert any_image.fs.exists("/data/sub/deep.txt")
 
 
 def test_diff_lists_other_changes_but_not_mounts(store: ovlcore.Store, image: ovlcore.Image, tmp_path: Path) -> None:
@@ -356,8 +347,8 @@ def test_diff_lists_other_changes_but_not_mounts(store: ovlcore.Store, image: ov
     assert [str(ch) for ch in c.diff()] == ["C /etc", "A /etc/new.conf"]
 
 
-def test_commit_excludes_mount_contents(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
-    c, _, _ = _mounted(pstore, pimage, tmp_path)
+def test_commit_excludes_mount_contents(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path) -> None:
+    c, _, _ = _mounted(any_store, any_image, tmp_path)
     _write_everything_under_mounts(c)
     c.fs.write_text("/etc/new.conf", "x")
     img = c.commit("committed:1")
@@ -365,15 +356,15 @@ def test_commit_excludes_mount_contents(pstore: ovlcore.Store, pimage: ovlcore.I
     with tarfile.open(fileobj=top.tar(), mode="r|") as t:
         names = sorted(m.name.rstrip("/") for m in t)
     assert names == ["etc", "etc/new.conf"]
-    d = pstore.containers.create(img)
+    d = any_store.containers.create(img)
     assert d.fs.read_text("/data/seed.txt") == "seed from the image\n"
     assert not d.fs.exists("/data/new.txt")
     assert d.fs.exists("/data/sub/deep.txt")
     assert d.fs.listdir("/shared") == ["image_only.txt"]
 
 
-def test_export_excludes_mount_contents(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path) -> None:
-    c, _, _ = _mounted(pstore, pimage, tmp_path)
+def test_export_excludes_mount_contents(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path) -> None:
+    c, _, _ = _mounted(any_store, any_image, tmp_path)
     _write_everything_under_mounts(c)
     buf = io.BytesIO()
     c.export(buf)
@@ -431,8 +422,8 @@ def _ro_container(store: ovlcore.Store, image: ovlcore.Image) -> tuple[ovlcore.C
 
 
 @pytest.mark.parametrize("op", sorted(RO_WRITES))
-def test_read_only_volume_refuses_writes_with_erofs(pstore: ovlcore.Store, pimage: ovlcore.Image, op: str) -> None:
-    c, mp = _ro_container(pstore, pimage)
+def test_read_only_volume_refuses_writes_with_erofs(any_store: ovlcore.Store, any_image: ovlcore.Image, op: str) -> None:
+    c, mp = _ro_container(any_store, any_image)
     before = snapshot(mp)
     assert c.fs.read_text("/ro/seed.txt") == "seed from the image\n"
     with pytest.raises(OSError) as ei:
@@ -493,15 +484,15 @@ def test_read_only_mount_target_itself(store: ovlcore.Store, image: ovlcore.Imag
 
 
 @pytest.mark.parametrize("order", ["outer_first", "inner_first"])
-def test_nested_mounts_resolve_to_deepest(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path, order: str) -> None:
+def test_nested_mounts_resolve_to_deepest(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path, order: str) -> None:
     bind = tmp_path / "bind"
     bind.mkdir()
     mounts = [Mount("/data", "outer"), Mount("/data/inner", "innervol"), Mount("/data/inner/deepest", str(bind), type="bind")]
     if order == "inner_first":
         mounts.reverse()
-    c = pstore.containers.create(pimage, mounts=mounts)
-    outer = pstore.volumes.get("outer").mountpoint
-    inner = pstore.volumes.get("innervol").mountpoint
+    c = any_store.containers.create(any_image, mounts=mounts)
+    outer = any_store.volumes.get("outer").mountpoint
+    inner = any_store.volumes.get("innervol").mountpoint
     c.fs.write_text("/data/o.txt", "outer")
     c.fs.write_text("/data/inner/i.txt", "inner")
     c.fs.write_text("/data/inner/deepest/b.txt", "bind")
@@ -554,25 +545,25 @@ def canary(tmp_path: Path) -> Path:
     return p
 
 
-def test_volume_link_to_etc_passwd_means_containers(pstore: ovlcore.Store, pimage: ovlcore.Image) -> None:
-    c = pstore.containers.create(pimage, mounts=[Mount("/data", "v")])
+def test_volume_link_to_etc_passwd_means_containers(any_store: ovlcore.Store, any_image: ovlcore.Image) -> None:
+    c = any_store.containers.create(any_image, mounts=[Mount("/data", "v")])
     # /data/pw came from the image into the volume: a link to /etc/passwd.
     assert c.fs.read_text("/data/pw") == PASSWD
     with open("/etc/passwd") as f:
         assert f.read() != PASSWD  # the host's is different, so the check above means something
 
 
-def test_links_in_volume_and_bind_never_reach_host(pstore: ovlcore.Store, pimage: ovlcore.Image, tmp_path: Path, canary: Path) -> None:
+def test_links_in_volume_and_bind_never_reach_host(any_store: ovlcore.Store, any_image: ovlcore.Image, tmp_path: Path, canary: Path) -> None:
     bind = tmp_path / "bind"
     bind.mkdir()
     os.symlink(str(canary), bind / "abs")
     os.symlink("../../../../../../../../../..", bind / "up")
     os.symlink(str(canary.parent), bind / "hostdir")
-    c = pstore.containers.create(pimage, mounts=[Mount("/data", "v"), Mount("/shared", str(bind), type="bind")])
-    vol = pstore.volumes.get("v").mountpoint
+    c = any_store.containers.create(any_image, mounts=[Mount("/data", "v"), Mount("/shared", str(bind), type="bind")])
+    vol = any_store.volumes.get("v").mountpoint
     os.symlink(str(canary), vol / "abs")
     os.symlink("/", vol / "root")
-    outside = snapshot(tmp_path, exclude=[pstore.root])
+    outside = snapshot(tmp_path, exclude=[any_store.root])
 
     for p in ("/data/abs", "/shared/abs", "/shared/hostdir/host_secret"):
         with pytest.raises(FileNotFoundError):
@@ -595,7 +586,7 @@ def test_links_in_volume_and_bind_never_reach_host(pstore: ovlcore.Store, pimage
     c.fs.write_text("/data/abs", "in the container")
     assert c.fs.read_text(str(canary)) == "in the container"
     assert c.fs.read_text("/shared/abs") == "in the container"
-    assert snapshot(tmp_path, exclude=[pstore.root]) == outside
+    assert snapshot(tmp_path, exclude=[any_store.root]) == outside
     assert canary.read_text() == "CANARY: host secret\n"
 
 
@@ -643,12 +634,10 @@ def test_kernel_mount_binds_volumes_and_sources(store: ovlcore.Store, image: ovl
 
 
 @needs_root
-def test_kernel_mount_of_rootless_convention_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kernel_mount_of_rootless_convention_store(tmp_path: Path) -> None:
     """A store made with the rootless convention (opaque markers in ``user.overlay.opaque``) mounts with
     ``userxattr``; as root that must work too, with its volumes."""
-    from _helpers_56 import open_store
-
-    s = open_store(tmp_path / "rstore", "rootless", monkeypatch)
+    s = open_store(tmp_path / "rstore", "rootless")
     img = import_image(s)
     c = s.containers.create(img, mounts=[Mount("/data", "rv")])
     c.fs.rmtree("/srv/dir")
@@ -753,7 +742,8 @@ import json, os, sys
 sys.path.insert(0, sys.argv[1])
 import ovlcore
 from ovlcore import Mount
-from _helpers_56 import BASE_ENTRIES, L, import_image
+from support.images import BASE_ENTRIES, import_image
+from support.tars import L
 tmp, kind = sys.argv[2], sys.argv[3]
 hostside = os.path.join(tmp, "hostside")
 os.mkdir(hostside)
@@ -788,7 +778,7 @@ def test_kernel_mount_target_through_container_symlink_stays_inside(tmp_path: Pa
     script = tmp_path / "probe.py"
     script.write_text(_ESCAPE_CHILD)
     p = subprocess.run(
-        ["unshare", "-m", "--propagation", "private", sys.executable, str(script), str(Path(__file__).parent), str(tmp_path), kind],
+        ["unshare", "-m", "--propagation", "private", sys.executable, str(script), str(TESTS_DIR), str(tmp_path), kind],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         timeout=120,

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from _helpers_56 import BASE_ENTRIES, OVLCORE_CMD, OVLCORE_SH, make_tar, run_cli
+from support.cli import OVLCORE_CMD, OVLCORE_SH, run_cli
+from support.images import BASE_ENTRIES
+from support.tars import tar
 
 HAVE_TMUX = shutil.which("tmux") is not None
 
@@ -165,7 +167,7 @@ def test_file_import_silent_when_stderr_is_a_pipe(tmp_path: Path, big_tar: Path)
 def test_quick_command_shows_no_progress_on_pty(tmp_path: Path) -> None:
     """Only operations that run longer than a moment show a bar."""
     small = tmp_path / "small.tar"
-    small.write_bytes(make_tar(BASE_ENTRIES))
+    small.write_bytes(tar(*BASE_ENTRIES))
     term, out, rc, duration = _on_pty([*OVLCORE_CMD, "--root", str(tmp_path / "store"), "import", str(small), "small:1"])
     assert rc == 0
     assert duration < 5
@@ -176,7 +178,7 @@ def test_quick_command_shows_no_progress_on_pty(tmp_path: Path) -> None:
 def test_cp_progress_on_pty_and_not_in_pipe(tmp_path: Path) -> None:
     root = tmp_path / "store"
     small = tmp_path / "small.tar"
-    small.write_bytes(make_tar(BASE_ENTRIES))
+    small.write_bytes(tar(*BASE_ENTRIES))
     assert run_cli("import", str(small), "b:1", root=root).returncode == 0
     assert run_cli("create", "--name", "c", "b:1", root=root).returncode == 0
     src = tmp_path / "many"
@@ -199,7 +201,7 @@ def test_cp_progress_on_pty_and_not_in_pipe(tmp_path: Path) -> None:
 
 def test_archive_never_written_to_a_terminal(tmp_path: Path) -> None:
     small = tmp_path / "small.tar"
-    small.write_bytes(make_tar(BASE_ENTRIES))
+    small.write_bytes(tar(*BASE_ENTRIES))
     root = tmp_path / "store"
     assert run_cli("import", str(small), "b:1", root=root).returncode == 0
     assert run_cli("create", "--name", "c", "b:1", root=root).returncode == 0

@@ -12,7 +12,9 @@ import pytest
 
 import ovlcore
 
-from conftest import TarBuilder, is_whiteout, sha256_digest, tar_of
+from support.digests import sha256_digest
+from support.layout import is_whiteout
+from support.tars import D, F, O, TarBuilder, W, tar
 
 OVERRIDE = "user.containers.override_stat"
 
@@ -146,8 +148,8 @@ def test_reexport_is_byte_identical(rootless_store):
 
 
 def test_opaque_and_whiteouts(rootless_store):
-    base = tar_of(("d", "etc"), ("f", "etc/a", b"a"), ("f", "etc/b", b"b"), ("d", "usr"), ("f", "usr/x", b"x"))
-    top = tar_of(("d", "etc"), ("w", "etc/a"), ("d", "usr"), ("o", "usr"), ("f", "usr/y", b"y"))
+    base = tar(D("etc"), F("etc/a", b"a"), F("etc/b", b"b"), D("usr"), F("usr/x", b"x"))
+    top = tar(D("etc"), W("etc/a"), D("usr"), O("usr"), F("usr/y", b"y"))
     l0 = rootless_store.layers.apply(base)
     l1 = rootless_store.layers.apply(top, parent=l0)
     assert os.getxattr(l1.path / "usr", "user.overlay.opaque") == b"y"

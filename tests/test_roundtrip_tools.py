@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IS_ROOT
+from support.privilege import IS_ROOT
 
 GNU_TAR = shutil.which("tar")
 BUSYBOX = shutil.which("busybox")

@@ -4,7 +4,6 @@ bad archives (InvalidArchive naming the problem, the store left exactly as it wa
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -19,6 +18,9 @@ import pytest
 
 import ovlcore
 from ovlcore import InvalidArchive
+from support.digests import sha256_digest
+from support.stores import open_store
+from support.tars import D, Entry, F, L, tar
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -26,56 +28,27 @@ from ovlcore import InvalidArchive
 # ----------------------------------------------------------------------------------------------------
 
 
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def tar_of(entries: list[tuple[str, Any]]) -> bytes:
-    """A PAX tar: (name, bytes) files, (name, None) directories, (name, ("symlink", target)) links."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, what in entries:
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_700_000_000
-            info.uname = info.gname = ""
-            if what is None:
-                info.type = tarfile.DIRTYPE
-                info.mode = 0o755
-                tf.addfile(info)
-            elif isinstance(what, tuple):
-                info.type = tarfile.SYMTYPE
-                info.linkname = what[1]
-                info.mode = 0o777
-                tf.addfile(info)
-            else:
-                info.size = len(what)
-                info.mode = 0o644
-                tf.addfile(info, io.BytesIO(what))
-    return buf.getvalue()
-
-
-BASE_ENTRIES: list[tuple[str, Any]] = [
-    ("bin/", None),
-    ("bin/tool", b"#!/bin/sh\necho tool\n"),
-    ("bin/alias", ("symlink", "tool")),
-    ("etc/", None),
-    ("etc/config", b"a=1\n"),
-    ("etc/gone", b"to be deleted\n"),
-    ("opq/", None),
-    ("opq/old1", b"old 1\n"),
-    ("opq/sub/", None),
-    ("opq/sub/old2", b"old 2\n"),
-    ("var/", None),
-    ("var/lib/", None),
-    ("var/lib/data", b"x" * 10000),
-    ("doomed/", None),
-    ("doomed/inside", b"inside\n"),
+BASE_ENTRIES: list[Entry] = [
+    D("bin/"),
+    F("bin/tool", b"#!/bin/sh\necho tool\n"),
+    L("bin/alias", "tool"),
+    D("etc/"),
+    F("etc/config", b"a=1\n"),
+    F("etc/gone", b"to be deleted\n"),
+    D("opq/"),
+    F("opq/old1", b"old 1\n"),
+    D("opq/sub/"),
+    F("opq/sub/old2", b"old 2\n"),
+    D("var/"),
+    D("var/lib/"),
+    F("var/lib/data", b"x" * 10000),
+    D("doomed/"),
+    F("doomed/inside", b"inside\n"),
 ]
 
 
 def snapshot(store: ovlcore.Store) -> dict[str, Any]:
     """Everything a failed load must leave unchanged."""
-    repos = store.root / "repositories.json"
     return {
         "images": sorted(i.id for i in store.images.list()),
         "layers": sorted(layer.chain_id for layer in store.layers.list()),
@@ -83,7 +56,7 @@ def snapshot(store: ovlcore.Store) -> dict[str, Any]:
         "trash": sorted(os.listdir(store.root / "trash")),
         "layer_dirs": sorted(os.listdir(store.root / "layers")),
         "image_dirs": sorted(os.listdir(store.root / "images")),
-        "repositories": repos.read_bytes() if repos.exists() else None,
+        "tags": sorted((t, i.id) for i in store.images.list() for t in i.tags),
     }
 
 
@@ -97,7 +70,7 @@ def tree(fs: Any) -> dict[str, tuple[Any, ...]]:
             if stat.S_ISLNK(st.st_mode):
                 extra: Any = fs.readlink(p)
             elif stat.S_ISREG(st.st_mode):
-                extra = sha256(fs.read_bytes(p))
+                extra = sha256_digest(fs.read_bytes(p))
             else:
                 extra = None
             out[p] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, extra)
@@ -159,11 +132,11 @@ def docker_archive(path: Path, layers: list[bytes], *, tags: list[str] | None = 
                 "os": "linux",
                 "config": {},
                 "created": "2024-01-01T00:00:00Z",
-                "rootfs": {"type": "layers", "diff_ids": [sha256(x) for x in layers]},
+                "rootfs": {"type": "layers", "diff_ids": [sha256_digest(x) for x in layers]},
                 "history": [{"created": "2024-01-01T00:00:00Z", "created_by": f"step {n}"} for n in range(len(layers))],
             }
         ).encode()
-    cname = sha256(config).removeprefix("sha256:") + ".json"
+    cname = sha256_digest(config).removeprefix("sha256:") + ".json"
     items[cname] = file_entry(cname, config)
     manifest = [{"Config": cname, "RepoTags": tags or ["crafted:1"], "Layers": names}]
     items["manifest.json"] = file_entry("manifest.json", json.dumps(manifest).encode())
@@ -177,13 +150,8 @@ def docker_archive(path: Path, layers: list[bytes], *, tags: list[str] | None = 
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> ovlcore.Store:
-    return ovlcore.Store(tmp_path / "store")
-
-
-@pytest.fixture()
 def other(tmp_path: Path) -> ovlcore.Store:
-    return ovlcore.Store(tmp_path / "other")
+    return open_store(tmp_path / "other")
 
 
 @pytest.fixture()
@@ -191,7 +159,7 @@ def images(store: ovlcore.Store, tmp_path: Path) -> dict[str, ovlcore.Image]:
     """base:1 (imported), app:1 (a commit with whiteouts and an opaque directory), app:2 (another commit
     on app:1), side:1 (a different commit on base:1)."""
     src = tmp_path / "rootfs.tar"
-    src.write_bytes(tar_of(BASE_ENTRIES))
+    src.write_bytes(tar(*BASE_ENTRIES))
     base = store.images.import_archive(str(src), tag="base:1", changes=["ENV PATH=/bin", 'CMD ["/bin/tool"]'])
     c = store.containers.create(base, name="c1")
     fs = c.fs
@@ -271,7 +239,7 @@ def test_layers_reexport_byte_identical_after_load(
     for layer in other.images.get("app:2").layers:
         stream = layer.tar()
         data = stream.read()
-        assert sha256(data) == layer.diff_id == stream.diff_id
+        assert sha256_digest(data) == layer.diff_id == stream.diff_id
         assert len(data) == layer.tar_size
 
 
@@ -285,7 +253,7 @@ def test_docker_archive_layout(store: ovlcore.Store, images: dict[str, ovlcore.I
         assert m[entry["Config"]][1] == img.config_bytes
         assert entry["Config"] == img.id.removeprefix("sha256:") + ".json"
         for path, layer in zip(entry["Layers"], img.layers):
-            assert sha256(m[path][1]) == layer.diff_id  # type: ignore[arg-type]
+            assert sha256_digest(m[path][1]) == layer.diff_id  # type: ignore[arg-type]
             assert m[path.replace("layer.tar", "VERSION")][1] == b"1.0"
     repos = json.loads(m["repositories"][1])  # type: ignore[arg-type]
     assert set(repos) == {"app", "side"}
@@ -308,7 +276,7 @@ def test_oci_layout(store: ovlcore.Store, images: dict[str, ovlcore.Image], tmp_
     blobs = {n.removeprefix("blobs/sha256/"): d for n, (_, d) in m.items() if n.startswith("blobs/sha256/") and d is not None}
     # Every blob is named by its digest.
     for hexd, data in blobs.items():
-        assert sha256(data) == "sha256:" + hexd
+        assert sha256_digest(data) == "sha256:" + hexd
     layer_digests = []
     for desc, img in zip(index["manifests"], [images["app2"], images["side"]]):
         assert desc["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
@@ -342,7 +310,7 @@ def test_oci_compressed_layers(
         assert ld["mediaType"] == f"application/vnd.oci.image.layer.v1.tar+{compression}"
         assert ld["digest"] != layer.diff_id
         blob = m["blobs/sha256/" + ld["digest"].removeprefix("sha256:")][1]
-        assert sha256(blob) == ld["digest"] and len(blob) == ld["size"]  # type: ignore[arg-type]
+        assert sha256_digest(blob) == ld["digest"] and len(blob) == ld["size"]  # type: ignore[arg-type]
     (img,) = other.images.load(out)
     assert_same_image(images["app2"], img)
     assert img.tags == ["app:2"]
@@ -583,9 +551,9 @@ def test_oci_compressed_blob_digest_mismatch(
     items[blob_name] = (info, blob + extra)  # type: ignore[operator]
     ld["size"] = len(blob) + len(extra)  # type: ignore[arg-type]
     new_man = json.dumps(man).encode()
-    new_mname = "blobs/sha256/" + sha256(new_man).removeprefix("sha256:")
+    new_mname = "blobs/sha256/" + sha256_digest(new_man).removeprefix("sha256:")
     items[new_mname] = file_entry(new_mname, new_man)
-    index["manifests"][0]["digest"] = sha256(new_man)
+    index["manifests"][0]["digest"] = sha256_digest(new_man)
     index["manifests"][0]["size"] = len(new_man)
     items["index.json"] = file_entry("index.json", json.dumps(index).encode())
     bad = tmp_path / "bad.tar"
@@ -644,15 +612,15 @@ def test_layer_count_mismatch(other: ovlcore.Store, saved: dict[str, Path], tmp_
 @pytest.mark.parametrize(
     "entries, fragment",
     [
-        ([("../escape", b"evil")], "../escape"),
-        ([("ok/", None), ("ok/../../escape", b"evil")], "escape"),
-        ([("/abs/escape", b"evil")], "absolute"),
-        ([("link", ("symlink", "/tmp")), ("link/escape", b"evil")], "link/escape"),
+        ([F("../escape", b"evil")], "../escape"),
+        ([D("ok/"), F("ok/../../escape", b"evil")], "escape"),
+        ([F("/abs/escape", b"evil")], "absolute"),
+        ([L("link", "/tmp"), F("link/escape", b"evil")], "link/escape"),
     ],
 )
 def test_path_escape_inside_a_layer(other: ovlcore.Store, tmp_path: Path, entries: list[Any], fragment: str) -> None:
-    good = tar_of([("a/", None), ("a/file", b"fine")])
-    evil = tar_of(entries)
+    good = tar(D("a/"), F("a/file", b"fine"))
+    evil = tar(*entries)
     # The escape sits in the second layer: the first one was extracted and must be discarded.
     bad = docker_archive(tmp_path / "bad.tar", [good, evil])
     expect_invalid(other, bad, "l1/layer.tar", fragment)
@@ -661,9 +629,9 @@ def test_path_escape_inside_a_layer(other: ovlcore.Store, tmp_path: Path, entrie
 
 @pytest.mark.parametrize("config", [b"this is not json", b"[1, 2]", b'{"rootfs": 3}'])
 def test_config_that_is_not_json(other: ovlcore.Store, tmp_path: Path, config: bytes) -> None:
-    layer = tar_of([("f", b"x")])
+    layer = tar(F("f", b"x"))
     bad = docker_archive(tmp_path / "bad.tar", [layer], config=config)
-    expect_invalid(other, bad, "config", sha256(config).removeprefix("sha256:"))
+    expect_invalid(other, bad, "config", sha256_digest(config).removeprefix("sha256:"))
 
 
 def test_config_digest_mismatch(other: ovlcore.Store, saved: dict[str, Path], images: dict[str, ovlcore.Image], tmp_path: Path) -> None:
@@ -697,7 +665,7 @@ def test_not_an_archive(other: ovlcore.Store, tmp_path: Path) -> None:
     junk.write_bytes(b"hello, I am not a tar file" * 100)
     expect_invalid(other, junk, "not a valid tar archive")
     empty = tmp_path / "empty.tar"
-    empty.write_bytes(tar_of([("something", b"else")]))
+    empty.write_bytes(tar(F("something", b"else")))
     expect_invalid(other, empty, "neither manifest.json", "index.json")
     expect_invalid(other, io.BytesIO(gzip.compress(b"garbage" * 1000)), "not a valid tar archive")
 

@@ -12,7 +12,8 @@ import pytest
 import ovlcore
 from ovlcore import errors
 
-from conftest import IS_ROOT, tar_of
+from support.privilege import IS_ROOT
+from support.tars import F, tar
 
 
 def test_root_is_created_and_absolute(tmp_path, monkeypatch):
@@ -51,7 +52,7 @@ def test_driver(tmp_path):
 def test_context_manager(tmp_path):
     with ovlcore.Store(tmp_path / "s") as s:
         assert isinstance(s, ovlcore.Store)
-        s.layers.apply(tar_of(("f", "x", b"x")))
+        s.layers.apply(tar(F("x", b"x")))
 
 
 def test_default_privilege_follows_the_user(store):
@@ -61,7 +62,7 @@ def test_default_privilege_follows_the_user(store):
 def test_two_store_objects_share_one_root(sandbox):
     a = ovlcore.Store(sandbox.root)
     b = ovlcore.Store(sandbox.root)
-    img = a.images.import_archive(tar_of(("f", "x", b"shared")), tag="shared")
+    img = a.images.import_archive(tar(F("x", b"shared")), tag="shared")
     assert b.images.get("shared") == img
     assert b.images.get("shared").fs.read_bytes("/x") == b"shared"
     b.images.remove("shared")
@@ -70,7 +71,7 @@ def test_two_store_objects_share_one_root(sandbox):
 
 def test_another_process_sees_the_store(sandbox):
     a = ovlcore.Store(sandbox.root)
-    a.images.import_archive(tar_of(("f", "x", b"from parent")), tag="p")
+    a.images.import_archive(tar(F("x", b"from parent")), tag="p")
     code = (
         "import ovlcore, sys\n"
         f"s = ovlcore.Store({str(sandbox.root)!r})\n"
@@ -78,7 +79,7 @@ def test_another_process_sees_the_store(sandbox):
         "s.images.import_archive(iter([open(sys.argv[1], 'rb').read()]), tag='child')\n"
     )
     tarfile_path = sandbox.base / "c.tar"
-    tarfile_path.write_bytes(tar_of(("f", "y", b"from child")))
+    tarfile_path.write_bytes(tar(F("y", b"from child")))
     out = subprocess.run([sys.executable, "-c", code, str(tarfile_path)], capture_output=True, text=True, check=True)
     assert out.stdout == "from parent"
     assert a.images.get("child").fs.read_bytes("/y") == b"from child"
@@ -96,8 +97,8 @@ def test_reopen_removes_staging_left_by_a_crash(sandbox):
 
 
 def test_store_prune_removes_unreferenced_layers(store):
-    kept = store.images.import_archive(tar_of(("f", "k", b"k")), tag="kept")
-    loose = store.layers.apply(tar_of(("f", "l", b"loose")))  # kept by apply until removed or pruned
+    kept = store.images.import_archive(tar(F("k", b"k")), tag="kept")
+    loose = store.layers.apply(tar(F("l", b"loose")))  # kept by apply until removed or pruned
     report = store.prune()
     assert loose.chain_id.removeprefix("sha256:") in report.deleted or loose.chain_id in report.deleted
     assert report.space_reclaimed >= len(b"loose")

@@ -12,7 +12,8 @@ import pytest
 
 import ovlcore
 
-from conftest import FIXED_MTIME, TarBuilder, image_chain
+from support.images import image_chain
+from support.tars import FIXED_MTIME, TarBuilder
 
 HOST_PASSWD = open("/etc/passwd", "rb").read() if os.path.exists("/etc/passwd") else b""
 

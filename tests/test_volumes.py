@@ -12,7 +12,6 @@ import pytest
 import ovlcore
 from ovlcore import Mount
 
-from _helpers_56 import image, import_image, pimage, pstore, store  # noqa: F401  (fixtures)
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -20,29 +19,29 @@ HEX64 = re.compile(r"^[0-9a-f]{64}$")
 # ----- create / get / list -----
 
 
-def test_create_named_volume(pstore: ovlcore.Store) -> None:
+def test_create_named_volume(any_store: ovlcore.Store) -> None:
     before = datetime.now(timezone.utc)
-    v = pstore.volumes.create("my_vol", labels={"tier": "db", "empty": ""})
+    v = any_store.volumes.create("my_vol", labels={"tier": "db", "empty": ""})
     assert v.name == "my_vol"
     assert v.anonymous is False
     assert v.labels == {"tier": "db", "empty": ""}
     assert v.created.tzinfo is not None
     assert before - timedelta(seconds=2) <= v.created <= datetime.now(timezone.utc) + timedelta(seconds=2)
     # Docker's layout: volumes/<name>/_data
-    assert v.mountpoint == pstore.root / "volumes" / "my_vol" / "_data"
+    assert v.mountpoint == any_store.root / "volumes" / "my_vol" / "_data"
     assert v.mountpoint.is_dir()
     assert os.listdir(v.mountpoint) == []
 
 
-def test_create_anonymous_volume(pstore: ovlcore.Store) -> None:
-    v = pstore.volumes.create()
+def test_create_anonymous_volume(any_store: ovlcore.Store) -> None:
+    v = any_store.volumes.create()
     assert HEX64.match(v.name), v.name
     assert v.anonymous is True
     assert v.labels == {}
     assert v.mountpoint.is_dir()
-    w = pstore.volumes.create()
+    w = any_store.volumes.create()
     assert w.name != v.name
-    assert {x.name for x in pstore.volumes.list()} == {v.name, w.name}
+    assert {x.name for x in any_store.volumes.list()} == {v.name, w.name}
 
 
 def test_create_existing_name_returns_it_and_keeps_data(store: ovlcore.Store) -> None:
@@ -54,15 +53,15 @@ def test_create_existing_name_returns_it_and_keeps_data(store: ovlcore.Store) ->
     assert again.labels == {"a": "1"}
 
 
-def test_get_and_list(pstore: ovlcore.Store) -> None:
-    a = pstore.volumes.create("alpha", labels={"x": "y"})
-    b = pstore.volumes.create("beta")
-    got = pstore.volumes.get("alpha")
+def test_get_and_list(any_store: ovlcore.Store) -> None:
+    a = any_store.volumes.create("alpha", labels={"x": "y"})
+    b = any_store.volumes.create("beta")
+    got = any_store.volumes.get("alpha")
     assert got == a and got.labels == {"x": "y"} and got.mountpoint == a.mountpoint
     assert got.created == a.created
-    names = [v.name for v in pstore.volumes.list()]
+    names = [v.name for v in any_store.volumes.list()]
     assert sorted(names) == ["alpha", "beta"]
-    assert pstore.volumes.get("beta") == b
+    assert any_store.volumes.get("beta") == b
 
 
 def test_volumes_persist_across_store_instances(store: ovlcore.Store) -> None:
@@ -119,30 +118,30 @@ def test_volume_name_with_leading_slash_is_not_a_host_path(store: ovlcore.Store,
 # ----- remove -----
 
 
-def test_remove_volume_deletes_data(pstore: ovlcore.Store) -> None:
-    v = pstore.volumes.create("gone")
+def test_remove_volume_deletes_data(any_store: ovlcore.Store) -> None:
+    v = any_store.volumes.create("gone")
     (v.mountpoint / "file").write_text("x")
     (v.mountpoint / "d").mkdir()
-    pstore.volumes.remove("gone")
-    assert not (pstore.root / "volumes" / "gone").exists()
-    assert pstore.volumes.list() == []
+    any_store.volumes.remove("gone")
+    assert not (any_store.root / "volumes" / "gone").exists()
+    assert any_store.volumes.list() == []
     with pytest.raises(ovlcore.VolumeNotFound):
-        pstore.volumes.get("gone")
+        any_store.volumes.get("gone")
     with pytest.raises(ovlcore.VolumeNotFound):
-        pstore.volumes.remove("gone")
+        any_store.volumes.remove("gone")
 
 
-def test_remove_in_use_needs_force(pstore: ovlcore.Store, pimage: ovlcore.Image) -> None:
-    pstore.volumes.create("busy")
-    pstore.containers.create(pimage, name="user1", mounts=[Mount("/data", "busy")])
+def test_remove_in_use_needs_force(any_store: ovlcore.Store, any_image: ovlcore.Image) -> None:
+    any_store.volumes.create("busy")
+    any_store.containers.create(any_image, name="user1", mounts=[Mount("/data", "busy")])
     with pytest.raises(ovlcore.VolumeInUse) as ei:
-        pstore.volumes.remove("busy")
+        any_store.volumes.remove("busy")
     assert "busy" in str(ei.value) and "user1" in str(ei.value)
     assert isinstance(ei.value, ovlcore.Conflict)
-    assert pstore.volumes.get("busy").mountpoint.is_dir()
-    pstore.volumes.remove("busy", force=True)
+    assert any_store.volumes.get("busy").mountpoint.is_dir()
+    any_store.volumes.remove("busy", force=True)
     with pytest.raises(ovlcore.VolumeNotFound):
-        pstore.volumes.get("busy")
+        any_store.volumes.get("busy")
 
 
 def test_volume_removable_once_container_is_gone(store: ovlcore.Store, image: ovlcore.Image) -> None:
@@ -163,29 +162,29 @@ def test_volume_object_remove(store: ovlcore.Store) -> None:
 # ----- prune -----
 
 
-def test_prune_removes_only_unused_anonymous(pstore: ovlcore.Store, pimage: ovlcore.Image) -> None:
-    named = pstore.volumes.create("named")
-    anon = pstore.volumes.create()
+def test_prune_removes_only_unused_anonymous(any_store: ovlcore.Store, any_image: ovlcore.Image) -> None:
+    named = any_store.volumes.create("named")
+    anon = any_store.volumes.create()
     (anon.mountpoint / "blob").write_bytes(b"x" * 10000)
-    used_anon_ctr = pstore.containers.create(pimage, mounts=[Mount("/data")])
+    used_anon_ctr = any_store.containers.create(any_image, mounts=[Mount("/data")])
     used_anon = used_anon_ctr.mounts[0].source
-    assert used_anon is not None and pstore.volumes.get(used_anon).anonymous
+    assert used_anon is not None and any_store.volumes.get(used_anon).anonymous
 
-    r = pstore.volumes.prune()
+    r = any_store.volumes.prune()
     assert r.deleted == [anon.name]
     assert r.space_reclaimed >= 10000
-    names = {v.name for v in pstore.volumes.list()}
+    names = {v.name for v in any_store.volumes.list()}
     assert names == {named.name, used_anon}
 
 
-def test_prune_all_removes_unused_named_too(pstore: ovlcore.Store, pimage: ovlcore.Image) -> None:
-    pstore.volumes.create("unused_named")
-    pstore.volumes.create("used_named")
-    anon = pstore.volumes.create()
-    pstore.containers.create(pimage, mounts=[Mount("/data", "used_named")])
-    r = pstore.volumes.prune(all=True)
+def test_prune_all_removes_unused_named_too(any_store: ovlcore.Store, any_image: ovlcore.Image) -> None:
+    any_store.volumes.create("unused_named")
+    any_store.volumes.create("used_named")
+    anon = any_store.volumes.create()
+    any_store.containers.create(any_image, mounts=[Mount("/data", "used_named")])
+    r = any_store.volumes.prune(all=True)
     assert sorted(r.deleted) == sorted(["unused_named", anon.name])
-    assert [v.name for v in pstore.volumes.list()] == ["used_named"]
+    assert [v.name for v in any_store.volumes.list()] == ["used_named"]
 
 
 def test_prune_on_empty_store(store: ovlcore.Store) -> None:
@@ -196,46 +195,46 @@ def test_prune_on_empty_store(store: ovlcore.Store) -> None:
 # ----- volumes referenced by mounts -----
 
 
-def test_mount_creates_missing_named_volume(pstore: ovlcore.Store, pimage: ovlcore.Image) -> None:
+def test_mount_creates_missing_named_volume(any_store: ovlcore.Store, any_image: ovlcore.Image) -> None:
     with pytest.raises(ovlcore.VolumeNotFound):
-        pstore.volumes.get("auto")
-    c = pstore.containers.create(pimage, mounts=[Mount("/newdir", "auto")])
-    v = pstore.volumes.get("auto")
+        any_store.volumes.get("auto")
+    c = any_store.containers.create(any_image, mounts=[Mount("/newdir", "auto")])
+    v = any_store.volumes.get("auto")
     assert v.anonymous is False
     assert c.mounts == [Mount("/newdir", "auto")]
 
 
-def test_mount_without_source_makes_anonymous_volume(pstore: ovlcore.Store, pimage: ovlcore.Image) -> None:
-    c = pstore.containers.create(pimage, mounts=[Mount("/newdir")])
+def test_mount_without_source_makes_anonymous_volume(any_store: ovlcore.Store, any_image: ovlcore.Image) -> None:
+    c = any_store.containers.create(any_image, mounts=[Mount("/newdir")])
     (m,) = c.mounts
     assert m.type == "volume" and m.source is not None and HEX64.match(m.source)
-    v = pstore.volumes.get(m.source)
+    v = any_store.volumes.get(m.source)
     assert v.anonymous
     c.fs.write_text("/newdir/f", "in anon")
     assert (v.mountpoint / "f").read_text() == "in anon"
 
 
-def test_named_volume_survives_container_removal(pstore: ovlcore.Store, pimage: ovlcore.Image) -> None:
-    c = pstore.containers.create(pimage, name="c", mounts=[Mount("/data", "my_vol")])
+def test_named_volume_survives_container_removal(any_store: ovlcore.Store, any_image: ovlcore.Image) -> None:
+    c = any_store.containers.create(any_image, name="c", mounts=[Mount("/data", "my_vol")])
     c.fs.write_text("/data/kept.txt", "kept")
-    pstore.containers.remove("c", volumes=True)
-    v = pstore.volumes.get("my_vol")
+    any_store.containers.remove("c", volumes=True)
+    v = any_store.volumes.get("my_vol")
     assert (v.mountpoint / "kept.txt").read_text() == "kept"
     # A new container sees the data (and the volume is not re-filled from the image).
-    d = pstore.containers.create(pimage, mounts=[Mount("/data", "my_vol")])
+    d = any_store.containers.create(any_image, mounts=[Mount("/data", "my_vol")])
     assert d.fs.read_text("/data/kept.txt") == "kept"
 
 
-def test_remove_with_volumes_removes_anonymous_only(pstore: ovlcore.Store, pimage: ovlcore.Image) -> None:
-    c = pstore.containers.create(pimage, mounts=[Mount("/data"), Mount("/named", "nv")])
+def test_remove_with_volumes_removes_anonymous_only(any_store: ovlcore.Store, any_image: ovlcore.Image) -> None:
+    c = any_store.containers.create(any_image, mounts=[Mount("/data"), Mount("/named", "nv")])
     anon = c.mounts[0].source
     assert anon is not None
-    anon_dir = pstore.volumes.get(anon).mountpoint.parent
+    anon_dir = any_store.volumes.get(anon).mountpoint.parent
     c.remove(volumes=True)
     with pytest.raises(ovlcore.VolumeNotFound):
-        pstore.volumes.get(anon)
+        any_store.volumes.get(anon)
     assert not anon_dir.exists()
-    assert pstore.volumes.get("nv")
+    assert any_store.volumes.get("nv")
 
 
 def test_remove_without_volumes_keeps_anonymous(store: ovlcore.Store, image: ovlcore.Image) -> None:

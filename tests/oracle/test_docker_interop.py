@@ -184,11 +184,6 @@ def tar_mtimes(data: bytes) -> dict[str, int]:
         return {m.name.rstrip("/").removeprefix("./"): int(m.mtime) for m in tf.getmembers()}
 
 
-@pytest.fixture()
-def store(tmp_path: Path) -> ovlcore.Store:
-    return ovlcore.Store(tmp_path / "store")
-
-
 def build_ovlcore_image(store: ovlcore.Store, tmp_path: Path) -> ovlcore.Image:
     """busybox base + two committed layers with whiteouts, an opaque directory and a type change."""
     base = store.images.import_archive(str(busybox_rootfs(tmp_path)), tag="bb-base:1", changes=['CMD ["sh"]'])

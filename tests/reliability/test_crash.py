@@ -20,8 +20,8 @@ import pytest
 
 import ovlcore
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _workload import make_tar  # noqa: E402
+from support.stores import leftovers
+from support.tars import D, F, tar
 
 KILLS = int(os.environ.get("OVLCORE_CRASH_KILLS", "8"))
 SEED = int(os.environ.get("OVLCORE_CRASH_SEED", "1234"))
@@ -55,14 +55,6 @@ def snapshot(store: ovlcore.Store) -> dict[str, object]:
     }
 
 
-def leftovers(root: Path) -> list[str]:
-    out = [f"tmp/{p.name}" for p in (root / "tmp").iterdir()]
-    out += [f"trash/{p.name}" for p in (root / "trash").iterdir()]
-    for c in (root / "containers").iterdir():
-        out += [f"{c.name}/scratch/{p.name}" for p in (c / "scratch").iterdir()]
-    return out
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("crashdata")
@@ -70,7 +62,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     files = {f"big/f{i:04d}": rng.randbytes(rng.randint(100, 20_000)) for i in range(1500)}
     files["big/blob"] = rng.randbytes(24 << 20)
     files.update({f"docs/d{i}": rng.randbytes(3000) for i in range(800)})
-    (d / "big.tar").write_bytes(make_tar(files, ("big", "docs")))
+    (d / "big.tar").write_bytes(tar(D("big"), D("docs"), *(F(n, d) for n, d in files.items())))
     tree = d / "tree"
     tree.mkdir()
     for i in range(1500):
@@ -96,7 +88,7 @@ def prepare(root: Path, data: Path) -> None:
         for i in range(200):
             v.fs.write_bytes(f"/big/x{i}", os.urandom(8192))
     for i in range(3):
-        store.images.apply("base:1", io.BytesIO(make_tar({f"dangling{i}": os.urandom(50_000)})))
+        store.images.apply("base:1", io.BytesIO(tar(F(f"dangling{i}", os.urandom(50_000)))))
     if hasattr(store.images, "save") and not (data / "saved.tar").exists():
         store.images.save(["base:1"], str(data / "saved.tar"))
 

@@ -7,7 +7,6 @@ import io
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +14,8 @@ import pytest
 
 import ovlcore
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _workload import make_tar  # noqa: E402
+from support.stores import leftovers
+from support.tars import D, F, tar
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
 
@@ -41,17 +40,10 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def leftovers(root: Path) -> list[str]:
-    out = [p.name for p in (root / "tmp").iterdir()] + [p.name for p in (root / "trash").iterdir()]
-    for c in (root / "containers").iterdir():
-        out += [p.name for p in (c / "scratch").iterdir()]
-    return out
-
-
 def test_enospc_fails_cleanly_and_recovers(small_fs: Path) -> None:
     root = small_fs / "store"
     store = ovlcore.Store(root)
-    base = store.images.import_archive(io.BytesIO(make_tar({"etc/a": b"a", "big/blob": os.urandom(4 << 20)}, ("etc",))), tag="base:1")
+    base = store.images.import_archive(io.BytesIO(tar(D("etc"), F("etc/a", b"a"), F("big/blob", os.urandom(4 << 20)))), tag="base:1")
     ctr = store.containers.create(base, name="c")
     made: list[str] = []
     failures: dict[str, OSError] = {}
@@ -65,7 +57,7 @@ def test_enospc_fails_cleanly_and_recovers(small_fs: Path) -> None:
 
     for i in range(40):
         images_before = {img.id for img in store.images.list()}
-        attempt("import", lambda: made.append(store.images.import_archive(io.BytesIO(make_tar({f"f{i}": os.urandom(6 << 20)})), tag=f"fill:{i}").id))
+        attempt("import", lambda: made.append(store.images.import_archive(io.BytesIO(tar(F(f"f{i}", os.urandom(6 << 20)))), tag=f"fill:{i}").id))
         attempt("write", lambda: ctr.fs.write_bytes(f"/w{i}", os.urandom(3 << 20)))
         attempt("copy-up", lambda: ctr.fs.open("/big/blob", "ab").close())
         attempt("commit", lambda: made.append(ctr.commit(f"commit:{i}").id))
@@ -94,7 +86,7 @@ def test_enospc_fails_cleanly_and_recovers(small_fs: Path) -> None:
             store.containers.remove(c.id, volumes=True)
     store.containers.remove("c")
     store.prune()
-    again = store.images.import_archive(io.BytesIO(make_tar({"ok": b"works again"})), tag="again:1")
+    again = store.images.import_archive(io.BytesIO(tar(F("ok", b"works again"))), tag="again:1")
     assert again.fs.read_text("/ok") == "works again"
     assert store.check(verify_digests=True).problems == []
 
@@ -102,12 +94,12 @@ def test_enospc_fails_cleanly_and_recovers(small_fs: Path) -> None:
 def test_read_only_store_gives_clear_errors(small_fs: Path) -> None:
     root = small_fs / "store"
     store = ovlcore.Store(root)
-    base = store.images.import_archive(io.BytesIO(make_tar({"etc/a": b"a"}, ("etc",))), tag="base:1")
+    base = store.images.import_archive(io.BytesIO(tar(D("etc"), F("etc/a", b"a"))), tag="base:1")
     ctr = store.containers.create(base, name="c")
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     try:
         with pytest.raises(OSError) as e:
-            store.images.import_archive(io.BytesIO(make_tar({"x": b"x"})), tag="nope:1")
+            store.images.import_archive(io.BytesIO(tar(F("x", b"x"))), tag="nope:1")
         assert e.value.errno == errno.EROFS
         with pytest.raises(OSError) as e2:
             ctr.fs.write_text("/etc/a", "changed")

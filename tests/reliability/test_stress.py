@@ -14,8 +14,8 @@ import pytest
 
 import ovlcore
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _workload import base_tar  # noqa: E402
+from support import TESTS_DIR
+from support.workload import base_tar
 
 WORKERS = int(os.environ.get("OVLCORE_STRESS_WORKERS", "8"))
 OPS = int(os.environ.get("OVLCORE_STRESS_OPS", "200"))
@@ -26,12 +26,11 @@ def test_eight_processes_share_one_store(tmp_path: Path) -> None:
     root = tmp_path / "store"
     store = ovlcore.Store(root)
     store.images.import_archive(io.BytesIO(base_tar()), tag="base:1")
-    script = Path(__file__).parent / "_workload.py"
     procs = []
     start = time.monotonic()
     for seed in range(WORKERS):
         out = tmp_path / f"w{seed}.json"
-        procs.append((subprocess.Popen([sys.executable, str(script), str(root), str(seed), str(OPS), str(out)]), out))
+        procs.append((subprocess.Popen([sys.executable, "-m", "support.workload", str(root), str(seed), str(OPS), str(out)], cwd=TESTS_DIR), out))
     for p, _ in procs:
         try:
             assert p.wait(timeout=540) == 0, "a worker failed (see its traceback above)"

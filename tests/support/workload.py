@@ -1,7 +1,8 @@
-"""Building blocks for the reliability tests: small archives and a worker that runs random operations.
+"""The stress test's worker: random operations on a shared store.
 
-Run as a script (``python _workload.py ROOT SEED OPS OUT``) it is one stress-test worker: it applies random
-operations to the store at ROOT and writes, as JSON to OUT, what it expects the store to hold afterwards.
+Run as ``python -m support.workload ROOT SEED OPS OUT`` (from ``tests/``) it is one worker process: it
+applies random operations to the store at ROOT and writes, as JSON to OUT, what it expects the store to
+hold afterwards.
 """
 
 from __future__ import annotations
@@ -11,34 +12,17 @@ import json
 import os
 import random
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def make_tar(files: dict[str, bytes], dirs: tuple[str, ...] = ()) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for d in dirs:
-            info = tarfile.TarInfo(d)
-            info.type = tarfile.DIRTYPE
-            info.mode = 0o755
-            info.mtime = 1_700_000_000
-            t.addfile(info)
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = 1_700_000_000
-            t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+from .tars import D, F, tar
 
 
 def base_tar() -> bytes:
     files = {f"etc/file{i}": f"base {i}\n".encode() for i in range(20)}
     files.update({f"usr/share/doc/d{i}": os.urandom(2000) for i in range(30)})
-    return make_tar(files, ("etc", "usr", "usr/share", "usr/share/doc"))
+    return tar(*map(D, ("etc", "usr", "usr/share", "usr/share/doc")), *(F(n, d) for n, d in files.items()))
 
 
 def worker(root: str, seed: int, ops: int) -> dict[str, Any]:
@@ -65,9 +49,9 @@ def worker(root: str, seed: int, ops: int) -> dict[str, Any]:
         files = {f"etc/file{i}": f"{tag} {i}\n".encode() for i in range(4)}
         files[f"data/{fresh()}"] = os.urandom(rng.randint(0, 5000))
         if rng.random() < 0.5:
-            img = store.images.import_archive(io.BytesIO(make_tar(files, ("etc",))), tag=tag)
+            img = store.images.import_archive(io.BytesIO(tar(D("etc"), *(F(n, d) for n, d in files.items()))), tag=tag)
         else:
-            img = store.images.apply("base:1", io.BytesIO(make_tar(files)), tag=tag, created_by="stress step")
+            img = store.images.apply("base:1", io.BytesIO(tar(*(F(n, d) for n, d in files.items()))), tag=tag, created_by="stress step")
         tags[tag] = img.id
 
     def op_create() -> None:

@@ -35,7 +35,6 @@ import itertools
 import os
 import shutil
 import stat
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,33 +46,16 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-import ovlcore  # noqa: E402
-from _helpers_containers import (  # noqa: E402
-    IS_ROOT,
-    T0,
-    Images,
-    Node,
-    apply_fs,
-    apply_host,
-    compare_trees,
-    copy_layers,
-    diff_pairs,
-    dir_op_strategy,
-    expected_diff,
-    fs_tree,
-    host_move_dir,
-    host_tree,
-    kernel_mount,
-    kernel_overlay,
-    kernel_umount,
-    make_images,
-    mount_refused,
-    op_strategy,
-    snapshot_dir,
-    upper_markers,
-)
+import ovlcore
+from support.diffs import diff_pairs, expected_diff
+from support.images import SampleImages, make_images
+from support.kernel import copy_layers, mount_overlay, mount_refused, overlay_with_upper, unmount
+from support.layout import upper_markers
+from support.operations import apply_fs, apply_host, dir_op_strategy, host_move_dir, op_strategy
+from support.privilege import IS_ROOT
+from support.stores import open_store
+from support.tars import FIXED_MTIME
+from support.trees import Node, compare_trees, fs_tree, host_tree, snapshot
 
 pytestmark = [
     pytest.mark.kernel,
@@ -86,7 +68,7 @@ pytestmark = [
 class KEnv:
     root: Path
     store: ovlcore.Store
-    images: Images
+    images: SampleImages
     lowers: list[str]  # cp -a copies of the child image's layers, top first
     image_tree: dict[str, Node]
     snapshot: dict[str, Any]
@@ -101,17 +83,14 @@ def kenv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KEnv]:
     if reason:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("kernel")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("OVLCORE_PRIVILEGE", raising=False)
-        store = ovlcore.Store(root / "store")
-    assert store.privilege == "root"
+    store = open_store(root / "store", "root")
     images = make_images(store)
     lowers = copy_layers(images.child, root / "lowers")
     image_tree = fs_tree(images.child.fs)
-    snapshot = {layer.chain_id: snapshot_dir(layer.path) for layer in images.child.layers}
-    env = KEnv(root, store, images, lowers, image_tree, snapshot)
+    layers_before = {layer.chain_id: snapshot(layer.path) for layer in images.child.layers}
+    env = KEnv(root, store, images, lowers, image_tree, layers_before)
     yield env
-    assert {layer.chain_id: snapshot_dir(layer.path) for layer in images.child.layers} == snapshot
+    assert {layer.chain_id: snapshot(layer.path) for layer in images.child.layers} == layers_before
 
 
 _counter = itertools.count()
@@ -125,11 +104,11 @@ def test_image_view_matches_kernel(kenv: KEnv) -> None:
     """The starting point: the image's view (``image.fs``) is what the kernel shows for its layers."""
     target = kenv.root / f"ro{next(_counter)}"
     target.mkdir()
-    kernel_mount(kenv.lowers, None, None, str(target))
+    mount_overlay(kenv.lowers, target)
     try:
         assert compare_trees(kenv.image_tree, host_tree(target), times=True, names=("image.fs", "kernel")) == []
     finally:
-        kernel_umount(str(target))
+        unmount(target)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -203,7 +182,7 @@ class KernelDifferential(RuleBasedStateMachine):
             p.mkdir(parents=True)
         self.c = kenv.store.containers.create(kenv.images.child)
         os.chmod(self.upper, stat.S_IMODE(os.stat(self.c.upper).st_mode))
-        kernel_mount(kenv.lowers, str(self.upper), str(self.work), str(self.merged))
+        mount_overlay(kenv.lowers, self.merged, upper=self.upper, work=self.work)
         self.mounted = True
         self.t0 = time.time_ns() - 60 * 10**9  # file times are coarse (jiffies): a margin
         self.m = str(self.merged)
@@ -256,13 +235,13 @@ class KernelDifferential(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             if self.mounted:
-                kernel_umount(self.m)
+                unmount(self.m)
                 self.mounted = False
             if self.failed:
                 return
             seen = fs_tree(self.c.fs)
             # ovlcore's writable layer is mountable by the kernel and shows the same tree
-            with kernel_overlay(self.k.lowers, self.dir / "remount", upper_src=str(self.c.upper)) as (merged, _):
+            with overlay_with_upper(self.k.lowers, self.dir / "remount", upper_src=str(self.c.upper)) as (merged, _):
                 problems = compare_trees(seen, host_tree(merged), times=True, names=("container.fs", "kernel over ovlcore's upper"))
             assert problems == [], "\n".join(problems)
             # docker diff, against the diff of the merged trees
@@ -270,7 +249,7 @@ class KernelDifferential(RuleBasedStateMachine):
             assert got == expected_diff(self.k.image_tree, fs_tree(self.c.fs, xattrs=False))
         finally:
             if self.mounted:
-                kernel_umount(self.m)
+                unmount(self.m)
             self.c.remove()
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -293,7 +272,7 @@ def _run_both(kenv: KEnv, ops: list[tuple[Any, ...]]) -> tuple[ovlcore.Container
     merged tree and the kernel's upper copy directory (unmounted)."""
     d = kenv.root / f"fixed{next(_counter)}"
     c = kenv.store.containers.create(kenv.images.child)
-    with kernel_overlay(kenv.lowers, d) as (merged, upper):
+    with overlay_with_upper(kenv.lowers, d) as (merged, upper):
         for op in ops:
             kerr = apply_host(str(merged), op)
             oerr = apply_fs(c.fs, op)
@@ -310,7 +289,7 @@ def test_kernel_keeps_directory_times(kenv: KEnv) -> None:
         ("open_rw", "/app/data/x.bin"),
         ("chown", "/home/user/.profile", (0, 0)),
         ("link", "/etc/secret", "/etc/secret.lnk"),
-        ("utime", "/opt/tool", T0 * 10**9),
+        ("utime", "/opt/tool", FIXED_MTIME * 10**9),
     ]
     c, ktree, _ = _run_both(kenv, ops)
     otree = fs_tree(c.fs)
@@ -357,7 +336,7 @@ def test_renamed_image_directories_are_mountable(kenv: KEnv) -> None:
     fs.rename("/etc2/group", "/etc/group")
     fs.rename("/etc2", "/etc/old")
     seen = fs_tree(c.fs)
-    with kernel_overlay(kenv.lowers, kenv.root / f"ren{next(_counter)}", upper_src=str(c.upper)) as (merged, _):
+    with overlay_with_upper(kenv.lowers, kenv.root / f"ren{next(_counter)}", upper_src=str(c.upper)) as (merged, _):
         assert compare_trees(seen, host_tree(merged), times=True, names=("container.fs", "kernel")) == []
     c.remove()
 
@@ -382,7 +361,7 @@ MOUNT_SCENARIO = [
     ("link", "/srv/index", "/srv/hard"),
     ("rename", "/opt/tool", "/opt/tool.old"),
     ("truncate", "/app/main.py", 3),
-    ("utime", "/app/data/x.bin", T0 * 10**9),
+    ("utime", "/app/data/x.bin", FIXED_MTIME * 10**9),
     ("rmdir", "/var/log"),
 ]
 
@@ -460,14 +439,14 @@ def test_mount_after_commit_leaves_committed_layer_alone(kenv: KEnv) -> None:
     c.fs.write_bytes("/etc/motd", b"committed motd")
     new = c.commit()
     top = new.layers[-1]
-    snap = snapshot_dir(top.path)
+    snap = snapshot(top.path)
     with c.mount() as where:
         with open(os.path.join(where, "shared.txt"), "r+b") as f:
             f.write(b"CHANGED")
         with open(os.path.join(where, "etc/motd"), "ab") as f:
             f.write(b"!")
         os.chmod(os.path.join(where, "shared.txt"), 0o600)
-    assert snapshot_dir(top.path) == snap
+    assert snapshot(top.path) == snap
     assert new.fs.read_bytes("/shared.txt") == b"committed content"
     assert c.fs.read_bytes("/shared.txt") == b"CHANGEDed content"
     assert c.fs.read_bytes("/etc/motd") == b"committed motd!"

@@ -24,7 +24,9 @@ from hypothesis import strategies as st
 
 import ovlcore
 
-from conftest import MountRefused, TarBuilder, overlay_mount
+from support.kernel import MountRefused, overlay
+from support.stores import open_store
+from support.tars import TarBuilder
 
 pytestmark = [
     pytest.mark.kernel,
@@ -314,15 +316,7 @@ def meta_of(st_: os.stat_result, *, with_size: bool) -> tuple:
 def compare(stack: list[Layer], privilege: str) -> None:
     base = Path(tempfile.mkdtemp(prefix="ovl-oracle-"))
     try:
-        old = os.environ.get("OVLCORE_PRIVILEGE")
-        os.environ["OVLCORE_PRIVILEGE"] = privilege
-        try:
-            store = ovlcore.Store(base / "store")
-        finally:
-            if old is None:
-                os.environ.pop("OVLCORE_PRIVILEGE", None)
-            else:
-                os.environ["OVLCORE_PRIVILEGE"] = old
+        store = open_store(base / "store", privilege)
         img = None
         top = None
         for layer in stack:
@@ -335,7 +329,7 @@ def compare(stack: list[Layer], privilege: str) -> None:
         model = model_tree(stack)
         mnt = base / "mnt"
         try:
-            with overlay_mount(lowers, mnt, userxattr=(privilege == "rootless")):
+            with overlay(lowers, mnt, userxattr=(privilege == "rootless")):
                 check_mount(mnt, fs, model, privilege)
         except MountRefused as e:
             pytest.skip(str(e))

@@ -1,0 +1,25 @@
+"""What the test suite is built from, one subject a module (the fixtures on top are in ``tests/conftest.py``).
+
+* :mod:`support.privilege` the two metadata conventions, ``IS_ROOT``, ``needs_root``, ``OVLCORE_PRIVILEGE``
+* :mod:`support.stores` opening stores, the sandbox around them, staging leftovers
+* :mod:`support.tars` the one tar builder (every entry kind, hostile raw headers)
+* :mod:`support.compression` gzip, zstd, bzip2 and xz of test data
+* :mod:`support.digests` sha256 digests and OCI chain ids, computed independently of the product
+* :mod:`support.images` the sample images the tests start from
+* :mod:`support.layout` the overlay on-disk format: whiteouts, opaque markers, writable layers
+* :mod:`support.trees` describing, comparing and snapshotting file trees
+* :mod:`support.diffs` ``docker diff`` computed from two merged trees
+* :mod:`support.layer_apply` independent appliers of OCI layer tars (an in-memory model, GNU tar)
+* :mod:`support.kernel` kernel overlayfs mounts (the reference oracle)
+* :mod:`support.operations` random file-system operations for the differential tests
+* :mod:`support.cli` running the installed ``ovlcore`` command
+* :mod:`support.workload` the stress test's worker process
+
+Everything generates its data in code. ``tests/`` itself is the import root: pytest puts it on ``sys.path``
+(``rootdir/conftest.py``), and child processes get it through :data:`support.TESTS_DIR`.
+"""
+
+from pathlib import Path
+
+#: The directory that holds ``support/`` (what a child process needs on ``sys.path`` to import it).
+TESTS_DIR = Path(__file__).resolve().parent.parent
