@@ -12,6 +12,7 @@ import builtins
 
 import contextlib
 import errno
+import functools
 import os
 import posixpath
 import secrets
@@ -76,8 +77,11 @@ class Container:
         self._containers = containers
         self._storage = containers._storage
         self._record = record
-        self._dirs: ContainerDir = self._storage.layout.container(record.id)
         self._view_cache: _ovlcore.View | None = None
+
+    @functools.cached_property
+    def _dirs(self) -> ContainerDir:
+        return self._storage.layout.container(self.id)
 
     # ----- identity -----
 
@@ -420,11 +424,11 @@ class Containers:
                     raise NameConflict(f"Conflict. The container name {name!r} is already in use")
                 if w.image(img.id) is None:
                     raise ContainerNotFound(f"image {img.id} was removed meanwhile")
-                record = ContainerRecord(
-                    id=secrets.token_hex(32),
-                    name=name,
-                    image_id=img.id,
-                    created=now(),
+                record = ContainerRecord.new(
+                    secrets.token_hex(32),
+                    name,
+                    img.id,
+                    now(),
                     labels=dict(labels or {}),
                     command=builtins.list(command or []),
                     mounts=[plan.publish(tx, pub, self._volumes) for plan in plans],

@@ -100,8 +100,8 @@ def read_format1(layout: Layout) -> Format1:
         path = legacy.container_record(layout.container(cid))
         rec = _read(path)
         if isinstance(rec, dict) and rec.get("id") == cid:
-            out.containers.append(ContainerRecord(
-                id=cid, name=str(rec["name"]), image_id=str(rec["image"]), created=normalize_time(rec.get("created")),
+            out.containers.append(ContainerRecord.new(
+                cid, str(rec["name"]), str(rec["image"]), normalize_time(rec.get("created")),
                 labels=dict(rec.get("labels") or {}), command=list(rec.get("command") or []), mounts=list(rec.get("mounts") or []),
             ))
             out.files.append(path)

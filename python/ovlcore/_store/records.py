@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import sqlite3
@@ -98,9 +99,30 @@ class ContainerRecord:
     name: str
     image_id: str
     created: str
-    labels: dict[str, str] = field(default_factory=dict)
-    command: list[str] = field(default_factory=list)
-    mounts: list[dict[str, Any]] = field(default_factory=list)
+    #: Labels, command and mounts as stored (JSON), decoded when first asked for: listing 10,000
+    #: containers need not decode what nobody reads.
+    labels_json: str = "{}"
+    command_json: str = "[]"
+    mounts_json: str = "[]"
+
+    @classmethod
+    def new(
+        cls, id: str, name: str, image_id: str, created: str, *,
+        labels: dict[str, str], command: list[str], mounts: list[dict[str, Any]],
+    ) -> ContainerRecord:
+        return cls(id, name, image_id, created, json.dumps(labels), json.dumps(command), json.dumps(mounts))
+
+    @functools.cached_property
+    def labels(self) -> dict[str, str]:
+        return dict(json.loads(self.labels_json))
+
+    @functools.cached_property
+    def command(self) -> list[str]:
+        return list(json.loads(self.command_json))
+
+    @functools.cached_property
+    def mounts(self) -> list[dict[str, Any]]:
+        return list(json.loads(self.mounts_json))
 
     @property
     def volumes(self) -> list[str]:
@@ -183,7 +205,7 @@ def _image(row: Any) -> ImageRecord:
 
 
 def _container(row: Any) -> ContainerRecord:
-    return ContainerRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), json.loads(row[5]), json.loads(row[6]))
+    return ContainerRecord(*row)
 
 
 def _volume(row: Any) -> VolumeRecord:
@@ -385,7 +407,7 @@ class Writer(Query):
     def put_container(self, rec: ContainerRecord) -> None:
         self._run(
             "INSERT INTO containers VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (rec.id, rec.name, rec.image_id, rec.created, json.dumps(rec.labels), json.dumps(rec.command), json.dumps(rec.mounts)),
+            (rec.id, rec.name, rec.image_id, rec.created, rec.labels_json, rec.command_json, rec.mounts_json),
         )
         for volume in set(rec.volumes):
             self._run("INSERT INTO volume_users VALUES (?, ?)", (volume, rec.id))
