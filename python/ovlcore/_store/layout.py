@@ -128,10 +128,6 @@ class Legacy:
         return volume.path / "volume.json"
 
 
-#: Object kinds, as named in transaction intents (see :mod:`ovlcore._store.transaction`).
-KINDS = ("layer", "image", "container", "volume")
-
-
 class Layout:
     """Every path of a store rooted at ``root``."""
 

@@ -276,9 +276,6 @@ class Query:
         lo, hi = prefix_range(id_prefix)
         return [r[0] for r in self._all("SELECT id FROM images WHERE id >= ? AND id < ? ORDER BY id LIMIT ?", (lo, hi, limit))]
 
-    def image_has_children(self, image_id: str) -> bool:
-        return self._one("SELECT 1 FROM images WHERE parent = ? LIMIT 1", (image_id,)) is not None
-
     def image_parents(self) -> set[str]:
         """Ids of the images some other image was built from."""
         return {r[0] for r in self._all("SELECT DISTINCT parent FROM images WHERE parent IS NOT NULL")}
@@ -530,7 +527,3 @@ class Records(Query):
         if self._keep is not None:
             self._keep.close()
             self._keep = None
-
-
-def create_schema(conn: sqlite3.Connection) -> None:
-    conn.executescript(SCHEMA)

@@ -28,7 +28,7 @@ from .. import _ovlcore
 from ..errors import LayerNotFound
 from .files import fsync_dir
 from .layout import ContainerDir, ImageDir, Layout, LayerDir, VolumeDir
-from .locks import StoreLock, create_locked
+from .locks import create_locked
 from .records import ContainerRecord, ImageRecord, LayerRecord, Records, VolumeRecord, Writer
 
 if TYPE_CHECKING:
