@@ -119,8 +119,7 @@ def read_format1(layout: Layout) -> Format1:
 
 def fill(conn: sqlite3.Connection, path: Path, old: Format1) -> None:
     """Create the schema in the empty database ``conn`` and insert every record."""
-    conn.executescript(SCHEMA)
-    conn.execute("BEGIN")
+    conn.executescript("BEGIN;" + SCHEMA)  # one transaction: one sync, not one per statement
     w = Writer(conn, path)
     for layer in old.layers:
         w.put_layer(layer)
