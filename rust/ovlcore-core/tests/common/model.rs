@@ -1,0 +1,175 @@
+//! OCI layer tars applied in memory, as image-spec `layer.md` says (opaque markers and whiteouts delete
+//! from the layers below, a directory over a directory merges, anything else replaces), independently of
+//! the core's importer; and the same description read from a merged view, to compare the two.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use super::stack::Fs;
+use super::{makedev, Kind};
+
+/// One path as a layer tar describes it; times in whole seconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    pub mtime: i64,
+    /// Files only.
+    pub data: Option<Vec<u8>>,
+    /// Symlinks only.
+    pub link: Option<String>,
+    /// Devices only.
+    pub rdev: u64,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// Path (`/a/b`, the root left out) → entry.
+pub type Model = BTreeMap<String, Entry>;
+
+/// What one tar member says, read before applying it.
+struct Member {
+    path: String,
+    kind: tar::EntryType,
+    link: String,
+    entry: Entry,
+}
+
+fn clean(raw: &[u8]) -> String {
+    let s = String::from_utf8(raw.to_vec()).expect("UTF-8 name");
+    let s = s.trim_start_matches("./").trim_matches('/');
+    format!("/{s}")
+}
+
+fn members(blob: &[u8]) -> Vec<Member> {
+    let mut out = Vec::new();
+    let mut archive = tar::Archive::new(blob);
+    for e in archive.entries().expect("a tar") {
+        let mut e = e.expect("a tar entry");
+        let h = e.header().clone();
+        let (mut uid, mut gid, mut mtime) = (h.uid().unwrap(), h.gid().unwrap(), h.mtime().unwrap() as i64);
+        let mut xattrs = Vec::new();
+        if let Some(exts) = e.pax_extensions().unwrap() {
+            for ext in exts {
+                let ext = ext.unwrap();
+                let (key, value) = (ext.key().unwrap(), ext.value_bytes());
+                let text = || std::str::from_utf8(value).unwrap();
+                match key {
+                    "uid" => uid = text().parse().unwrap(),
+                    "gid" => gid = text().parse().unwrap(),
+                    "mtime" => mtime = text().split('.').next().unwrap().parse().unwrap(),
+                    k if k.starts_with("SCHILY.xattr.") => xattrs.push((k["SCHILY.xattr.".len()..].to_string(), value.to_vec())),
+                    _ => {}
+                }
+            }
+        }
+        xattrs.sort();
+        let path = clean(&e.path_bytes());
+        let link = e.link_name_bytes().map(|l| String::from_utf8(l.into_owned()).unwrap()).unwrap_or_default();
+        let kind = h.entry_type();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        let (ek, rdev) = match kind {
+            tar::EntryType::Directory => (Kind::Dir, 0),
+            tar::EntryType::Symlink => (Kind::Symlink, 0),
+            tar::EntryType::Char => (Kind::Char, device(&h)),
+            tar::EntryType::Block => (Kind::Block, device(&h)),
+            tar::EntryType::Fifo => (Kind::Fifo, 0),
+            _ => (Kind::File, 0),
+        };
+        let entry = Entry {
+            kind: ek,
+            mode: h.mode().unwrap() & 0o7777,
+            uid,
+            gid,
+            mtime,
+            data: (ek == Kind::File).then_some(data),
+            link: (ek == Kind::Symlink).then(|| link.clone()),
+            rdev,
+            xattrs,
+        };
+        out.push(Member { path, kind, link, entry });
+    }
+    out
+}
+
+fn device(h: &tar::Header) -> u64 {
+    makedev(h.device_major().unwrap().unwrap(), h.device_minor().unwrap().unwrap())
+}
+
+fn parent_and_base(path: &str) -> (&str, &str) {
+    let (d, b) = path.rsplit_once('/').unwrap();
+    (if d.is_empty() { "/" } else { d }, b)
+}
+
+fn drop_tree(model: &mut Model, path: &str) {
+    let below = format!("{}/", path.trim_end_matches('/'));
+    model.retain(|k, _| k != path && !k.starts_with(&below));
+}
+
+/// Apply layer tars (bottom first). Hard links become copies of their target's entry; the map of which
+/// path was a hard link to which is returned too.
+pub fn apply(layers: &[Vec<u8>]) -> (Model, BTreeMap<String, String>) {
+    let mut model = Model::new();
+    let mut hard = BTreeMap::new();
+    for blob in layers {
+        let ms = members(blob);
+        // Opaque markers act first, wherever they stand in the tar.
+        for m in &ms {
+            let (dir, base) = parent_and_base(&m.path);
+            if base == ".wh..wh..opq" {
+                let below = format!("{}/", dir.trim_end_matches('/'));
+                model.retain(|k, _| !k.starts_with(&below));
+            }
+        }
+        for m in ms {
+            if m.path == "/" {
+                continue;
+            }
+            let (dir, base) = parent_and_base(&m.path);
+            if base == ".wh..wh..opq" {
+                continue;
+            }
+            if let Some(name) = base.strip_prefix(".wh.") {
+                drop_tree(&mut model, &format!("{}/{name}", dir.trim_end_matches('/')));
+                continue;
+            }
+            let merge = m.kind == tar::EntryType::Directory && model.get(&m.path).is_some_and(|o| o.kind == Kind::Dir);
+            if !merge {
+                drop_tree(&mut model, &m.path);
+            }
+            let entry = if m.kind == tar::EntryType::Link {
+                let target = clean(m.link.as_bytes());
+                hard.insert(m.path.clone(), target.clone());
+                model[&target].clone()
+            } else {
+                m.entry
+            };
+            model.insert(m.path, entry);
+        }
+    }
+    (model, hard)
+}
+
+/// The same description read from a merged view (the root left out).
+pub fn of_view(fs: &Fs) -> Model {
+    fs.tree("/")
+        .into_iter()
+        .filter(|(p, _)| p != "/")
+        .map(|(p, n)| {
+            let e = Entry {
+                kind: n.kind,
+                mode: n.perm,
+                uid: n.uid as u64,
+                gid: n.gid as u64,
+                mtime: n.mtime_ns.div_euclid(1_000_000_000) as i64,
+                data: if n.kind == Kind::File { n.content.clone() } else { None },
+                link: if n.kind == Kind::Symlink { Some(String::from_utf8(n.content.clone().unwrap()).unwrap()) } else { None },
+                rdev: n.rdev,
+                xattrs: n.xattrs,
+            };
+            (p, e)
+        })
+        .collect()
+}

@@ -1,0 +1,269 @@
+//! Whiteouts in layer tars (`.wh.NAME`): what they hide, what they never hide, how they are stored, and
+//! the stacks the kernel must show the same way (test_layers.py TestWhiteouts, test_kernel_oracle.py).
+
+mod common;
+
+use common::kernel::kernel_tree;
+use common::tree::{is_whiteout, shape, Shape};
+use common::*;
+
+fn base() -> Vec<u8> {
+    Tar::new()
+        .dir("etc")
+        .file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n")
+        .file("etc/hosts", "127.0.0.1 localhost\n")
+        .dir("usr")
+        .dir("usr/lib")
+        .file("usr/lib/libc.so", b"\x7fELF")
+        .dir("var")
+        .file("var/log", "log\n")
+        .bytes()
+}
+
+/// The view of BASE with `top` over it, in every convention this process can test.
+fn views(top: &[u8]) -> Vec<Fs> {
+    privileges().into_iter().map(|p| Stack::of(p, &[&base(), top]).view()).collect()
+}
+
+#[test]
+fn a_whiteout_hides_a_file_below() {
+    for fs in views(&Tar::new().dir("etc").whiteout("etc/hosts").bytes()) {
+        assert_eq!(fs.ls("/etc"), ["passwd"]);
+        assert!(!fs.exists("/etc/hosts"));
+        assert_errno_at(fs.stat("/etc/hosts"), libc::ENOENT, "/etc/hosts");
+    }
+}
+
+#[test]
+fn a_whiteout_is_stored_as_a_0_0_character_device() {
+    for p in privileges() {
+        let mut s = Stack::of(p, &[&base()]);
+        let top = s.push(&Tar::new().dir("etc").whiteout("etc/hosts").bytes());
+        assert!(is_whiteout(&top.join("etc/hosts")));
+        assert!(!top.join("etc/.wh.hosts").exists());
+    }
+}
+
+#[test]
+fn a_whiteout_hides_a_directory_and_everything_below() {
+    for fs in views(&Tar::new().whiteout("usr").bytes()) {
+        assert_eq!(fs.ls("/"), ["etc", "var"]);
+        assert!(!fs.exists("/usr/lib/libc.so"));
+        assert_errno(fs.list("/usr"), libc::ENOENT);
+    }
+}
+
+#[test]
+fn a_whiteout_never_deletes_a_file_the_same_layer_adds() {
+    for whiteout_first in [true, false] {
+        let mut t = Tar::new().dir("etc");
+        if whiteout_first {
+            t = t.whiteout("etc/hosts");
+        }
+        t = t.file("etc/hosts", "new hosts\n");
+        if !whiteout_first {
+            t = t.whiteout("etc/hosts");
+        }
+        for fs in views(&t.bytes()) {
+            assert_eq!(fs.text("/etc/hosts"), "new hosts\n", "whiteout first: {whiteout_first}");
+            assert_eq!(fs.ls("/etc"), ["hosts", "passwd"]);
+        }
+    }
+}
+
+#[test]
+fn a_whiteout_never_deletes_a_directory_the_same_layer_adds_but_hides_what_is_below_it() {
+    for whiteout_first in [true, false] {
+        let mut t = Tar::new();
+        if whiteout_first {
+            t = t.whiteout("usr");
+        }
+        t = t.dir("usr").dir("usr/new").file("usr/new/f", "f");
+        if !whiteout_first {
+            t = t.whiteout("usr");
+        }
+        for fs in views(&t.bytes()) {
+            assert_eq!(fs.ls("/usr"), ["new"], "whiteout first: {whiteout_first}");
+            assert_eq!(fs.text("/usr/new/f"), "f");
+            assert!(!fs.exists("/usr/lib"));
+        }
+    }
+}
+
+#[test]
+fn a_whiteout_then_an_implied_parent_directory_adds_a_new_directory() {
+    // `.wh.usr` then `usr/new` without an entry for `usr/`: the layer adds `usr` (implied by its child).
+    for fs in views(&Tar::new().whiteout("usr").file("usr/new", "n").bytes()) {
+        assert_eq!(fs.ls("/usr"), ["new"]);
+        assert!(!fs.exists("/usr/lib"));
+    }
+}
+
+#[test]
+fn a_whiteout_after_an_implied_parent_directory_hides_only_below() {
+    for fs in views(&Tar::new().file("usr/new", "n").whiteout("usr").bytes()) {
+        assert_eq!(fs.ls("/usr"), ["new"]);
+        assert!(!fs.exists("/usr/lib"));
+    }
+}
+
+#[test]
+fn a_whiteout_then_an_opaque_marker_then_the_directory() {
+    for fs in views(&Tar::new().whiteout("usr").opaque("usr").dir("usr").file("usr/new", "n").bytes()) {
+        assert_eq!(fs.ls("/usr"), ["new"]);
+    }
+}
+
+#[test]
+fn a_whiteout_then_the_name_as_another_type() {
+    // The lower directory /usr becomes a file; the lower file /var/log becomes a directory.
+    let t = Tar::new().whiteout("usr").file("usr", "now a file").dir("var").whiteout("var/log").dir("var/log").file("var/log/x", "x");
+    for fs in views(&t.bytes()) {
+        assert!(fs.is_file("/usr"));
+        assert_eq!(fs.text("/usr"), "now a file");
+        assert_eq!(fs.ls("/var/log"), ["x"]);
+    }
+}
+
+#[test]
+fn a_whiteout_of_a_missing_name_is_harmless() {
+    for fs in views(&Tar::new().dir("etc").whiteout("etc/nonexistent").bytes()) {
+        assert_eq!(fs.ls("/etc"), ["hosts", "passwd"]);
+    }
+}
+
+#[test]
+fn whiteouts_that_hide_nothing_are_not_stored() {
+    // In a directory no lower layer has, the kernel would list a whiteout device: the importer drops it.
+    for p in privileges() {
+        let mut s = Stack::new(p);
+        let bottom = s.push(&Tar::new().dir("d").whiteout("d/x").whiteout("y").bytes());
+        assert_eq!(std::fs::read_dir(bottom.join("d")).unwrap().count(), 0);
+        assert!(std::fs::symlink_metadata(bottom.join("y")).is_err());
+        assert_eq!(s.view().ls("/d"), Vec::<String>::new());
+        // Above other layers: only where the directory exists below.
+        let mut s = Stack::of(p, &[&base()]);
+        let top = s.push(&Tar::new().dir("new").whiteout("new/x").dir("etc").whiteout("etc/hosts").bytes());
+        assert!(std::fs::symlink_metadata(top.join("new/x")).is_err());
+        assert!(is_whiteout(&top.join("etc/hosts")));
+    }
+}
+
+#[test]
+fn whiteout_and_opaque_markers_are_never_visible() {
+    for fs in views(&Tar::new().dir("etc").whiteout("etc/hosts").opaque("usr").bytes()) {
+        for d in ["/", "/etc", "/usr"] {
+            assert!(fs.ls(d).iter().all(|n| !n.starts_with(".wh.")), "{d}");
+        }
+    }
+}
+
+#[test]
+fn other_wh_wh_names_are_aufs_metadata_and_skipped() {
+    for p in privileges() {
+        let mut s = Stack::of(p, &[&base()]);
+        let top = s.push(&Tar::new().dir("etc").file("etc/.wh..wh.plnk", "").file(".wh..wh.aufs", "").bytes());
+        let fs = s.view();
+        assert_eq!(fs.ls("/etc"), ["hosts", "passwd"]);
+        assert_eq!(fs.ls("/"), ["etc", "usr", "var"]);
+        assert!(std::fs::symlink_metadata(top.join("etc/.wh..wh.plnk")).is_err());
+    }
+}
+
+#[test]
+fn the_aufs_metadata_directory_and_its_content_are_skipped() {
+    let t = Tar::new().dir(".wh..wh.plnk").file(".wh..wh.plnk/123.456", "aufs").file("keep", "k").bytes();
+    for p in privileges() {
+        assert_eq!(Stack::of(p, &[&t]).view().ls("/"), ["keep"]);
+    }
+}
+
+#[test]
+fn a_whiteout_hides_the_name_in_every_layer_below() {
+    let mid = Tar::new().dir("etc").file("etc/hosts", "mid hosts\n").file("etc/mid", "m").bytes();
+    let top = Tar::new().dir("etc").whiteout("etc/hosts").bytes();
+    for p in privileges() {
+        let fs = Stack::of(p, &[&base(), &mid, &top]).view();
+        assert_eq!(fs.ls("/etc"), ["mid", "passwd"]);
+        assert!(!fs.exists("/etc/hosts"));
+    }
+}
+
+#[test]
+fn a_name_added_again_above_a_whiteout_is_visible_and_new() {
+    let mid = Tar::new().whiteout("usr").bytes();
+    let top = Tar::new().dir("usr").file("usr/again", "a").bytes();
+    for p in privileges() {
+        let fs = Stack::of(p, &[&base(), &mid, &top]).view();
+        assert_eq!(fs.ls("/usr"), ["again"], "the directory below the whiteout stays hidden");
+    }
+}
+
+// ----- fixed stacks, compared with the kernel when running as root -----
+
+/// (path, kind, file content or link target) for every path of a tree, the root left out.
+fn expect(entries: &[(&str, Kind, &str)]) -> Vec<(String, Kind, Option<Vec<u8>>)> {
+    let mut v: Vec<_> = entries
+        .iter()
+        .map(|(p, k, c)| (p.to_string(), *k, matches!(k, Kind::File | Kind::Symlink).then(|| c.as_bytes().to_vec())))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn flat(s: &Shape) -> Vec<(String, Kind, Option<Vec<u8>>)> {
+    s.iter().filter(|(p, _)| *p != "/").map(|(p, (k, c, _))| (p.clone(), *k, c.clone())).collect()
+}
+
+/// The view of `tars` shows `want`; so does the kernel's overlayfs of the same layer directories.
+fn check_stack(p: Privilege, tars: &[&[u8]], want: &[(&str, Kind, &str)]) {
+    let s = Stack::of(p, tars);
+    let view = shape(&s.view().tree("/"));
+    assert_eq!(flat(&view), expect(want), "the view ({p:?})");
+    if let Some(k) = kernel_tree(&s.top_first(), p) {
+        assert_eq!(shape(&k), view, "the kernel ({p:?})");
+    }
+}
+
+#[test]
+fn a_fixed_stack_of_whiteouts_opaque_directories_and_type_changes() {
+    let d = |m: u32| Attr::default().mode(m);
+    let bottom = Tar::new()
+        .dir("a")
+        .file("a/x", "ax")
+        .file("a/y", "ay")
+        .file("b", "b")
+        .dir("c")
+        .symlink("c/a", "/a/x")
+        .dir("c/b")
+        .file("c/b/c", "deep")
+        .bytes();
+    let mid = Tar::new().dir_with("a", d(0o700)).file("a/z", "az").dir("b").file("b/a", "ba").dir("c").whiteout("a/x").whiteout("c/b").bytes();
+    let top = Tar::new().dir("a").dir("c").symlink("c/b", "../a").opaque("a").whiteout("b").bytes();
+    for p in privileges() {
+        check_stack(p, &[&bottom, &mid, &top], &[("/a", Kind::Dir, ""), ("/c", Kind::Dir, ""), ("/c/a", Kind::Symlink, "/a/x"), ("/c/b", Kind::Symlink, "../a")]);
+    }
+}
+
+#[test]
+fn a_whiteout_and_the_name_added_again_in_one_layer() {
+    let bottom = Tar::new().dir("a").file("a/old", "old").file("b", "b").bytes();
+    let mid = Tar::new().file("c", "c").bytes();
+    // `.wh.a` then `a/` + `a/new`; `b` then `.wh.b`: the lower entries are hidden, this layer's kept.
+    let top = Tar::new().whiteout("a").dir("a").file("a/new", "new").file("b", "new b").whiteout("b").bytes();
+    for p in privileges() {
+        check_stack(
+            p,
+            &[&bottom, &mid, &top],
+            &[("/a", Kind::Dir, ""), ("/a/new", Kind::File, "new"), ("/b", Kind::File, "new b"), ("/c", Kind::File, "c")],
+        );
+    }
+}
+
+#[test]
+fn a_single_layer_with_links() {
+    let only = Tar::new().dir("a").file("a/b", "x").symlink("l", "a/b").symlink("m", "/a").bytes();
+    for p in privileges() {
+        check_stack(p, &[&only], &[("/a", Kind::Dir, ""), ("/a/b", Kind::File, "x"), ("/l", Kind::Symlink, "a/b"), ("/m", Kind::Symlink, "/a")]);
+    }
+}
