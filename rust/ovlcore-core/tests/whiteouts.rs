@@ -1,11 +1,14 @@
 //! Whiteouts in layer tars (`.wh.NAME`): what they hide, what they never hide, how they are stored, and
-//! the stacks the kernel must show the same way (test_layers.py TestWhiteouts, test_kernel_oracle.py).
+//! the stacks the kernel must show the same way (test_layers.py TestWhiteouts, test_kernel_oracle.py);
+//! and the whiteouts a container's deletions leave (test_containers_copyup.py).
 
 mod common;
 
+use common::images::{check_diff, check_kernel, each_container};
 use common::kernel::kernel_tree;
 use common::tree::{is_whiteout, shape, Shape};
 use common::*;
+use rustix::fs::OFlags;
 
 fn base() -> Vec<u8> {
     Tar::new()
@@ -266,4 +269,121 @@ fn a_single_layer_with_links() {
     for p in privileges() {
         check_stack(p, &[&only], &[("/a", Kind::Dir, ""), ("/a/b", Kind::File, "x"), ("/l", Kind::Symlink, "a/b"), ("/m", Kind::Symlink, "/a")]);
     }
+}
+
+// ----- deletions in a container -----
+
+#[test]
+fn deleting_an_image_file_leaves_a_whiteout() {
+    each_container(|s, c| {
+        c.remove("/etc/motd").unwrap(); // in two layers: one whiteout hides both
+        assert!(is_whiteout(&c.up("/etc/motd")));
+        assert!(!c.exists("/etc/motd"));
+        assert!(!c.ls("/etc").contains(&"motd".to_string()));
+        assert_errno_at(c.stat("/etc/motd"), libc::ENOENT, "/etc/motd");
+        // A symlink of the image is removed, not its target.
+        c.remove("/lib").unwrap();
+        assert!(is_whiteout(&c.up("/lib")));
+        assert!(c.exists("/usr/lib/libx.so"));
+        // A copied-up file removed: a whiteout replaces the copy.
+        c.chmod("/etc/group", 0o600).unwrap();
+        c.remove("/etc/group").unwrap();
+        assert!(is_whiteout(&c.up("/etc/group")));
+        // A file only in the writable layer is simply gone.
+        c.write("/etc/fresh", "x").unwrap();
+        c.remove("/etc/fresh").unwrap();
+        assert!(std::fs::symlink_metadata(c.up("/etc/fresh")).is_err());
+        check_diff(s, c);
+        check_kernel(s, c);
+    });
+}
+
+#[test]
+fn rmtree_of_an_image_directory_is_one_whiteout() {
+    each_container(|s, c| {
+        c.write("/usr/share/doc/new.txt", "n").unwrap();
+        c.chmod("/usr/lib/libx.so", 0o700).unwrap();
+        c.rmtree("/usr").unwrap();
+        assert_eq!(c.markers().into_iter().collect::<Vec<_>>(), [("/usr".to_string(), "whiteout")]);
+        assert!(!c.exists("/usr"));
+        assert!(!c.exists("/lib/libx.so"), "/lib -> usr/lib dangles now");
+        assert!(c.is_symlink("/lib"));
+        check_diff(s, c);
+        check_kernel(s, c);
+    });
+}
+
+#[test]
+fn rmtree_of_a_directory_made_in_the_container_leaves_nothing() {
+    each_container(|s, c| {
+        c.makedirs("/new/a/b").unwrap();
+        c.write("/new/a/b/f", "f").unwrap();
+        c.rmtree("/new").unwrap();
+        assert!(c.markers().is_empty());
+        assert!(c.diff().is_empty());
+        check_diff(s, c);
+    });
+}
+
+#[test]
+fn new_entries_where_a_whiteout_was() {
+    each_container(|s, c| {
+        for p in ["/etc/motd", "/etc/passwd", "/etc/group", "/opt/tool", "/bin/sh", "/etc/secret"] {
+            c.remove(p).unwrap();
+        }
+        c.write("/etc/motd", "new motd\n").unwrap();
+        c.symlink("motd", "/etc/passwd").unwrap();
+        c.mkfifo("/etc/group", 0o644).unwrap();
+        c.write("/app/x", "x").unwrap();
+        c.link("/app/x", "/opt/tool").unwrap();
+        c.mkdir("/bin/sh", 0o755).unwrap();
+        let f = c.open_write("/etc/secret", OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL).unwrap();
+        std::io::Write::write_all(&mut &f, b"exclusive").unwrap();
+        let m = c.markers();
+        assert_eq!(m["/etc/motd"], "file");
+        assert_eq!(m["/etc/passwd"], "symlink");
+        assert_eq!(m["/etc/group"], if s.privilege == Privilege::Root { "other" } else { "file" }, "a FIFO, or its stand-in");
+        assert_eq!(m["/opt/tool"], "file");
+        assert_eq!(m["/bin/sh"], "opaque", "a directory over a whiteout hides what was below");
+        assert_eq!(m["/etc/secret"], "file");
+        assert_eq!(c.lst("/etc/group").kind(), Kind::Fifo);
+        assert_eq!(c.text("/etc/motd"), "new motd\n");
+        assert_eq!(c.text("/etc/passwd"), "new motd\n");
+        assert_eq!(c.text("/opt/tool"), "x");
+        assert_eq!(c.ls("/bin/sh"), Vec::<String>::new());
+        assert_eq!(c.text("/etc/secret"), "exclusive");
+        assert_errno(c.open_write("/etc/secret", OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL), libc::EEXIST);
+        check_diff(s, c);
+        check_kernel(s, c);
+    });
+}
+
+#[test]
+fn rmdir_of_merged_directories() {
+    each_container(|s, c| {
+        c.rmdir("/var/log").unwrap(); // an empty image directory
+        assert!(is_whiteout(&c.up("/var/log")));
+        assert_errno_at(c.rmdir("/usr/bin"), libc::ENOTEMPTY, "/usr/bin");
+        c.remove("/usr/bin/a").unwrap();
+        c.write("/usr/bin/tmp", "t").unwrap();
+        c.remove("/usr/bin/b").unwrap();
+        assert_errno(c.rmdir("/usr/bin"), libc::ENOTEMPTY);
+        c.remove("/usr/bin/tmp").unwrap();
+        assert_eq!(c.ls("/usr/bin"), Vec::<String>::new(), "emptied through the view");
+        c.rmdir("/usr/bin").unwrap();
+        assert!(!c.exists("/usr/bin"));
+        assert!(is_whiteout(&c.up("/usr/bin")));
+        // Opaque in layer 2: only c.txt is visible, so removing it empties the directory.
+        c.remove("/usr/share/doc/c.txt").unwrap();
+        c.rmdir("/usr/share/doc").unwrap();
+        assert!(is_whiteout(&c.up("/usr/share/doc")));
+        assert_errno(c.rmdir("/etc/passwd"), libc::ENOTDIR);
+        assert_errno(c.rmdir("/var/log"), libc::ENOENT);
+        assert_errno(c.rmdir("/lib"), libc::ENOTDIR);
+        // A directory can be made again where one was removed.
+        c.mkdir("/usr/bin", 0o755).unwrap();
+        assert_eq!(c.ls("/usr/bin"), Vec::<String>::new());
+        check_diff(s, c);
+        check_kernel(s, c);
+    });
 }

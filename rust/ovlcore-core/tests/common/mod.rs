@@ -5,6 +5,7 @@
 //! Each test file is its own crate and uses part of this module only.
 #![allow(dead_code, unused_imports)]
 
+pub mod images;
 pub mod kernel;
 pub mod model;
 pub mod stack;
