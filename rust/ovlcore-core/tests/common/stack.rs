@@ -241,6 +241,12 @@ impl Ctr {
         container_view(&self.dir, &self.lower, &self.mounts, &self.fs._tmp)
     }
 
+    /// Another handle on the same writable layer with other mounts: (target, host source, read-only).
+    pub fn reopen_with(&self, mounts: &[(&str, &Path, bool)]) -> Fs {
+        let mounts: Vec<_> = mounts.iter().map(|(t, s, ro)| (PathBuf::from(t), s.to_path_buf(), *ro)).collect();
+        container_view(&self.dir, &self.lower, &mounts, &self.fs._tmp)
+    }
+
     /// Commit the writable layer into the empty directory `dest`, as the binding does: the inodes now
     /// shared are appended to the container's list, so that its next change to them copies them first.
     pub fn commit(&self, dest: &Path) -> CommitReport {
