@@ -24,7 +24,7 @@ fn renaming_an_image_directory_moves_what_it_showed() {
         c.write("/etc/sub/f", "f\n").unwrap();
         let before = without_times(&c.tree("/etc"), true);
         c.rename("/etc", "/etc2").unwrap();
-        assert_eq!(rebase(&without_times(&c.tree("/etc2"), true), "/etc2", "/etc"), before);
+        assert_same(&rebase(&without_times(&c.tree("/etc2"), true), "/etc2", "/etc"), &before);
         assert!(!c.exists("/etc"));
         assert!(is_whiteout(&c.up("/etc")));
         assert!(is_opaque(&c.up("/etc2"), s.privilege));
@@ -39,14 +39,14 @@ fn renaming_a_whole_image_tree_and_back() {
     each_container(|s, c| {
         let tree = without_times(&c.tree("/usr"), true);
         c.rename("/usr", "/usr2").unwrap();
-        assert_eq!(rebase(&without_times(&c.tree("/usr2"), true), "/usr2", "/usr"), tree);
+        assert_same(&rebase(&without_times(&c.tree("/usr2"), true), "/usr2", "/usr"), &tree);
         assert_eq!(c.text("/usr2/share/doc/c.txt"), "doc c (child)\n");
         assert!(!c.exists("/usr2/share/doc/a.txt"), "still hidden (opaque in layer 2)");
         assert!(!c.exists("/lib/libx.so"));
         no_whiteouts_below(c, "/usr2");
         check_kernel(s, c);
         c.rename("/usr2", "/usr").unwrap();
-        assert_eq!(without_times(&c.tree("/usr"), true), tree);
+        assert_same(&without_times(&c.tree("/usr"), true), &tree);
         assert!(!c.lexists("/usr2"));
         assert!(std::fs::symlink_metadata(c.up("/usr2")).is_err());
         assert_eq!(c.read("/lib/libx.so").unwrap(), b"\0libx".repeat(100));
@@ -62,7 +62,7 @@ fn renaming_keeps_the_directories_own_metadata_and_times() {
     each_container(|_, c| {
         let before = c.tree("/usr");
         c.rename("/usr", "/usr2").unwrap();
-        assert_eq!(rebase(&c.tree("/usr2"), "/usr2", "/usr"), before);
+        assert_same(&rebase(&c.tree("/usr2"), "/usr2", "/usr"), &before);
     });
 }
 
@@ -72,7 +72,7 @@ fn renaming_a_directory_onto_a_deleted_image_directory_makes_it_opaque() {
         let app = without_times(&c.tree("/app"), true);
         c.rmtree("/opt").unwrap();
         c.rename("/app", "/opt").unwrap();
-        assert_eq!(rebase(&without_times(&c.tree("/opt"), true), "/opt", "/app"), app);
+        assert_same(&rebase(&without_times(&c.tree("/opt"), true), "/opt", "/app"), &app);
         assert!(!c.exists("/opt/tool"));
         assert!(is_opaque(&c.up("/opt"), s.privilege));
         assert!(is_whiteout(&c.up("/app")));
@@ -86,7 +86,7 @@ fn renaming_a_directory_over_an_empty_image_directory_makes_it_opaque() {
     each_container(|s, c| {
         let data = without_times(&c.tree("/app/data"), true);
         c.rename("/app/data", "/var/log").unwrap();
-        assert_eq!(rebase(&without_times(&c.tree("/var/log"), true), "/var/log", "/app/data"), data);
+        assert_same(&rebase(&without_times(&c.tree("/var/log"), true), "/var/log", "/app/data"), &data);
         assert!(is_opaque(&c.up("/var/log"), s.privilege));
         assert!(!c.exists("/app/data"));
         assert!(is_whiteout(&c.up("/app/data")));

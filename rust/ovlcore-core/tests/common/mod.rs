@@ -24,7 +24,7 @@ pub use ovlcore_core::{Error, Result};
 
 pub use self::stack::{Ctr, Fs, Stack};
 pub use self::tar::{raw_header, Attr, Format, RawHeader, Tar, EOF_BLOCKS, FIXED_MTIME};
-pub use self::tree::{host_snapshot, Node, Tree};
+pub use self::tree::{assert_same, host_snapshot, Node, Tree};
 
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()

@@ -42,34 +42,58 @@ fn clean(raw: &[u8]) -> String {
     format!("/{s}")
 }
 
+/// PAX records by their length prefix (values may hold any byte, newlines included).
+fn pax_records(mut data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(space) = data.iter().position(|b| *b == b' ') {
+        let len: usize = std::str::from_utf8(&data[..space]).unwrap().parse().unwrap();
+        let record = &data[space + 1..len - 1];
+        let eq = record.iter().position(|b| *b == b'=').unwrap();
+        out.push((String::from_utf8(record[..eq].to_vec()).unwrap(), record[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    out
+}
+
+/// The members of a tar, read raw: PAX records and GNU long names applied here, so that the model
+/// shares no parsing with the core.
 fn members(blob: &[u8]) -> Vec<Member> {
     let mut out = Vec::new();
     let mut archive = tar::Archive::new(blob);
-    for e in archive.entries().expect("a tar") {
+    let (mut pax, mut long_name, mut long_link) = (Vec::new(), None, None);
+    for e in archive.entries().expect("a tar").raw(true) {
         let mut e = e.expect("a tar entry");
         let h = e.header().clone();
-        let (mut uid, mut gid, mut mtime) = (h.uid().unwrap(), h.gid().unwrap(), h.mtime().unwrap() as i64);
-        let mut xattrs = Vec::new();
-        if let Some(exts) = e.pax_extensions().unwrap() {
-            for ext in exts {
-                let ext = ext.unwrap();
-                let (key, value) = (ext.key().unwrap(), ext.value_bytes());
-                let text = || std::str::from_utf8(value).unwrap();
-                match key {
-                    "uid" => uid = text().parse().unwrap(),
-                    "gid" => gid = text().parse().unwrap(),
-                    "mtime" => mtime = text().split('.').next().unwrap().parse().unwrap(),
-                    k if k.starts_with("SCHILY.xattr.") => xattrs.push((k["SCHILY.xattr.".len()..].to_string(), value.to_vec())),
-                    _ => {}
-                }
-            }
-        }
-        xattrs.sort();
-        let path = clean(&e.path_bytes());
-        let link = e.link_name_bytes().map(|l| String::from_utf8(l.into_owned()).unwrap()).unwrap_or_default();
         let kind = h.entry_type();
         let mut data = Vec::new();
         e.read_to_end(&mut data).unwrap();
+        let text = |v: &[u8]| String::from_utf8(v.to_vec()).unwrap();
+        match kind {
+            tar::EntryType::XHeader => {
+                pax = pax_records(&data);
+                continue;
+            }
+            tar::EntryType::XGlobalHeader => continue,
+            tar::EntryType::GNULongName => {
+                long_name = Some(text(data.strip_suffix(b"\0").unwrap_or(&data)));
+                continue;
+            }
+            tar::EntryType::GNULongLink => {
+                long_link = Some(text(data.strip_suffix(b"\0").unwrap_or(&data)));
+                continue;
+            }
+            _ => {}
+        }
+        let record = |key: &str| pax.iter().find(|(k, _)| k == key).map(|(_, v)| text(v));
+        let path = record("path").or(long_name.take()).unwrap_or_else(|| text(&h.path_bytes()));
+        let link = record("linkpath").or(long_link.take()).unwrap_or_else(|| h.link_name_bytes().map(|l| text(&l)).unwrap_or_default());
+        let uid = record("uid").map_or_else(|| h.uid().unwrap(), |v| v.parse().unwrap());
+        let gid = record("gid").map_or_else(|| h.gid().unwrap(), |v| v.parse().unwrap());
+        let mtime = record("mtime").map_or_else(|| h.mtime().unwrap() as i64, |v| v.split('.').next().unwrap().parse().unwrap());
+        let mut xattrs: Vec<(String, Vec<u8>)> =
+            pax.iter().filter_map(|(k, v)| Some((k.strip_prefix("SCHILY.xattr.")?.to_string(), v.clone()))).collect();
+        xattrs.sort();
+        pax.clear();
         let (ek, rdev) = match kind {
             tar::EntryType::Directory => (Kind::Dir, 0),
             tar::EntryType::Symlink => (Kind::Symlink, 0),
@@ -89,7 +113,7 @@ fn members(blob: &[u8]) -> Vec<Member> {
             rdev,
             xattrs,
         };
-        out.push(Member { path, kind, link, entry });
+        out.push(Member { path: clean(path.as_bytes()), kind, link, entry });
     }
     out
 }

@@ -4,11 +4,11 @@
 //! The temporary directory holds `outside/secret` (a host file nothing may ever read or write) next to
 //! `store/`, where layers and containers live.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rustix::fs::{OFlags, Timespec, Timestamps};
@@ -18,14 +18,16 @@ use super::{commit_layer, import_layer, CommitReport, Error, ImportOptions, Impo
 
 pub const SECRET: &str = "host secret\n";
 
-/// A stack of layers (bottom first), each imported on the ones below it.
+/// A stack of layers (bottom first), each imported on the ones below it. A clone shares the directory
+/// (an image built on this one).
+#[derive(Clone)]
 pub struct Stack {
     /// Shared with every view made, so that a view outlives the stack value.
     tmp: Arc<tempfile::TempDir>,
     pub privilege: Privilege,
     layers: Vec<PathBuf>,
     /// Directories made so far (layers, failed imports, containers), for unique names.
-    made: Cell<usize>,
+    made: Arc<AtomicUsize>,
 }
 
 impl Stack {
@@ -34,7 +36,7 @@ impl Stack {
         std::fs::create_dir(tmp.path().join("outside")).unwrap();
         std::fs::write(tmp.path().join("outside/secret"), SECRET).unwrap();
         std::fs::create_dir(tmp.path().join("store")).unwrap();
-        Stack { tmp: Arc::new(tmp), privilege, layers: Vec::new(), made: Cell::new(0) }
+        Stack { tmp: Arc::new(tmp), privilege, layers: Vec::new(), made: Arc::new(AtomicUsize::new(0)) }
     }
 
     /// A stack of these layer tars (bottom first).
@@ -57,8 +59,7 @@ impl Stack {
 
     /// A fresh directory in the store.
     pub fn new_dir(&self, what: &str) -> PathBuf {
-        let n = self.made.get();
-        self.made.set(n + 1);
+        let n = self.made.fetch_add(1, Ordering::Relaxed);
         let p = self.tmp.path().join("store").join(format!("{what}{n}"));
         std::fs::create_dir(&p).unwrap();
         p
@@ -174,7 +175,7 @@ impl Stack {
     fn owns(&self, name: &str) -> bool {
         let stem = name.strip_suffix(".split").unwrap_or(name);
         let n = stem.trim_start_matches(|c: char| c.is_ascii_alphabetic());
-        n.parse::<usize>().is_ok_and(|n| n < self.made.get()) && (stem.starts_with("layer") || stem.starts_with("container"))
+        n.parse::<usize>().is_ok_and(|n| n < self.made.load(Ordering::Relaxed)) && (stem.starts_with("layer") || stem.starts_with("container"))
     }
 
     /// Import `tar` and check the refusal: an invalid-archive error naming `entry` (when given), nothing

@@ -11,7 +11,7 @@ use super::stack::Fs;
 use super::{Kind, Privilege};
 
 /// One entry as the container sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Node {
     pub kind: Kind,
     /// Permission bits with setuid, setgid and sticky.
@@ -33,6 +33,41 @@ pub struct Node {
 
 /// Absolute container path → entry.
 pub type Tree = BTreeMap<String, Node>;
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?} {:04o} {}:{} mtime {}", self.kind, self.perm, self.uid, self.gid, self.mtime_ns)?;
+        if let Some(c) = &self.content {
+            let text = String::from_utf8_lossy(&c[..c.len().min(40)]).into_owned();
+            write!(f, " {} bytes {text:?}", c.len())?;
+        }
+        if let Some(ch) = &self.children {
+            write!(f, " {ch:?}")?;
+        }
+        if self.rdev != 0 {
+            write!(f, " rdev {}", self.rdev)?;
+        }
+        if !self.xattrs.is_empty() {
+            write!(f, " xattrs {:?}", self.xattrs.iter().map(|(k, _)| k).collect::<Vec<_>>())?;
+        }
+        Ok(())
+    }
+}
+
+/// Two trees are equal; on failure, only the paths that differ are shown.
+#[track_caller]
+pub fn assert_same(got: &Tree, want: &Tree) {
+    let mut problems = Vec::new();
+    for p in got.keys().chain(want.keys()).collect::<BTreeSet<_>>() {
+        match (got.get(p), want.get(p)) {
+            (Some(g), Some(w)) if g != w => problems.push(format!("{p}:\n   got {g:?}\n  want {w:?}")),
+            (Some(g), None) => problems.push(format!("{p}: unexpected {g:?}")),
+            (None, Some(w)) => problems.push(format!("{p}: missing {w:?}")),
+            _ => {}
+        }
+    }
+    assert!(problems.is_empty(), "trees differ:\n{}", problems.join("\n"));
+}
 
 fn join(dir: &str, name: &str) -> String {
     format!("{}/{name}", dir.trim_end_matches('/'))
