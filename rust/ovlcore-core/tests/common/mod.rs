@@ -84,6 +84,15 @@ pub fn assert_invalid_archive<T: std::fmt::Debug>(r: Result<T>) -> String {
     }
 }
 
+/// The call found the store's own data inconsistent (a layer changed under its tar-split); returns the
+/// message.
+pub fn assert_corrupt_store<T: std::fmt::Debug>(r: Result<T>) -> String {
+    match r {
+        Err(e @ Error::InvalidArchive(_)) => e.to_string(),
+        other => panic!("expected a corrupt-store error, got {other:?}"),
+    }
+}
+
 /// The call failed with an OS error or an invalid-archive error (what a hostile entry may give).
 pub fn assert_refused<T: std::fmt::Debug>(r: Result<T>) {
     match r {

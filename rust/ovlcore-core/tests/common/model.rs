@@ -134,11 +134,11 @@ fn drop_tree(model: &mut Model, path: &str) {
 
 /// Apply layer tars (bottom first). Hard links become copies of their target's entry; the map of which
 /// path was a hard link to which is returned too.
-pub fn apply(layers: &[Vec<u8>]) -> (Model, BTreeMap<String, String>) {
+pub fn apply<T: AsRef<[u8]>>(layers: &[T]) -> (Model, BTreeMap<String, String>) {
     let mut model = Model::new();
     let mut hard = BTreeMap::new();
     for blob in layers {
-        let ms = members(blob);
+        let ms = members(blob.as_ref());
         // Opaque markers act first, wherever they stand in the tar.
         for m in &ms {
             let (dir, base) = parent_and_base(&m.path);

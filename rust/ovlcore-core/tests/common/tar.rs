@@ -352,6 +352,15 @@ fn number(value: i128, width: usize, gnu: bool) -> Vec<u8> {
 
 /// A PAX extended header (type `x`) with exactly these records.
 pub fn pax_header(records: &[(String, Vec<u8>)]) -> Vec<u8> {
+    pax_block(b'x', records)
+}
+
+/// A PAX global header (type `g`).
+pub fn global_pax_header(records: &[(String, Vec<u8>)]) -> Vec<u8> {
+    pax_block(b'g', records)
+}
+
+fn pax_block(typeflag: u8, records: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut body = Vec::new();
     for (k, v) in records {
         let rest = [b" ", k.as_bytes(), b"=", v, b"\n"].concat();
@@ -362,7 +371,7 @@ pub fn pax_header(records: &[(String, Vec<u8>)]) -> Vec<u8> {
         body.extend(n.to_string().into_bytes());
         body.extend(rest);
     }
-    let h = RawHeader { typeflag: b'x', size: body.len() as u64, ..RawHeader::default() };
+    let h = RawHeader { typeflag, size: body.len() as u64, ..RawHeader::default() };
     let mut out = raw_header(b"././@PaxHeader", &h);
     out.extend(pad(&body));
     out
