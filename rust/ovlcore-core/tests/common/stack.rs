@@ -163,6 +163,9 @@ impl Stack {
     /// Everything under the temporary directory that is neither a layer nor a container of this stack.
     pub fn snapshot_outside(&self) -> BTreeMap<String, tree::RawEntry> {
         let mut snap = host_snapshot(self.tmp.path());
+        // The two directories above the store's own change whenever a layer is made; what appears in
+        // them is still seen.
+        snap.retain(|p, _| p != "/" && p != "/store");
         snap.retain(|p, _| {
             let mut parts = p.trim_start_matches('/').splitn(3, '/');
             let (top, second) = (parts.next().unwrap_or(""), parts.next());
