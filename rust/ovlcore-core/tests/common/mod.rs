@@ -93,6 +93,14 @@ pub fn assert_corrupt_store<T: std::fmt::Debug>(r: Result<T>) -> String {
     }
 }
 
+/// The call stopped because its caller asked it to (a progress callback's error).
+pub fn assert_cancelled<T: std::fmt::Debug>(r: Result<T>) {
+    match r {
+        Err(Error::Cancelled) => {}
+        other => panic!("expected a cancellation, got {other:?}"),
+    }
+}
+
 /// The call failed with an OS error or an invalid-archive error (what a hostile entry may give).
 pub fn assert_refused<T: std::fmt::Debug>(r: Result<T>) {
     match r {
