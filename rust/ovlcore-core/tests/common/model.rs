@@ -2,7 +2,7 @@
 //! from the layers below, a directory over a directory merges, anything else replaces), independently of
 //! the core's importer; and the same description read from a merged view, to compare the two.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
 use super::stack::Fs;
@@ -132,31 +132,48 @@ fn drop_tree(model: &mut Model, path: &str) {
     model.retain(|k, _| k != path && !k.starts_with(&below));
 }
 
-/// Apply layer tars (bottom first). Hard links become copies of their target's entry; the map of which
-/// path was a hard link to which is returned too.
+/// The metadata of a directory a layer implies (a parent with no entry of its own): root's, 0755, made
+/// at import time (`mtime` unknown).
+fn implied_dir() -> Entry {
+    Entry { kind: Kind::Dir, mode: 0o755, uid: 0, gid: 0, mtime: i64::MIN, data: None, link: None, rdev: 0, xattrs: Vec::new() }
+}
+
+/// Apply layer tars (bottom first). Per layer, deletions act first and on the layers below only (an
+/// opaque marker empties its directory, a whiteout removes its name); then entries in tar order: parents
+/// without an entry are made, a directory over a directory merges, anything else replaces. Hard links become copies of their target's entry; the map of which path was a hard
+/// link to which is returned too.
 pub fn apply<T: AsRef<[u8]>>(layers: &[T]) -> (Model, BTreeMap<String, String>) {
     let mut model = Model::new();
     let mut hard = BTreeMap::new();
     for blob in layers {
-        let ms = members(blob.as_ref());
-        // Opaque markers act first, wherever they stand in the tar.
+        let ms: Vec<Member> = members(blob.as_ref()).into_iter().filter(|m| m.path != "/").collect();
         for m in &ms {
             let (dir, base) = parent_and_base(&m.path);
             if base == ".wh..wh..opq" {
                 let below = format!("{}/", dir.trim_end_matches('/'));
                 model.retain(|k, _| !k.starts_with(&below));
+            } else if let Some(name) = base.strip_prefix(".wh.") {
+                drop_tree(&mut model, &format!("{}/{name}", dir.trim_end_matches('/')));
             }
         }
+        let mut made = BTreeSet::new();
         for m in ms {
-            if m.path == "/" {
-                continue;
-            }
             let (dir, base) = parent_and_base(&m.path);
+            let mut implied = ancestors(&m.path);
             if base == ".wh..wh..opq" {
-                continue;
+                implied.push(dir.to_string());
             }
-            if let Some(name) = base.strip_prefix(".wh.") {
-                drop_tree(&mut model, &format!("{}/{name}", dir.trim_end_matches('/')));
+            // An implied directory replaces a lower non-directory, and tops a lower directory with its
+            // own metadata (the layer's directory is what the merge shows).
+            for a in implied {
+                if made.insert(a.clone()) {
+                    if model.get(&a).is_none_or(|o| o.kind != Kind::Dir) {
+                        drop_tree(&mut model, &a);
+                    }
+                    model.insert(a, implied_dir());
+                }
+            }
+            if base.starts_with(".wh.") {
                 continue;
             }
             let merge = m.kind == tar::EntryType::Directory && model.get(&m.path).is_some_and(|o| o.kind == Kind::Dir);
@@ -170,10 +187,17 @@ pub fn apply<T: AsRef<[u8]>>(layers: &[T]) -> (Model, BTreeMap<String, String>) 
             } else {
                 m.entry
             };
+            made.insert(m.path.clone());
             model.insert(m.path, entry);
         }
     }
     (model, hard)
+}
+
+/// `/a`, `/a/b` for `/a/b/c`.
+fn ancestors(path: &str) -> Vec<String> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    (1..parts.len()).map(|i| format!("/{}", parts[..i].join("/"))).collect()
 }
 
 /// The same description read from a merged view (the root left out).
