@@ -93,10 +93,9 @@ refused_cases! {
 #[test]
 fn nothing_escapes_to_the_paths_a_traversal_names() {
     for name in ["../escaped", "a/../../escaped", "a/b/../../../escaped"] {
-        let s = Stack::new(Privilege::Rootless);
-        let mut s2 = s.clone();
-        s2.refuse(&with_content(name), None);
-        for p in [s.base().join("escaped"), s.base().join("store/escaped"), s.base().join("store/layer0/escaped")] {
+        let mut s = Stack::new(Privilege::Rootless);
+        s.refuse(&with_content(name), None);
+        for p in [s.base().join("escaped"), s.base().join("store/escaped")] {
             assert!(std::fs::symlink_metadata(&p).is_err(), "{} exists", p.display());
         }
     }
@@ -124,9 +123,9 @@ refused_cases! {
 #[test]
 fn an_opaque_marker_through_a_symlink_is_refused_and_marks_nothing() {
     refused(|s| Tar::new().symlink("link", &outside(s, "")).opaque("link").bytes(), Some("link/.wh..wh..opq"));
-    let s = Stack::new(Privilege::Rootless);
+    let mut s = Stack::new(Privilege::Rootless);
     let t = Tar::new().symlink("link", &outside(&s, "")).opaque("link").bytes();
-    s.clone().refuse(&t, None);
+    s.refuse(&t, None);
     for x in ["trusted.overlay.opaque", "user.overlay.opaque"] {
         assert_eq!(common::tree::xattr(&s.outside(), x), None);
     }
@@ -138,10 +137,10 @@ fn a_file_under_a_lower_layers_symlink_goes_into_the_new_layer() {
     // a directory `link` in the new layer (hiding the symlink), as Docker's overlay2 does.
     for p in privileges() {
         let mut s = Stack::new(p);
-        let before = s.snapshot_outside();
+        let before = host_snapshot(&s.outside());
         s.push(&Tar::new().symlink("link", &outside(&s, "")).bytes());
         s.push(&Tar::new().file("link/file", "data").bytes());
-        assert_eq!(s.snapshot_outside(), before);
+        assert!(host_snapshot(&s.outside()) == before);
         let fs = s.view();
         assert!(fs.is_dir("/link") && !fs.is_symlink("/link"));
         assert_eq!(fs.ls("/link"), ["file"]);
@@ -351,16 +350,14 @@ fn the_view_never_reaches_the_host() {
         assert_eq!(c.text("/climb/etc/passwd"), "root:x:0:0::/root:/bin/sh\n");
         assert_eq!(c.text("/to_root/etc/passwd"), "root:x:0:0::/root:/bin/sh\n");
         assert_errno_at(c.read("/loop_a"), libc::ELOOP, "/loop_a");
-        let before = s.snapshot_outside();
+        let before = host_snapshot(&s.outside());
         c.write("/climb/tmp-planted", "x").unwrap();
         assert_eq!(c.text("/tmp-planted"), "x", "written at the container's root");
         assert_errno(c.write("/to_secret", "overwritten?"), libc::ENOENT);
         for op in [c.chmod("/to_secret", 0o777), c.truncate("/to_secret", 0), c.utime("/to_secret", 1, 1), c.chown("/to_secret", Some(9), Some(9))] {
             assert_refused(op);
         }
-        let mut after = s.snapshot_outside();
-        after.retain(|k, _| before.contains_key(k));
-        assert_eq!(after, before, "nothing outside changed");
+        assert!(host_snapshot(&s.outside()) == before, "nothing outside changed");
         assert_eq!(std::fs::read_to_string(s.outside().join("secret")).unwrap(), SECRET);
     }
 }

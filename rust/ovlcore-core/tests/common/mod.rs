@@ -12,8 +12,8 @@ pub mod stack;
 pub mod tar;
 pub mod tree;
 
-pub use ovlcore_core::attrs::{makedev, major, minor, rootless_storage, Attrs, Kind, Meta, Privilege, OVERRIDE_XATTR};
-pub use ovlcore_core::compress::{decompressed, Compression, Compressor, Encoder};
+pub use ovlcore_core::attrs::{makedev, major, minor, rootless_storage, Attrs, Kind, Meta, Privilege};
+pub use ovlcore_core::compress::{Compression, Compressor};
 pub use ovlcore_core::cp::{copy_in, copy_out, extract_into, CopyOptions, Owner};
 pub use ovlcore_core::digest::sha256;
 pub use ovlcore_core::layer::{import_layer, ImportOptions, ImportReport, LayerTar};

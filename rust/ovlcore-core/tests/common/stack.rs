@@ -4,7 +4,7 @@
 //! The temporary directory holds `outside/secret` (a host file nothing may ever read or write) next to
 //! `store/`, where layers and containers live.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsStr};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -79,12 +79,18 @@ impl Stack {
     /// Import from any reader (plain, gzip or zstd), with an optional uncompressed-size limit.
     pub fn import(&mut self, input: impl Read + Send, max_size: Option<u64>) -> Result<ImportReport> {
         let dest = self.new_dir("layer");
-        std::fs::set_permissions(&dest, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        self.import_into(&dest, input, max_size)
+    }
+
+    /// Import into the empty directory `dest` (mode 0755, as a store makes it), with the tar-split next
+    /// to it; `dest` joins the stack when the import works.
+    fn import_into(&mut self, dest: &Path, input: impl Read + Send, max_size: Option<u64>) -> Result<ImportReport> {
+        std::fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let split = std::fs::File::create(dest.with_extension("split")).unwrap();
         let lower = self.lower();
         let opts = ImportOptions { privilege: self.privilege, lower: Some(&lower), max_size, progress: None };
-        let report = import_layer(input, &dest, Some(split), opts)?;
-        self.layers.push(dest);
+        let report = import_layer(input, dest, Some(split), opts)?;
+        self.layers.push(dest.to_path_buf());
         Ok(report)
     }
 
@@ -119,7 +125,7 @@ impl Stack {
 
     /// The image's read-only view.
     pub fn view(&self) -> Fs {
-        Fs { view: Arc::new(View::new(self.lower(), None, Vec::new()).unwrap()), _tmp: self.tmp.clone() }
+        Fs { view: Arc::new(View::new(self.lower(), None, Vec::new()).unwrap()), keep: self.tmp.clone() }
     }
 
     /// A new container: an empty writable layer over the stack.
@@ -133,7 +139,7 @@ impl Stack {
         for d in ["diff", "scratch"] {
             std::fs::create_dir(dir.join(d)).unwrap();
         }
-        let mounts: Vec<_> = mounts.iter().map(|(t, s, ro)| (PathBuf::from(t), s.to_path_buf(), *ro)).collect();
+        let mounts = owned(mounts);
         let lower = self.lower();
         let fs = container_view(&dir, &lower, &mounts, &self.tmp);
         Ctr { dir, lower, privilege: self.privilege, mounts, fs }
@@ -160,48 +166,52 @@ impl Stack {
         self.layers.iter().map(|l| host_snapshot(l)).collect()
     }
 
-    /// Everything under the temporary directory that is neither a layer nor a container of this stack.
-    pub fn snapshot_outside(&self) -> BTreeMap<String, tree::RawEntry> {
-        let mut snap = host_snapshot(self.tmp.path());
-        // The two directories above the store's own change whenever a layer is made; what appears in
-        // them is still seen.
-        snap.retain(|p, _| p != "/" && p != "/store");
-        snap.retain(|p, _| {
-            let mut parts = p.trim_start_matches('/').splitn(3, '/');
-            let (top, second) = (parts.next().unwrap_or(""), parts.next());
-            // Directories of the store the core was given (and their contents) are the store's own.
-            !(top == "store" && second.is_some_and(|s| self.owns(s)))
-        });
-        snap
-    }
-
-    fn owns(&self, name: &str) -> bool {
-        let stem = name.strip_suffix(".split").unwrap_or(name);
-        let n = stem.trim_start_matches(|c: char| c.is_ascii_alphabetic());
-        n.parse::<usize>().is_ok_and(|n| n < self.made.load(Ordering::Relaxed)) && (stem.starts_with("layer") || stem.starts_with("container"))
-    }
-
-    /// Import `tar` and check the refusal: an invalid-archive error naming `entry` (when given), nothing
-    /// changed outside the store, no layer added. Returns the message.
+    /// Import `tar` and check the refusal: an invalid-archive error naming `entry` (when given), no layer
+    /// added, and nothing changed anywhere (the other layers, the store, the outside directory) but in the
+    /// directory the import was given. Returns the message.
     pub fn refuse(&mut self, tar: &[u8], entry: Option<&str>) -> String {
-        let before = self.snapshot_outside();
+        let before = self.snapshot_all();
+        let dest = self.new_dir("layer");
         let layers = self.layers.len();
-        let msg = super::assert_invalid_archive(self.try_push(tar));
+        let msg = super::assert_invalid_archive(self.import_into(&dest, tar, None));
         if let Some(entry) = entry {
             assert!(msg.contains(entry), "message {msg:?} does not name the entry {entry:?}");
         }
         assert_eq!(self.layers.len(), layers);
-        assert_eq!(self.snapshot_outside(), before, "something was written outside the store");
+        let given = format!("/store/{}", dest.file_name().unwrap().to_str().unwrap());
+        let mut after = self.snapshot_all();
+        after.retain(|p, _| p != &format!("{given}.split") && p != &given && !p.starts_with(&format!("{given}/")));
+        assert!(after == before, "something was written outside the layer directory: {:?}", changed(&before, &after));
         assert_eq!(std::fs::read_to_string(self.outside().join("secret")).unwrap(), SECRET);
         msg
     }
+
+    /// Everything under the temporary directory but the directories above the store's own (their times
+    /// change whenever a layer is made; what appears in them is still seen).
+    fn snapshot_all(&self) -> BTreeMap<String, tree::RawEntry> {
+        let mut snap = host_snapshot(self.tmp.path());
+        snap.retain(|p, _| p != "/" && p != "/store");
+        snap
+    }
+}
+
+/// The paths that differ between two snapshots.
+fn changed<'a>(a: &'a BTreeMap<String, tree::RawEntry>, b: &'a BTreeMap<String, tree::RawEntry>) -> BTreeSet<&'a String> {
+    a.keys().chain(b.keys()).filter(|p| a.get(*p) != b.get(*p)).collect()
+}
+
+/// Mounts as (target, host source, read-only).
+type Mounts = Vec<(PathBuf, PathBuf, bool)>;
+
+fn owned(mounts: &[(&str, &Path, bool)]) -> Mounts {
+    mounts.iter().map(|(t, s, ro)| (PathBuf::from(t), s.to_path_buf(), *ro)).collect()
 }
 
 /// A view of the writable layer in the container directory `dir` over `lower`, as the binding opens it.
-fn container_view(dir: &Path, lower: &Arc<Lower>, mounts: &[(PathBuf, PathBuf, bool)], tmp: &Arc<tempfile::TempDir>) -> Fs {
+fn container_view(dir: &Path, lower: &Arc<Lower>, mounts: &Mounts, keep: &Arc<tempfile::TempDir>) -> Fs {
     let upper = Upper::open(&dir.join("diff"), &dir.join("scratch"), Some(&dir.join("shared-inodes"))).unwrap();
     let mounts = mounts.iter().map(|(t, s, ro)| MountPoint::new(t, s, *ro).unwrap()).collect();
-    Fs { view: Arc::new(View::new(lower.clone(), Some(upper), mounts).unwrap()), _tmp: tmp.clone() }
+    Fs { view: Arc::new(View::new(lower.clone(), Some(upper), mounts).unwrap()), keep: keep.clone() }
 }
 
 pub fn read_all(mut r: impl Read) -> Vec<u8> {
@@ -215,7 +225,7 @@ pub struct Ctr {
     pub dir: PathBuf,
     lower: Arc<Lower>,
     privilege: Privilege,
-    mounts: Vec<(PathBuf, PathBuf, bool)>,
+    mounts: Mounts,
     pub fs: Fs,
 }
 
@@ -242,13 +252,12 @@ impl Ctr {
 
     /// Another handle on the same container (as another process opens it).
     pub fn reopen(&self) -> Fs {
-        container_view(&self.dir, &self.lower, &self.mounts, &self.fs._tmp)
+        container_view(&self.dir, &self.lower, &self.mounts, &self.fs.keep)
     }
 
     /// Another handle on the same writable layer with other mounts: (target, host source, read-only).
     pub fn reopen_with(&self, mounts: &[(&str, &Path, bool)]) -> Fs {
-        let mounts: Vec<_> = mounts.iter().map(|(t, s, ro)| (PathBuf::from(t), s.to_path_buf(), *ro)).collect();
-        container_view(&self.dir, &self.lower, &mounts, &self.fs._tmp)
+        container_view(&self.dir, &self.lower, &owned(mounts), &self.fs.keep)
     }
 
     /// Commit the writable layer into the empty directory `dest`, as the binding does: the inodes now
@@ -280,7 +289,7 @@ impl Ctr {
 pub struct Fs {
     pub view: Arc<View>,
     /// The stack's directory, kept as long as the view lives.
-    _tmp: Arc<tempfile::TempDir>,
+    keep: Arc<tempfile::TempDir>,
 }
 
 fn p(path: &str) -> &Path {

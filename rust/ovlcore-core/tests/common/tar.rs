@@ -184,11 +184,6 @@ impl Tar {
         out
     }
 
-    /// The entries without the end-of-archive blocks.
-    pub fn bytes_without_eof(self) -> Vec<u8> {
-        self.out
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn entry(mut self, name: &str, typeflag: u8, default_mode: u32, a: &Attr, data: &[u8], link: &str, dev: (u32, u32)) -> Tar {
         let gnu = self.format == Format::Gnu;

@@ -189,11 +189,6 @@ pub fn without_times(t: &Tree, dirs_only: bool) -> Tree {
         .collect()
 }
 
-/// The tree with whole-second times (what a tar carries).
-pub fn whole_seconds(t: &Tree) -> Tree {
-    t.iter().map(|(p, n)| (p.clone(), Node { mtime_ns: n.mtime_ns.div_euclid(1_000_000_000) * 1_000_000_000, ..n.clone() })).collect()
-}
-
 /// A subtree described under `from`, with its paths rewritten to start with `to` instead.
 pub fn rebase(t: &Tree, from: &str, to: &str) -> Tree {
     t.iter().map(|(p, n)| (format!("{to}{}", p.strip_prefix(from).expect("below the base")), n.clone())).collect()
