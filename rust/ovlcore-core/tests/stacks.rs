@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::kernel::kernel_tree;
 use common::model::{self, Model};
-use common::tree::{shape, without_times, Shape};
+use common::tree::{listing, shape, without_times, Listing};
 use common::*;
 
 const NAMES: [&str; 3] = ["a", "b", "c"];
@@ -191,12 +191,8 @@ fn random_layer(rng: &mut Rng, index: usize) -> Vec<u8> {
         .bytes()
 }
 
-/// (path, kind, content) of every path but the root.
-fn flat_view(s: &Shape) -> Vec<(String, Kind, Option<Vec<u8>>)> {
-    s.iter().filter(|(p, _)| *p != "/").map(|(p, (k, c, _))| (p.clone(), *k, c.clone())).collect()
-}
-
-fn flat_model(m: &Model) -> Vec<(String, Kind, Option<Vec<u8>>)> {
+/// The model's listing (hard links show as their target's entry).
+fn model_listing(m: &Model) -> Listing {
     m.iter().map(|(p, e)| (p.clone(), e.kind, e.data.clone().or_else(|| e.link.clone().map(String::into_bytes)))).collect()
 }
 
@@ -205,7 +201,7 @@ fn check_stack(p: Privilege, tars: &[Vec<u8>], case: usize) {
     let s = Stack::of(p, &refs);
     let view = s.view().tree("/");
     let (model, _) = model::apply(tars);
-    assert_eq!(flat_view(&shape(&view)), flat_model(&model), "case {case} ({p:?}): the view differs from the OCI rules");
+    assert_eq!(listing(&view), model_listing(&model), "case {case} ({p:?}): the view differs from the OCI rules");
     // The view reports the archive's metadata (the rootless one from its overrides).
     for (path, e) in &model {
         if e.kind == Kind::Symlink {

@@ -6,7 +6,7 @@ mod common;
 
 use common::images::{check_diff, check_kernel, each_container};
 use common::kernel::kernel_tree;
-use common::tree::{is_whiteout, shape, Shape};
+use common::tree::{is_whiteout, listing, shape, Listing};
 use common::*;
 use rustix::fs::OFlags;
 
@@ -204,9 +204,9 @@ fn a_name_added_again_above_a_whiteout_is_visible_and_new() {
 
 // ----- fixed stacks, compared with the kernel when running as root -----
 
-/// (path, kind, file content or link target) for every path of a tree, the root left out.
-fn expect(entries: &[(&str, Kind, &str)]) -> Vec<(String, Kind, Option<Vec<u8>>)> {
-    let mut v: Vec<_> = entries
+/// The listing of a table of (path, kind, file content or link target).
+fn expect(entries: &[(&str, Kind, &str)]) -> Listing {
+    let mut v: Listing = entries
         .iter()
         .map(|(p, k, c)| (p.to_string(), *k, matches!(k, Kind::File | Kind::Symlink).then(|| c.as_bytes().to_vec())))
         .collect();
@@ -214,17 +214,13 @@ fn expect(entries: &[(&str, Kind, &str)]) -> Vec<(String, Kind, Option<Vec<u8>>)
     v
 }
 
-fn flat(s: &Shape) -> Vec<(String, Kind, Option<Vec<u8>>)> {
-    s.iter().filter(|(p, _)| *p != "/").map(|(p, (k, c, _))| (p.clone(), *k, c.clone())).collect()
-}
-
 /// The view of `tars` shows `want`; so does the kernel's overlayfs of the same layer directories.
 fn check_stack(p: Privilege, tars: &[&[u8]], want: &[(&str, Kind, &str)]) {
     let s = Stack::of(p, tars);
-    let view = shape(&s.view().tree("/"));
-    assert_eq!(flat(&view), expect(want), "the view ({p:?})");
+    let view = s.view().tree("/");
+    assert_eq!(listing(&view), expect(want), "the view ({p:?})");
     if let Some(k) = kernel_tree(&s.top_first(), p) {
-        assert_eq!(shape(&k), view, "the kernel ({p:?})");
+        assert_eq!(shape(&k), shape(&view), "the kernel ({p:?})");
     }
 }
 

@@ -201,6 +201,13 @@ pub fn shape(t: &Tree) -> Shape {
     t.iter().map(|(p, n)| (p.clone(), (n.kind, n.content.clone(), n.children.clone()))).collect()
 }
 
+/// (path, type, file content or link target) of every path but the root, sorted.
+pub type Listing = Vec<(String, Kind, Option<Vec<u8>>)>;
+
+pub fn listing(t: &Tree) -> Listing {
+    t.iter().filter(|(p, _)| *p != "/").map(|(p, n)| (p.clone(), n.kind, n.content.clone())).collect()
+}
+
 /// A raw entry of a host directory, everything that must never change in an image layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawEntry {
