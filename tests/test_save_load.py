@@ -471,13 +471,13 @@ def test_load_skips_layers_the_store_has(
     calls: list[Any] = []
     import ovlcore.archive as archive
 
-    real = archive._ovlcore.import_layer
+    real = archive._Archive.import_layer
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(archive._ovlcore, "import_layer", counting)
+    monkeypatch.setattr(archive._Archive, "import_layer", counting)
     second = tmp_path / "second.tar"
     store.images.save(["app:2", "side:1"], second, format="oci")
     other.images.load(second)

@@ -18,6 +18,7 @@ from .errors import (
     AmbiguousReference,
     Conflict,
     ContainerNotFound,
+    CorruptStore,
     ImageInUse,
     ImageNotFound,
     InvalidArchive,
@@ -26,6 +27,7 @@ from .errors import (
     NameConflict,
     NotFound,
     OvlError,
+    TruncatedArchive,
     VolumeInUse,
     VolumeNotFound,
 )
@@ -69,6 +71,8 @@ __all__ = [
     "ImageInUse",
     "VolumeInUse",
     "InvalidArchive",
+    "TruncatedArchive",
+    "CorruptStore",
     "InvalidReference",
     "AmbiguousReference",
 ]

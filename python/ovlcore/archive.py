@@ -16,36 +16,33 @@ ones (zstd needs Docker 23 or later). Paths are written atomically (temp name, r
 ``docker save -o`` does.
 
 Loading reads both (and a directory holding an OCI layout), plain or gzip/zstd compressed as a whole, with
-plain, gzip or zstd layers. It never holds a layer in memory: the archive is indexed by seeking (a stream
-that cannot seek, or a compressed archive, is first spooled to a plain file in the store's ``tmp/``), and
-each layer goes straight from its place in the archive into the core, which extracts and hashes it in one
-pass. Everything is verified (config and manifest digests, blob digests and sizes, every diff_id against
+plain, gzip or zstd layers. It never holds a layer in memory: the core indexes the archive in place (a
+stream that cannot seek, or a compressed archive, is first spooled to a plain file in the store's
+``tmp/``), and each layer goes straight from its place in the archive into the layer importer, which
+extracts it and hashes it (and its blob) in one pass, without Python in the byte path. Everything is verified (config and manifest digests, blob digests and sizes, every diff_id against
 the config) and staged before anything is published; then every new layer, image and tag becomes visible
 in one step under the store lock. A bad archive raises :class:`~ovlcore.errors.InvalidArchive` naming what
-is wrong, and leaves the store as it was. Layers the store already has (same chain id) are not extracted,
+is wrong (:class:`~ovlcore.errors.TruncatedArchive` when it is cut short), and leaves the store as it was.
+Saving a layer whose content no longer matches its record raises :class:`~ovlcore.errors.CorruptStore`. Layers the store already has (same chain id) are not extracted,
 nor read (not even hashed: their content in the store is already the one the diff_id names).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
-import posixpath
 import re
-import stat
-import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Union
 
-from . import _ovlcore, _pump
+from . import _ovlcore
 from ._storage import Staging, move_to_trash, replacing, write_json
-from .errors import ImageNotFound, InvalidArchive, InvalidReference, LayerNotFound, OvlError
+from .errors import CorruptStore, ImageNotFound, InvalidArchive, InvalidReference, LayerNotFound
 from .references import full_tag, parse_tag
 
 if TYPE_CHECKING:
@@ -72,19 +69,10 @@ MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 ANN_REF_NAME = "org.opencontainers.image.ref.name"
 ANN_CONTAINERD_NAME = "io.containerd.image.name"
 
-_CHUNK = 1 << 20
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _BLOB_PATH = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-#: Bytes enough to recognise a compressed stream.
-_MAGIC_LEN = 6
 #: Metadata files (manifests, configs, index) larger than this are refused rather than read into memory.
 _MAX_METADATA = 64 << 20
-
-
-def _is_compressed(head: bytes) -> bool:
-    return head.startswith(_GZIP_MAGIC) or head.startswith(_ZSTD_MAGIC)
 
 
 def _hex(digest: str) -> str:
@@ -92,7 +80,7 @@ def _hex(digest: str) -> str:
 
 
 def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return _ovlcore.sha256(data)
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -102,69 +90,6 @@ def _json_bytes(obj: Any) -> bytes:
 # ====================================================================================================
 # save
 # ====================================================================================================
-
-
-class _TarWriter:
-    """Writes an outer tar to a binary file object member by member (PAX headers where needed)."""
-
-    def __init__(self, out: IO[bytes], progress: ProgressCallback | None) -> None:
-        self._out = out
-        self._progress = progress
-        self.written = 0
-        self._dirs: set[str] = set()
-
-    def _write(self, data: bytes) -> None:
-        self._out.write(data)
-        self.written += len(data)
-        if self._progress is not None:
-            self._progress(self.written)
-
-    def _header(self, name: str, size: int, *, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, mtime: int = 0) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = size
-        info.type = kind
-        info.mode = mode
-        info.mtime = mtime
-        info.uname = info.gname = ""
-        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-
-    def _pad(self, size: int) -> None:
-        rest = size % tarfile.BLOCKSIZE
-        if rest:
-            self._write(b"\0" * (tarfile.BLOCKSIZE - rest))
-
-    def add_dir(self, name: str, mtime: int) -> None:
-        if name in self._dirs:
-            return
-        self._dirs.add(name)
-        self._header(name, 0, kind=tarfile.DIRTYPE, mode=0o755, mtime=mtime)
-
-    def add_bytes(self, name: str, data: bytes, mtime: int) -> None:
-        self._header(name, len(data), mtime=mtime)
-        self._write(data)
-        self._pad(len(data))
-
-    def add_stream(self, name: str, size: int, stream: Any, mtime: int, what: str) -> None:
-        """Copy exactly ``size`` bytes of ``stream`` (which must then be at its end) as member ``name``.
-        Reading the next chunk (the core, without the GIL) overlaps with writing the previous one."""
-        self._header(name, size, mtime=mtime)
-        base = self.written
-
-        def advanced(n: int) -> None:
-            self.written = base + n
-            if self._progress is not None:
-                self._progress(self.written)
-
-        try:
-            _pump.copy(stream, self._out, size=size, progress=advanced)
-        except EOFError:
-            raise OvlError(f"{what} ended after {self.written - base} of its {size} bytes") from None
-        if stream.read(1):
-            raise OvlError(f"{what} is longer than its recorded {size} bytes")
-        self._pad(size)
-
-    def close(self) -> None:
-        self._write(b"\0" * (2 * tarfile.BLOCKSIZE))
 
 
 @dataclass
@@ -231,7 +156,7 @@ class _Blob:
 
 
 class _Saver:
-    def __init__(self, store: Store, tw: _TarWriter, compression: str | None) -> None:
+    def __init__(self, store: Store, tw: _ovlcore.ArchiveWriter, compression: str | None) -> None:
         self.store = store
         self.tw = tw
         self.compression = compression
@@ -240,27 +165,25 @@ class _Saver:
     def _stream_plain(self, layer: Layer, name: str, mtime: int) -> int:
         """Stream the uncompressed layer tar as ``name``, checking its size and diff_id; returns the size."""
         size = _layer_tar_size(layer)
-        what = f"layer {layer.diff_id}"
         stream = layer.tar()
         if size is None:
             # No size on record: spool once to learn it.
             with Staging(self.store._layout) as st:
                 spool = st.path / "layer.tar"
                 with open(spool, "wb") as f:
-                    _pump.copy(stream, f)
+                    stream.copy_to(f)
                 self._check(layer, stream.diff_id)
                 size = spool.stat().st_size
-                with open(spool, "rb") as f:
-                    self.tw.add_stream(name, size, f, mtime, what)
+                self.tw.add_file(name, str(spool), mtime)
             return size
-        self.tw.add_stream(name, size, stream, mtime, what)
+        self.tw.add_stream(name, size, stream.stream, mtime)
         self._check(layer, stream.diff_id)
         return size
 
     @staticmethod
     def _check(layer: Layer, got: str | None) -> None:
         if got != layer.diff_id:
-            raise OvlError(f"layer {layer.chain_id}: its content hashes to {got}, not to its diff_id {layer.diff_id} (the store is damaged)")
+            raise CorruptStore(f"layer {layer.chain_id}: its content hashes to {got}, not to its diff_id {layer.diff_id}")
 
     def _stream_compressed(self, layer: Layer, name_of: Callable[[str], str], mtime: int) -> _Blob:
         """Compress the layer into a spool file (its size and digest must precede it), then copy it."""
@@ -269,13 +192,12 @@ class _Saver:
             spool = st.path / "blob"
             stream = layer.tar(self.compression)
             with open(spool, "wb") as f:
-                _pump.copy(stream, f)
+                stream.copy_to(f)
             self._check(layer, stream.diff_id)
             digest = stream.digest
             assert digest is not None
             size = spool.stat().st_size
-            with open(spool, "rb") as f:
-                self.tw.add_stream(name_of(digest), size, f, mtime, f"compressed layer {layer.diff_id}")
+            self.tw.add_file(name_of(digest), str(spool), mtime)
         return _Blob(digest, size, f"{MT_OCI_LAYER}+{self.compression}")
 
     def layer(self, layer: Layer, mtime: int, style: str) -> _Blob:
@@ -407,12 +329,16 @@ def save(
 def _write(
     store: Store, items: list[_SaveImage], dest: IO[bytes], format: str, compression: str | None, progress: ProgressCallback | None
 ) -> None:
-    tw = _TarWriter(dest, progress)
-    saver = _Saver(store, tw, compression)
-    if format == "docker":
-        _write_docker(saver, items)
-    else:
-        _write_oci(saver, items)
+    tw = _ovlcore.ArchiveWriter(dest, progress=progress)
+    try:
+        saver = _Saver(store, tw, compression)
+        if format == "docker":
+            _write_docker(saver, items)
+        else:
+            _write_oci(saver, items)
+    except BaseException:
+        tw.abort()
+        raise
     tw.close()
     with contextlib.suppress(AttributeError, io.UnsupportedOperation):
         dest.flush()
@@ -423,108 +349,55 @@ def _write(
 # ====================================================================================================
 
 
-class _Reader:
-    """Positional reads from the (plain) archive file."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self._f = f
-        self._fd: int | None = None
-        raw = getattr(f, "raw", f)
-        if isinstance(raw, io.FileIO) and not raw.closed:
-            self._fd = raw.fileno()
-
-    def pread(self, n: int, offset: int) -> bytes:
-        if self._fd is not None:
-            out = os.pread(self._fd, n, offset)
-            if len(out) == n or not out:
-                return out
-            parts = [out]
-            got = len(out)
-            while got < n:
-                more = os.pread(self._fd, n - got, offset + got)
-                if not more:
-                    break
-                parts.append(more)
-                got += len(more)
-            return b"".join(parts)
-        self._f.seek(offset)
-        return self._f.read(n)
-
-
-class _Counter:
-    def __init__(self, progress: ProgressCallback | None) -> None:
-        self.total = 0
-        self._progress = progress
-
-    def add(self, n: int) -> None:
-        self.total += n
-        if self._progress is not None and n:
-            self._progress(self.total)
-
-
-class _Section:
-    """A readable window on one member of the archive; optionally hashes what it hands out."""
-
-    def __init__(self, reader: _Reader, name: str, offset: int, size: int, counter: _Counter, hasher: Any = None) -> None:
-        self._reader = reader
-        self._name = name
-        self._pos = offset
-        self._left = size
-        self._counter = counter
-        self.hasher = hasher
-
-    def read(self, n: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        want = self._left if n is None or n < 0 else min(n, self._left)
-        data = self._reader.pread(want, self._pos)
-        if not data:
-            raise InvalidArchive(f"{self._name}: the archive ends inside this member (truncated archive)")
-        self._pos += len(data)
-        self._left -= len(data)
-        if self.hasher is not None:
-            self.hasher.update(data)
-        self._counter.add(len(data))
-        return data
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
-
-
 class _Archive:
-    """Named members of an archive: a tar file indexed by seeking, or a directory."""
+    """The members of the archive being loaded (indexed and read by the core), and the progress of
+    reading them: ``progress`` gets the bytes of members read or skipped so far."""
 
-    def __init__(self, counter: _Counter) -> None:
-        self.counter = counter
+    def __init__(self, members: _ovlcore.Archive, progress: ProgressCallback | None) -> None:
+        self._members = members
+        self._progress = progress
+        self.done = 0
+
+    def _report(self, done: int) -> None:
+        self.done = done
+        if self._progress is not None:
+            self._progress(done)
 
     def has(self, name: str) -> bool:
-        raise NotImplementedError
+        return self._members.has(name)
 
     def size(self, name: str) -> int:
-        raise NotImplementedError
-
-    def open(self, name: str, hasher: Any = None) -> _Section:
-        raise NotImplementedError
+        size = self._members.size(name)
+        assert size is not None, name
+        return size
 
     def read_small(self, name: str, what: str) -> bytes:
-        if not self.has(name):
+        size = self._members.size(name)
+        if size is None:
             raise InvalidArchive(f"{what} {name!r} is not in the archive")
-        size = self.size(name)
         if size > _MAX_METADATA:
             raise InvalidArchive(f"{what} {name!r} is {size} bytes: too large for a metadata file")
-        sec = self.open(name)
-        data = sec.read(size)
-        if len(data) != size:
-            raise InvalidArchive(f"{what} {name!r}: truncated")
+        data = self._members.read(name, _MAX_METADATA)
+        self._report(self.done + len(data))
         return data
 
-    def head(self, name: str) -> bytes:
-        return self.open(name).read(_MAGIC_LEN) if self.size(name) else b""
+    def skip(self, name: str) -> None:
+        """Count member ``name`` as read (a layer the store already has)."""
+        self._report(self.done + self.size(name))
+
+    def import_layer(self, name: str, dest: Path, tarsplit: Path, lower: list[str], privilege: str) -> tuple[str, int, int, str]:
+        """Extract the layer in member ``name`` into ``dest``: ``(diff_id, size, tar_size, blob digest)``."""
+        base = self.done
+        got = self._members.import_layer(
+            name, str(dest), tarsplit=str(tarsplit), lower=lower, privilege=privilege, progress=lambda n: self._report(base + n)
+        )
+        self._report(base + self.size(name))
+        return got
 
 
 def _member_name(raw: str) -> str | None:
-    """A member name normalised (``./`` and trailing ``/`` dropped); None for names that escape."""
+    """A name a manifest gives, normalised as the archive's members are (``./`` and trailing ``/``
+    dropped); None for names that escape."""
     if raw.startswith("/"):
         return None
     parts: list[str] = []
@@ -537,183 +410,14 @@ def _member_name(raw: str) -> str | None:
     return "/".join(parts)
 
 
-class _TarArchive(_Archive):
-    def __init__(self, f: IO[bytes], counter: _Counter, label: str) -> None:
-        super().__init__(counter)
-        self._reader = _Reader(f)
-        self._files: dict[str, tuple[int, int]] = {}
-        links: dict[str, tuple[str, bool]] = {}
-        try:
-            end = f.seek(0, os.SEEK_END)
-            f.seek(0)
-            tf = tarfile.open(fileobj=f, mode="r:")  # noqa: SIM115 - members are read by position
-            while True:
-                info = tf.next()
-                if info is None:
-                    break
-                name = _member_name(info.name)
-                if name is None:
-                    raise InvalidArchive(f"{label}: member {info.name!r} escapes the archive root")
-                if info.isreg():
-                    if info.offset_data + info.size > end:
-                        raise InvalidArchive(f"{label}: member {info.name!r} is truncated")
-                    self._files[name] = (info.offset_data, info.size)
-                    links.pop(name, None)
-                elif info.issym() or info.islnk():
-                    links[name] = (info.linkname, info.issym())
-                    self._files.pop(name, None)
-        except tarfile.TarError as e:
-            raise InvalidArchive(f"{label}: not a valid tar archive ({e})") from None
-        # Docker writes a layer that appears twice as a symlink to its first copy; resolve links to files.
-        for name, (target, symbolic) in links.items():
-            seen = {name}
-            cur: str | None = name
-            tgt, sym = target, symbolic
-            while True:
-                # A symlink is relative to its directory, a hard link to the archive root; neither may leave it.
-                base = posixpath.dirname(cur) if sym and cur else ""
-                joined = posixpath.normpath(posixpath.join(base, tgt))
-                resolved = None if tgt.startswith("/") or joined == ".." or joined.startswith("../") else _member_name(joined)
-                if resolved is None:
-                    break
-                if resolved in self._files:
-                    self._files[name] = self._files[resolved]
-                    break
-                if resolved in links and resolved not in seen:
-                    seen.add(resolved)
-                    cur = resolved
-                    tgt, sym = links[resolved]
-                    continue
-                break
-
-    def has(self, name: str) -> bool:
-        return name in self._files
-
-    def size(self, name: str) -> int:
-        return self._files[name][1]
-
-    def open(self, name: str, hasher: Any = None) -> _Section:
-        offset, size = self._files[name]
-        return _Section(self._reader, name, offset, size, self.counter, hasher)
-
-
-class _DirArchive(_Archive):
-    """An OCI layout directory on the host."""
-
-    def __init__(self, root: Path, counter: _Counter) -> None:
-        super().__init__(counter)
-        self._root = root
-        self._open: list[IO[bytes]] = []
-
-    def _path(self, name: str) -> Path | None:
-        clean = _member_name(name)
-        if clean is None or clean != name:
-            return None
-        p = self._root / clean
-        try:
-            st = os.stat(p)
-        except OSError:
-            return None
-        return p if stat.S_ISREG(st.st_mode) else None
-
-    def has(self, name: str) -> bool:
-        return self._path(name) is not None
-
-    def size(self, name: str) -> int:
-        p = self._path(name)
-        assert p is not None
-        return p.stat().st_size
-
-    def open(self, name: str, hasher: Any = None) -> _Section:
-        p = self._path(name)
-        assert p is not None
-        f = open(p, "rb", buffering=0)  # noqa: SIM115 - closed with the archive
-        self._open.append(f)
-        return _Section(_Reader(f), name, 0, os.fstat(f.fileno()).st_size, self.counter, hasher)
-
-    def close(self) -> None:
-        for f in self._open:
-            f.close()
-        self._open.clear()
-
-
-class _Chained(io.RawIOBase):
-    """``head`` followed by the rest of a stream (for a stream that cannot seek back after peeking)."""
-
-    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
-        super().__init__()
-        self._head = head
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int = -1) -> bytes:
-        if self._head:
-            if n is None or n < 0:
-                out, self._head = self._head + self._rest.read(), b""
-                return out
-            out, self._head = self._head[:n], self._head[n:]
-            return out
-        return self._rest.read(n)
-
-
 @contextlib.contextmanager
-def _open_archive(store: Store, source: LoadSource, counter: _Counter) -> Iterator[_Archive]:
-    """The archive behind ``source``, seekable and uncompressed (spooled into ``tmp/`` when needed)."""
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_dir():
-            arc = _DirArchive(path, counter)
-            try:
-                yield arc
-            finally:
-                arc.close()
-            return
-        with open(path, "rb", buffering=0) as f:
-            head = f.read(_MAGIC_LEN)
-            if not _is_compressed(head):
-                yield _TarArchive(f, counter, str(path))
-                return
-        with Staging(store._layout) as st:
-            spool = st.path / "archive.tar"
-            _decompress(path, spool, str(path))
-            with open(spool, "rb", buffering=0) as f:
-                yield _TarArchive(f, counter, str(path))
-        return
-    if not hasattr(source, "read"):
+def _open_archive(store: Store, source: LoadSource, progress: ProgressCallback | None) -> Iterator[_Archive]:
+    """The archive behind ``source`` (a compressed one, or a stream, is spooled into ``tmp/`` first)."""
+    if not isinstance(source, (str, os.PathLike)) and not hasattr(source, "read"):
         raise TypeError(f"load() takes a path or a binary file object, not {type(source).__name__}")
-    label = str(getattr(source, "name", "archive"))
-    seekable = False
-    with contextlib.suppress(AttributeError, OSError, ValueError):
-        seekable = bool(source.seekable())
-    if seekable:
-        start = source.tell()
-        head = source.read(_MAGIC_LEN)
-        source.seek(start)
-        if not isinstance(head, bytes):
-            raise TypeError("load() needs a binary file object")
-        if not _is_compressed(head) and start == 0:
-            yield _TarArchive(source, counter, label)
-            return
-        reader: Any = source
-    else:
-        head = source.read(_MAGIC_LEN)
-        if not isinstance(head, bytes):
-            raise TypeError("load() needs a binary file object")
-        reader = _Chained(head, source)
     with Staging(store._layout) as st:
-        spool = st.path / "archive.tar"
-        _decompress(reader, spool, label)
-        with open(spool, "rb", buffering=0) as f:
-            yield _TarArchive(f, counter, label)
-
-
-def _decompress(source: Any, dest: Path, label: str) -> None:
-    try:
-        _ovlcore.decompress_to(os.fspath(source) if isinstance(source, Path) else source, str(dest))
-    except InvalidArchive as e:
-        raise InvalidArchive(f"{label}: {e}") from None
+        members = _ovlcore.Archive(os.fspath(source) if isinstance(source, (str, os.PathLike)) else source, spool=str(st.path / "archive.tar"))
+        yield _Archive(members, progress)
 
 
 # ====================================================================================================
@@ -1002,27 +706,16 @@ class _Loader:
         from .layers import StagedLayer, make_layer_root
 
         if lp.chain_id in self.staged or self.store.layers._read(_hex(lp.chain_id)) is not None:
-            self.arc.counter.add(self.arc.size(lp.member))  # progress counts it as done
+            self.arc.skip(lp.member)  # progress counts it as done
             return
         store = self.store
         what = f"layer {lp.member!r}"
-        compressed = _is_compressed(self.arc.head(lp.member))
-        hasher = hashlib.sha256() if (lp.blob_digest is not None and compressed) else None
-        section = self.arc.open(lp.member, hasher)
         parent, lower = self._parent(lp.parent)
         st = self.stack.enter_context(Staging(store._layout))
         content = make_layer_root(st.path / "diff")
-        try:
-            diff_id, size, tar_size = _ovlcore.import_layer(
-                section, str(content), tarsplit=str(st.path / "tar-split.zst"), lower=lower, privilege=store.privilege
-            )
-            section.drain()
-        except InvalidArchive as e:
-            raise InvalidArchive(f"{what}: {e}") from None
-        if lp.blob_digest is not None:
-            got = "sha256:" + hasher.hexdigest() if hasher is not None else diff_id
-            if got != lp.blob_digest:
-                raise InvalidArchive(f"{what}: digest mismatch: the blob hashes to {got}, the manifest says {lp.blob_digest}")
+        diff_id, size, tar_size, blob_digest = self.arc.import_layer(lp.member, content, st.path / "tar-split.zst", lower, store.privilege)
+        if lp.blob_digest is not None and blob_digest != lp.blob_digest:
+            raise InvalidArchive(f"{what}: digest mismatch: the blob hashes to {blob_digest}, the manifest says {lp.blob_digest}")
         if diff_id != lp.diff_id:
             raise InvalidArchive(
                 f"{what}: diff_id mismatch: the layer's tar hashes to {diff_id}, the config of {image_what} says {lp.diff_id}"
@@ -1082,9 +775,8 @@ class _Loader:
 
 def load(store: Store, source: LoadSource, *, progress: ProgressCallback | None = None) -> list[Image]:
     """Load every image of a docker-archive or OCI layout (tar, compressed tar, or directory)."""
-    counter = _Counter(progress)
     with contextlib.ExitStack() as stack:
-        arc = stack.enter_context(_open_archive(store, source, counter))
+        arc = stack.enter_context(_open_archive(store, source, progress))
         if arc.has("index.json") and (arc.has("oci-layout") or not arc.has("manifest.json")):
             plans = _plan_oci(arc)
         elif arc.has("manifest.json"):

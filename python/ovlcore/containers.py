@@ -203,7 +203,7 @@ class Container:
         apply_changes({}, changes)
         with Staging(store._layout) as st:
             content = make_layer_root(st.path / "diff")
-            diff_id, tar_size, size = self._view().commit(str(content), str(self.dir / "shared-inodes"), progress=progress)
+            diff_id, tar_size, size = self._view().commit(str(content), progress=progress)
             staged = StagedLayer(st, diff_id, size, tar_size, image.top_layer)
             config = store.images._child_config(
                 image,
@@ -335,9 +335,7 @@ def _copy_stream(stream: Any, dest: str | os.PathLike[str] | IO[bytes], progress
         with replacing(Path(dest)) as f:
             _copy_stream(stream, f, progress)
         return
-    from . import _pump
-
-    _pump.copy(stream, dest, progress=progress)
+    stream.copy_to(dest, progress=progress)
 
 
 class Containers:

@@ -4,10 +4,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ovlcore_core::attrs::{Kind, Privilege};
-use ovlcore_core::digest::sha256;
-use ovlcore_core::layer::{import_layer, ImportOptions, LayerTar};
-use ovlcore_core::union::{Lower, View};
+use ovlcore_core::{Kind, Privilege};
+use ovlcore_core::sha256;
+use ovlcore_core::{import_layer, ImportOptions, LayerTar};
+use ovlcore_core::{Lower, View};
 
 fn tar_of(entries: &[(&str, Option<&[u8]>)]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());

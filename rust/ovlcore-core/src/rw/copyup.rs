@@ -15,7 +15,7 @@ use rustix::io::Errno;
 
 use crate::attrs::{Attrs, Kind, Meta, Privilege};
 use crate::error::Result;
-use crate::layer::import::apply_attrs;
+use crate::attrs::apply_attrs;
 use crate::sys;
 
 /// Copy `len` bytes of `src` into the empty file `dst`, with the fastest means the file system offers.
