@@ -16,9 +16,8 @@ use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
-use crate::attrs::{Kind, Meta, Privilege};
+use crate::attrs::{apply_attrs, Kind, Meta, Privilege};
 use crate::error::{Error, Result};
-use crate::attrs::apply_attrs;
 use crate::rw::copy_data;
 use crate::sys;
 use crate::union::{Resolved, View};

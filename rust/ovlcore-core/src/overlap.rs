@@ -8,33 +8,45 @@ use std::thread::JoinHandle;
 use crate::error::{Error, Result};
 
 /// Bytes handed to the writing thread at a time.
-const CHUNK: usize = 4 << 20;
+const CHUNK: usize = 1 << 20;
+/// A new chunk starts this small and doubles as it fills: a small copy zeroes little memory.
+const FIRST: usize = 64 << 10;
 
 /// A writer whose writes happen on its own thread, one chunk behind. [`OverlappedWriter::finish`] waits
 /// for the last write and gives the sink back; dropping it unfinished lets the thread finish on its own.
 pub struct OverlappedWriter<W: Write + Send + 'static> {
+    /// The chunk being filled (`filled` bytes of it; the rest is room, zeroed once when made).
     batch: Vec<u8>,
-    full: Option<mpsc::SyncSender<Vec<u8>>>,
+    filled: usize,
+    full: Option<mpsc::SyncSender<(Vec<u8>, usize)>>,
     empty: mpsc::Receiver<Vec<u8>>,
     worker: Option<JoinHandle<io::Result<W>>>,
 }
 
 impl<W: Write + Send + 'static> OverlappedWriter<W> {
     pub fn new(mut sink: W) -> Result<Self> {
-        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(1);
+        let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(1);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
         let worker = std::thread::Builder::new()
             .name("ovlcore-write".into())
             .spawn(move || -> io::Result<W> {
-                for buf in full_rx {
-                    sink.write_all(&buf)?;
+                for (buf, len) in full_rx {
+                    sink.write_all(&buf[..len])?;
                     // The producer may be gone already: then nobody needs the buffer back.
                     let _ = empty_tx.send(buf);
                 }
                 sink.flush()?;
                 Ok(sink)
             })?;
-        Ok(OverlappedWriter { batch: Vec::with_capacity(CHUNK), full: Some(full_tx), empty: empty_rx, worker: Some(worker) })
+        Ok(OverlappedWriter { batch: Vec::new(), filled: 0, full: Some(full_tx), empty: empty_rx, worker: Some(worker) })
+    }
+
+    /// Room left in the current chunk, growing it if it is full but smaller than `CHUNK`.
+    fn room(&mut self) -> usize {
+        if self.filled == self.batch.len() && self.batch.len() < CHUNK {
+            self.batch.resize((self.batch.len() * 2).clamp(FIRST, CHUNK), 0);
+        }
+        self.batch.len() - self.filled
     }
 
     /// Copy at most `max` bytes from `input` (fewer only at its end); returns how many (0: the end).
@@ -42,22 +54,18 @@ impl<W: Write + Send + 'static> OverlappedWriter<W> {
     pub fn write_from(&mut self, input: &mut dyn Read, max: u64) -> Result<u64> {
         let mut copied = 0u64;
         while copied < max {
-            let start = self.batch.len();
-            let want = (CHUNK - start).min((max - copied) as usize);
-            self.batch.resize(start + want, 0);
+            let start = self.filled;
+            let want = self.room().min((max - copied) as usize);
             let n = loop {
-                match input.read(&mut self.batch[start..]) {
+                match input.read(&mut self.batch[start..start + want]) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        self.batch.truncate(start);
-                        return Err(e.into());
-                    }
+                    Err(e) => return Err(e.into()),
                 }
             };
-            self.batch.truncate(start + n);
+            self.filled += n;
             copied += n as u64;
-            if self.batch.len() == CHUNK {
+            if self.filled == CHUNK {
                 self.send()?;
             }
             if n == 0 {
@@ -69,14 +77,8 @@ impl<W: Write + Send + 'static> OverlappedWriter<W> {
 
     /// Hand the current chunk to the writing thread (reporting its failure, if it stopped on one).
     fn send(&mut self) -> Result<()> {
-        let next = match self.empty.try_recv() {
-            Ok(mut b) => {
-                b.clear();
-                b
-            }
-            Err(_) => Vec::with_capacity(CHUNK),
-        };
-        let chunk = std::mem::replace(&mut self.batch, next);
+        let next = self.empty.try_recv().unwrap_or_default();
+        let chunk = (std::mem::replace(&mut self.batch, next), std::mem::take(&mut self.filled));
         let sent = self.full.as_ref().map(|tx| tx.send(chunk).is_ok()).unwrap_or(false);
         if !sent {
             // The writer stopped on an error: that error is the one to report.
@@ -96,13 +98,12 @@ impl<W: Write + Send + 'static> OverlappedWriter<W> {
     /// Stop: drop what is not written yet and wait for the write in flight (whose error, if any, no
     /// longer matters).
     pub fn abort(mut self) {
-        self.batch.clear();
         let _ = self.join();
     }
 
     /// Write what is left, wait for the writing thread and return the sink.
     pub fn finish(mut self) -> Result<W> {
-        if !self.batch.is_empty() {
+        if self.filled > 0 {
             self.send()?;
         }
         self.join()
@@ -111,9 +112,10 @@ impl<W: Write + Send + 'static> OverlappedWriter<W> {
 
 impl<W: Write + Send + 'static> Write for OverlappedWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len().min(CHUNK - self.batch.len());
-        self.batch.extend_from_slice(&buf[..n]);
-        if self.batch.len() == CHUNK {
+        let n = buf.len().min(self.room());
+        self.batch[self.filled..self.filled + n].copy_from_slice(&buf[..n]);
+        self.filled += n;
+        if self.filled == CHUNK {
             self.send()?;
         }
         Ok(n)

@@ -14,9 +14,8 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
-use crate::attrs::{Kind, Meta, Privilege};
+use crate::attrs::{apply_attrs, Kind, Meta, Privilege};
 use crate::error::{Error, Result};
-use crate::attrs::apply_attrs;
 use crate::rw::copyup::{clone_entry, copy_up_entry, place, scratch_name};
 use crate::sys;
 use crate::union::{open_subdir, Dir, Found, Resolved, Upper, View};
