@@ -19,12 +19,14 @@ Loading reads both (and a directory holding an OCI layout), plain or gzip/zstd c
 plain, gzip or zstd layers. It never holds a layer in memory: the core indexes the archive in place (a
 stream that cannot seek, or a compressed archive, is first spooled to a plain file in the store's
 ``tmp/``), and each layer goes straight from its place in the archive into the layer importer, which
-extracts it and hashes it (and its blob) in one pass, without Python in the byte path. Everything is verified (config and manifest digests, blob digests and sizes, every diff_id against
-the config) and staged before anything is published; then every new layer, image and tag becomes visible
-in one step under the store lock. A bad archive raises :class:`~ovlcore.errors.InvalidArchive` naming what
-is wrong (:class:`~ovlcore.errors.TruncatedArchive` when it is cut short), and leaves the store as it was.
-Saving a layer whose content no longer matches its record raises :class:`~ovlcore.errors.CorruptStore`. Layers the store already has (same chain id) are not extracted,
-nor read (not even hashed: their content in the store is already the one the diff_id names).
+extracts it and hashes it (and its blob) in one pass, without Python in the byte path. Everything is
+verified (config and manifest digests, blob digests and sizes, every diff_id against the config) and staged
+before anything is published; then every new layer, image and tag becomes visible in one step under the
+store lock. A bad archive raises :class:`~ovlcore.errors.InvalidArchive` naming what is wrong
+(:class:`~ovlcore.errors.TruncatedArchive` when it is cut short), and leaves the store as it was. Layers
+the store already has (same chain id) are not extracted, nor read (not even hashed: their content in the
+store is already the one the diff_id names). Saving a layer whose content no longer matches its record
+raises :class:`~ovlcore.errors.CorruptStore`.
 """
 
 from __future__ import annotations

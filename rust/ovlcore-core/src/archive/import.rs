@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::archive::Archive;
 use crate::compress::Compression;
 use crate::digest::HashingReader;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layer::{import_layer, ImportOptions, ImportReport};
 
 /// What importing a layer from an archive found.
@@ -35,7 +35,7 @@ impl Archive {
         let mut hashing = HashingReader::new(member);
         let report = import_layer(&mut hashing, dest, split, opts).map_err(|e| e.about(&what))?;
         // Whatever follows the compressed stream is part of the blob too.
-        io::copy(&mut hashing, &mut io::sink()).map_err(|e| crate::Error::from(e).about(&what))?;
+        io::copy(&mut hashing, &mut io::sink()).map_err(|e| Error::from(e).about(&what))?;
         Ok(LayerImport { report, blob_digest: hashing.hasher.digest() })
     }
 }
