@@ -437,15 +437,15 @@ def test_load_skips_layers_the_store_has(
     other.images.load(first)
     before = {layer.chain_id: (layer.path.stat().st_ino, layer.created) for layer in other.layers.list()}
     calls: list[Any] = []
-    import ovlcore.archive as archive
+    from ovlcore.archive.members import Members
 
-    real = archive._ovlcore.import_layer
+    real = Members.import_layer
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(archive._ovlcore, "import_layer", counting)
+    monkeypatch.setattr(Members, "import_layer", counting)
     second = tmp_path / "second.tar"
     store.images.save(["app:2", "side:1"], second, format="oci")
     other.images.load(second)

@@ -5,8 +5,7 @@
 use std::io::Read;
 
 use libfuzzer_sys::fuzz_target;
-use ovlcore_core::attrs::Privilege;
-use ovlcore_core::layer::{import_layer, ImportOptions, LayerTar};
+use ovlcore_core::{import_layer, ImportOptions, LayerTar, Privilege};
 
 fuzz_target!(|data: &[u8]| {
     let t = tempfile::tempdir().unwrap();

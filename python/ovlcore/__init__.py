@@ -27,6 +27,7 @@ from .errors import (
     NameConflict,
     NotFound,
     OvlError,
+    TruncatedArchive,
     VolumeInUse,
     VolumeNotFound,
 )
@@ -70,7 +71,8 @@ __all__ = [
     "ImageInUse",
     "VolumeInUse",
     "InvalidArchive",
+    "TruncatedArchive",
+    "CorruptStore",
     "InvalidReference",
     "AmbiguousReference",
-    "CorruptStore",
 ]

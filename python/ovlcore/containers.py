@@ -222,7 +222,7 @@ class Container:
         parent = image.chain_ids[-1] if image.chain_ids else None
         with self._storage.transaction() as tx:
             staged = tx.stage_layer()
-            diff_id, tar_size, size = self._view().commit(str(staged.content), str(self._dirs.shared), progress=progress)
+            diff_id, tar_size, size = self._view().commit(str(staged.content), progress=progress)
             layer = layer_record(diff_id, parent, size=size, tar_size=tar_size)
             config = child_config(
                 image.config,
@@ -290,8 +290,6 @@ class Container:
         view = self._view()
         self._storage.use_scratch(self.id)
         view.unshare_all()  # the kernel writes in place: committed layers must not share inodes
-        with contextlib.suppress(FileNotFoundError):
-            os.truncate(d.shared, 0)
         lower = self.image.stack_paths() or [str(self._empty_lower())]
         try:
             _ovlcore.mount_overlay(lower, str(d.upper), str(d.work), str(target), userxattr=self._storage.privilege == "rootless")
@@ -353,9 +351,7 @@ def _copy_stream(stream: Any, dest: str | os.PathLike[str] | IO[bytes], progress
         with replacing(Path(dest)) as f:
             _copy_stream(stream, f, progress)
         return
-    from . import _pump
-
-    _pump.copy(stream, dest, progress=progress)
+    stream.copy_to(dest, progress=progress)
 
 
 class Containers:

@@ -1,7 +1,9 @@
 """The exceptions of ovlcore.
 
 File-system errors are the standard :class:`OSError` subclasses (``FileNotFoundError``, ...) carrying the
-container path in ``.filename``; everything else derives from :class:`OvlError`.
+container path in ``.filename``; everything else derives from :class:`OvlError`. An exception raised by
+code the caller hands to ovlcore (a source's ``read()``, a destination's ``write()``, a ``progress``
+callback) is not wrapped: it reaches the caller as it was raised.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ __all__ = [
     "ImageInUse",
     "VolumeInUse",
     "InvalidArchive",
+    "TruncatedArchive",
+    "CorruptStore",
     "InvalidReference",
     "AmbiguousReference",
-    "CorruptStore",
 ]
 
 
@@ -68,14 +71,25 @@ class InvalidArchive(OvlError, ValueError):
     """A malformed or hostile archive: bad tar, entry escaping the root, digest mismatch, bad whiteout."""
 
 
+class TruncatedArchive(InvalidArchive):
+    """An archive or layer stream that ends too soon (a cut download, a partial copy). ``expected`` and
+    ``got`` are the byte counts of what was cut short, where the format says them (else ``None``)."""
+
+    def __init__(self, message: str, expected: int | None = None, got: int | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
+
+
+class CorruptStore(OvlError):
+    """The store itself is damaged: records that cannot be read, a layer's files that no longer match
+    its tar-split records or its recorded size, content that no longer hashes to its diff_id. Not the
+    input's fault: raised while reading the store (``Layer.tar``, ``images.save``, the records)."""
+
+
 class InvalidReference(OvlError, ValueError):
     """A malformed image reference, tag, name or id."""
 
 
 class AmbiguousReference(InvalidReference):
     """An id prefix matches more than one object."""
-
-
-class CorruptStore(OvlError):
-    """The store's own data is damaged: records that cannot be read, or layer content that no longer
-    matches what was recorded. Nothing the caller passed is at fault."""

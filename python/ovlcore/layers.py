@@ -89,6 +89,16 @@ class TarReader(io.RawIOBase):
         view[: len(data)] = data
         return len(data)
 
+    def copy_to(self, dest: IO[bytes], *, progress: ProgressCallback | None = None) -> int:
+        """Write the rest of the stream to the binary file object ``dest`` (by the core, without Python in
+        the byte path when ``dest`` is a real file or pipe); returns the byte count."""
+        return self._stream.copy_to(dest, progress=progress)
+
+    @property
+    def stream(self) -> _ovlcore.TarStream:
+        """The core stream underneath, for handing it to the core (``ArchiveWriter.add_stream``)."""
+        return self._stream
+
     @property
     def diff_id(self) -> str | None:
         return self._stream.diff_id

@@ -6,13 +6,14 @@
 //! (`UID:GID:MODE:TYPE`), a device is an empty regular file carrying it, and the user's own uid/gid stand
 //! for the container's root (as a rootless user namespace maps them).
 
-use std::ffi::CStr;
+use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsFd, BorrowedFd};
 
-use rustix::fs::{FileType, Stat};
+use rustix::fs::{FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
 
-pub const OVERRIDE_XATTR: &CStr = c"user.containers.override_stat";
-pub const OPAQUE_XATTR_ROOT: &CStr = c"trusted.overlay.opaque";
-pub const OPAQUE_XATTR_USER: &CStr = c"user.overlay.opaque";
+use crate::error::Result;
+use crate::format::{OPAQUE_XATTR_ROOT, OPAQUE_XATTR_USER, OVERRIDE_XATTR};
 
 /// Whether the store keeps metadata natively (root) or through overrides (rootless).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,13 +46,6 @@ impl Privilege {
             Privilege::Rootless => "rootless",
         }
     }
-}
-
-/// xattrs that belong to the storage format, never to the content: not imported from archives, not exported.
-pub fn is_internal_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.")
-        || name.starts_with(b"user.overlay.")
-        || name == OVERRIDE_XATTR.to_bytes()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -221,7 +215,7 @@ pub struct Attrs {
 
 impl Attrs {
     /// `UID:GID:MODE:TYPE` as containers/storage writes it.
-    pub fn to_override(&self) -> String {
+    pub fn to_override(self) -> String {
         let kind = match self.kind {
             Kind::File => "file".to_string(),
             Kind::Dir => "dir".to_string(),
@@ -299,6 +293,43 @@ pub fn rootless_storage(attrs: &Attrs) -> (u32, bool) {
         || real != attrs.perm
         || matches!(attrs.kind, Kind::Char | Kind::Block | Kind::Fifo);
     (real, needs)
+}
+
+/// Store `want` on `name` (in `dir`, or through `fd` when given) the way the store keeps metadata:
+/// natively for root, through the override xattr (and an always-accessible real mode) rootless.
+pub fn apply_attrs(dir: BorrowedFd<'_>, name: &OsStr, fd: Option<BorrowedFd<'_>>, want: &Attrs, privilege: Privilege) -> Result<()> {
+    let owned;
+    let fd = match fd {
+        Some(fd) => fd,
+        None => {
+            owned = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty())?;
+            owned.as_fd()
+        }
+    };
+    match privilege {
+        Privilege::Root => {
+            // Not assumed from who created it: a setgid parent directory passes its group on.
+            let st = rustix::fs::fstat(fd)?;
+            if (st.st_uid, st.st_gid) != (want.uid, want.gid) {
+                rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(want.uid)), Some(rustix::fs::Gid::from_raw(want.gid)))?;
+            }
+            // After chown, which clears setuid/setgid.
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(want.perm))?;
+        }
+        Privilege::Rootless => {
+            let (real, needs_override) = rootless_storage(want);
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(real))?;
+            if needs_override {
+                rustix::fs::fsetxattr(fd, OVERRIDE_XATTR, want.to_override().as_bytes(), rustix::fs::XattrFlags::empty())?;
+            } else {
+                match rustix::fs::fremovexattr(fd, OVERRIDE_XATTR) {
+                    Ok(()) | Err(Errno::NODATA) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,20 +11,19 @@ use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 
-use crate::attrs::{Kind, Meta, Privilege};
+use crate::attrs::{apply_attrs, Kind, Meta, Privilege};
 use crate::error::{Error, Result};
-use crate::layer::import::apply_attrs;
-use crate::rw::copyup::copy_data;
+use crate::rw::copy_data;
 use crate::sys;
-use crate::union::view::{Resolved, View};
+use crate::union::{Resolved, View};
 
-pub type Progress<'a> = &'a mut dyn FnMut(u64) -> Result<()>;
+/// Called with the bytes of file content copied so far; an error it returns stops the copy.
+pub type CopyProgress<'a> = &'a mut dyn FnMut(u64) -> Result<()>;
 
 /// How copied entries get their owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,12 +49,12 @@ pub struct CopyOptions<'a> {
     pub owner: Owner,
     /// Copy a directory's contents into the destination directory instead of the directory itself.
     pub contents: bool,
-    pub progress: Option<Progress<'a>>,
+    pub progress: Option<CopyProgress<'a>>,
 }
 
 struct Copier<'a> {
     owner: Owner,
-    progress: Option<Progress<'a>>,
+    progress: Option<CopyProgress<'a>>,
     done: u64,
     /// First copy of each multiply-linked inode: later names become hard links to it.
     links_out: HashMap<(u64, u64), (Arc<OwnedFd>, OsString)>,
@@ -79,10 +78,10 @@ fn times(m: &Meta) -> Timestamps {
 
 /// Container → host: copy what `src` names to `name` in the host directory `dst_dir`.
 /// Returns the bytes of file content copied.
-pub fn copy_out(view: &View, src: &Path, dst_dir: BorrowedFd<'_>, name: &OsStr, opts: CopyOptions<'_>) -> Result<u64> {
+pub fn copy_out(view: &View, src: &Path, dst_dir: &Path, name: &OsStr, opts: CopyOptions<'_>) -> Result<u64> {
     let r = view.resolve(src, opts.follow)?.require()?;
     let mut c = Copier { owner: opts.owner, progress: opts.progress, done: 0, links_out: HashMap::new(), links_in: HashMap::new() };
-    let dst = Arc::new(rustix::io::fcntl_dupfd_cloexec(dst_dir, 0)?);
+    let dst = Arc::new(sys::open_dir(dst_dir)?);
     if opts.contents {
         if r.kind() != Some(Kind::Dir) {
             return Err(Error::os(libc::ENOTDIR, r.path.as_os_str()));
@@ -213,7 +212,9 @@ impl Copier<'_> {
 
 /// Host → container: copy `name` in the host directory `src_dir` to the container path `dst` (which
 /// must be free, or an existing directory to merge into, or a non-directory to replace).
-pub fn copy_in(view: &View, src_dir: BorrowedFd<'_>, name: &OsStr, dst: &Path, opts: CopyOptions<'_>) -> Result<u64> {
+pub fn copy_in(view: &View, src_dir: &Path, name: &OsStr, dst: &Path, opts: CopyOptions<'_>) -> Result<u64> {
+    let src_dir = sys::open_dir(src_dir)?;
+    let src_dir = src_dir.as_fd();
     let mut c = Copier { owner: opts.owner, progress: opts.progress, done: 0, links_out: HashMap::new(), links_in: HashMap::new() };
     if opts.contents {
         let nofollow = if opts.follow { OFlags::empty() } else { OFlags::NOFOLLOW };
@@ -310,119 +311,4 @@ impl Copier<'_> {
         view.chmod(dst, meta.perm(), false)?;
         view.utime(dst, Some(times(meta)), false)
     }
-}
-
-/// Extract a tar (plain, gzip or zstd) into the existing container directory `dir`, through the view's
-/// write operations (copy-up, mounts, confinement), as docker-py's `put_archive` does. Names are checked
-/// like layer names (no absolute paths, no `..`). Returns the bytes of file content written.
-pub fn extract_into(view: &View, dir: &Path, input: impl std::io::Read) -> Result<u64> {
-    use crate::layer::import::{clean_name, read_header};
-    use tar::EntryType;
-
-    let target = view.resolve(dir, true)?.require()?;
-    if target.kind() != Some(Kind::Dir) {
-        return Err(Error::os(libc::ENOTDIR, target.path.as_os_str()));
-    }
-    let base = target.path.clone();
-    let mut archive = tar::Archive::new(crate::compress::decompressed(input)?);
-    let mut written = 0u64;
-    let mut dir_times: Vec<(PathBuf, Timestamps)> = Vec::new();
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let raw = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw).into_owned();
-        let bad = |why: &str| Error::archive(format!("entry {shown:?}: {why}"));
-        let kind = entry.header().entry_type();
-        if matches!(kind, EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink) {
-            continue;
-        }
-        if kind == EntryType::GNUSparse {
-            return Err(bad("sparse files are not supported"));
-        }
-        let rel = clean_name(&raw).map_err(bad)?;
-        if rel.as_os_str().is_empty() {
-            continue;
-        }
-        let h = read_header(&mut entry)?;
-        let dst = base.join(&rel);
-        // Implied parent directories, as tar creates them.
-        let mut p = base.clone();
-        for comp in rel.parent().unwrap_or(Path::new("")).iter() {
-            p.push(comp);
-            match view.resolve(&p, true)?.kind() {
-                None => view.mkdir(&p, 0o755)?,
-                Some(Kind::Dir) => {}
-                Some(_) => return Err(bad("a parent is not a directory")),
-            }
-        }
-        let existing = view.resolve(&dst, false)?.kind();
-        let ts = Timestamps { last_access: h.atime.unwrap_or(h.mtime), last_modification: h.mtime };
-        let replace_non_dir = |view: &View| -> Result<()> {
-            match existing {
-                Some(Kind::Dir) => Err(Error::os(libc::EISDIR, dst.as_os_str())),
-                Some(_) => view.remove(&dst),
-                None => Ok(()),
-            }
-        };
-        match kind {
-            EntryType::Directory => {
-                match existing {
-                    None => view.mkdir(&dst, 0o700)?,
-                    Some(Kind::Dir) => {}
-                    Some(_) => return Err(bad("a directory would replace a file")),
-                }
-                dir_times.push((dst.clone(), ts.clone()));
-            }
-            EntryType::Regular | EntryType::Continuous => {
-                if existing == Some(Kind::Dir) {
-                    return Err(Error::os(libc::EISDIR, dst.as_os_str()));
-                }
-                if existing == Some(Kind::Symlink) {
-                    view.remove(&dst)?;
-                }
-                let mut out = File::from(view.open_write(&dst, OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW, 0o600)?);
-                written += std::io::copy(&mut entry, &mut out)?;
-            }
-            EntryType::Symlink => {
-                let target = entry.link_name_bytes().ok_or_else(|| bad("symlink without target"))?.into_owned();
-                replace_non_dir(view)?;
-                view.symlink(OsStr::from_bytes(&target), &dst)?;
-            }
-            EntryType::Link => {
-                let target = entry.link_name_bytes().ok_or_else(|| bad("hard link without target"))?.into_owned();
-                let target = clean_name(&target).map_err(|why| bad(&format!("hard link target: {why}")))?;
-                replace_non_dir(view)?;
-                view.link(&base.join(target), &dst)?;
-                continue;
-            }
-            EntryType::Fifo | EntryType::Char | EntryType::Block => {
-                replace_non_dir(view)?;
-                let k = match kind {
-                    EntryType::Fifo => Kind::Fifo,
-                    EntryType::Char => Kind::Char,
-                    _ => Kind::Block,
-                };
-                view.mknod(&dst, k, h.perm, crate::attrs::makedev(h.dev.0, h.dev.1))?;
-            }
-            other => return Err(bad(&format!("unsupported entry type {:?}", other.as_byte() as char))),
-        }
-        if kind != EntryType::Symlink {
-            view.chmod(&dst, h.perm, false)?;
-        }
-        if let Err(e) = view.chown(&dst, Some(h.uid), Some(h.gid), false) {
-            // A symlink in a rootless store cannot record an owner; everything else must work.
-            if !(kind == EntryType::Symlink && e.is_errno(libc::EPERM)) {
-                return Err(e);
-            }
-        }
-        if kind != EntryType::Directory {
-            view.utime(&dst, Some(ts), false)?;
-        }
-    }
-    // Directory times last, deepest first: creating their children changed them.
-    dir_times.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-    for (p, ts) in dir_times {
-        view.utime(&p, Some(ts), false)?;
-    }
-    Ok(written)
 }

@@ -1,10 +1,12 @@
-//! sha256 digests in OCI form (`sha256:<hex>`), computed while bytes stream through a reader or writer.
+//! sha256 digests in OCI form (`sha256:<hex>`), computed while bytes stream through: inline, or on a
+//! helper thread so that hashing overlaps with producing the bytes.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::error::{Error, Result};
 
 /// `sha256:<hex>` of `data`.
 pub fn sha256(data: &[u8]) -> String {
@@ -16,14 +18,6 @@ pub fn chain_id(parent_chain: Option<&str>, diff_id: &str) -> String {
     match parent_chain {
         None => diff_id.to_string(),
         Some(p) => sha256(format!("{p} {diff_id}").as_bytes()),
-    }
-}
-
-/// Check that `d` is `sha256:` + 64 lowercase hex digits and return the hex part.
-pub fn hex_of(d: &str) -> Result<&str> {
-    match d.strip_prefix("sha256:") {
-        Some(h) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => Ok(h),
-        _ => Err(Error::Invalid(format!("not a sha256 digest: {d:?}"))),
     }
 }
 
@@ -65,27 +59,68 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Hashes everything written through it.
-pub struct HashingWriter<W> {
-    pub inner: W,
-    pub hasher: Hasher,
+/// Bytes handed to the hashing thread at a time.
+const BATCH: usize = 4 << 20;
+
+/// A sha256 computed on its own thread from batches of copied bytes (at most a few batches in flight).
+/// sha256 is the slowest part of producing a plain layer tar: this way it costs one copy.
+pub struct BackgroundHasher {
+    batch: Vec<u8>,
+    full: Option<mpsc::SyncSender<Vec<u8>>>,
+    empty: mpsc::Receiver<Vec<u8>>,
+    worker: JoinHandle<Hasher>,
 }
 
-impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Hasher::default() }
+impl BackgroundHasher {
+    /// `None` when no thread can be started (the caller then hashes inline).
+    pub fn start() -> Option<BackgroundHasher> {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(2);
+        let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+        let worker = std::thread::Builder::new()
+            .name("ovlcore-sha256".into())
+            .spawn(move || {
+                let mut h = Hasher::default();
+                for buf in full_rx {
+                    h.update(&buf);
+                    // The producer may be gone already: then nobody needs the buffer back.
+                    let _ = empty_tx.send(buf);
+                }
+                h
+            })
+            .ok()?;
+        Some(BackgroundHasher { batch: Vec::with_capacity(BATCH), full: Some(full_tx), empty: empty_rx, worker })
     }
-}
 
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
+    pub fn update(&mut self, data: &[u8]) {
+        self.batch.extend_from_slice(data);
+        if self.batch.len() >= BATCH {
+            self.flush();
+        }
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let next = match self.empty.try_recv() {
+            Ok(mut b) => {
+                b.clear();
+                b
+            }
+            Err(_) => Vec::with_capacity(BATCH),
+        };
+        let full = std::mem::replace(&mut self.batch, next);
+        if let Some(tx) = &self.full {
+            // Fails only if the worker died (it cannot, short of a panic, reported by join below).
+            let _ = tx.send(full);
+        }
+    }
+
+    /// `sha256:<hex>` of everything given.
+    pub fn finish(mut self) -> String {
+        self.flush();
+        drop(self.full.take());
+        self.worker.join().expect("hashing thread panicked").digest()
     }
 }
 
@@ -99,18 +134,19 @@ mod tests {
         let d = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         assert_eq!(chain_id(None, d), d);
         assert_eq!(chain_id(Some(d), d), sha256(format!("{d} {d}").as_bytes()));
-        assert!(hex_of(d).is_ok());
-        assert!(hex_of("sha256:XYZ").is_err());
     }
 
     #[test]
-    fn reader_and_writer_agree() {
-        let data = vec![7u8; 100_000];
+    fn inline_reader_and_background_thread_agree() {
+        let data: Vec<u8> = (0..(9 << 20) as u32).map(|i| (i % 251) as u8).collect();
         let mut r = HashingReader::new(&data[..]);
         io::copy(&mut r, &mut io::sink()).unwrap();
-        let mut w = HashingWriter::new(Vec::new());
-        w.write_all(&data).unwrap();
-        assert_eq!(r.hasher.digest(), w.hasher.digest());
-        assert_eq!(r.hasher.count, 100_000);
+        let mut bg = BackgroundHasher::start().unwrap();
+        for chunk in data.chunks(777_777) {
+            bg.update(chunk);
+        }
+        assert_eq!(bg.finish(), r.hasher.digest());
+        assert_eq!(r.hasher.digest(), sha256(&data));
+        assert_eq!(r.hasher.count, data.len() as u64);
     }
 }

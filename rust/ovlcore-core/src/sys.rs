@@ -12,7 +12,8 @@ use std::path::Path;
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 
-use crate::attrs::{Attrs, Kind, Meta, Privilege, OVERRIDE_XATTR};
+use crate::attrs::{Attrs, Kind, Meta, Privilege};
+use crate::format::{is_internal_xattr, OVERRIDE_XATTR};
 use crate::error::{Error, Result};
 
 const SAFE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
@@ -87,14 +88,6 @@ pub fn xattr_set(dir: BorrowedFd<'_>, name: &OsStr, attr: &CStr, value: &[u8]) -
     Ok(rustix::fs::lsetxattr(path.as_c_str(), attr, value, XattrFlags::empty())?)
 }
 
-pub fn xattr_remove(dir: BorrowedFd<'_>, name: &OsStr, attr: &CStr) -> Result<()> {
-    let path = fd_path(dir, name);
-    match rustix::fs::lremovexattr(path.as_c_str(), attr) {
-        Ok(()) | Err(Errno::NODATA) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// All xattr names of `name` (in `dir`), in the order the file system gives.
 pub fn xattr_list(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Vec<Vec<u8>>> {
     let path = fd_path(dir, name);
@@ -117,7 +110,7 @@ pub fn xattr_list(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Vec<Vec<u8>>> {
 pub fn content_xattrs(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::new();
     for attr in xattr_list(dir, name)? {
-        if crate::attrs::is_internal_xattr(&attr) {
+        if is_internal_xattr(&attr) {
             continue;
         }
         let cattr = CString::new(attr.clone()).expect("xattr names have no NUL");
@@ -258,14 +251,14 @@ pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<bool> {
     }
 }
 
-/// Flush a file or directory to stable storage.
-pub fn fsync(fd: BorrowedFd<'_>) -> Result<()> {
-    Ok(rustix::fs::fsync(fd)?)
-}
-
 /// Flush the whole file system holding `fd` (one call instead of one fsync per file of a new layer).
 pub fn syncfs(fd: BorrowedFd<'_>) -> Result<()> {
     Ok(rustix::fs::syncfs(fd)?)
+}
+
+/// Flush the file system holding the directory `path` to stable storage.
+pub fn sync_fs(path: &Path) -> Result<()> {
+    syncfs(open_dir(path)?.as_fd()).map_err(|e| e.at(path.as_os_str()))
 }
 
 /// A process-unique counter mixed with the time, for temporary names.

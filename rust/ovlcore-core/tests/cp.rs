@@ -6,11 +6,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use common::stack::{host_dir, SECRET};
+use common::stack::SECRET;
 use common::tar::{mode, owner};
 use common::*;
 
@@ -92,14 +91,12 @@ impl Opts {
 
 /// Container → host: `src` to the host path `dest`.
 fn out(fs: &Fs, src: &str, dest: &Path, o: Opts) -> Result<u64> {
-    let dir = host_dir(dest.parent().unwrap());
-    copy_out(&fs.view, Path::new(src), dir.as_fd(), dest.file_name().unwrap(), o.core())
+    copy_out(&fs.view, Path::new(src), dest.parent().unwrap(), dest.file_name().unwrap(), o.core())
 }
 
 /// Host → container: the host path `src` to `dst`.
 fn into(fs: &Fs, src: &Path, dst: &str, o: Opts) -> Result<u64> {
-    let dir = host_dir(src.parent().unwrap());
-    copy_in(&fs.view, dir.as_fd(), src.file_name().unwrap(), Path::new(dst), o.core())
+    copy_in(&fs.view, src.parent().unwrap(), src.file_name().unwrap(), Path::new(dst), o.core())
 }
 
 /// `{relative path: "dir" | "link:TARGET" | content}` of a host tree.
@@ -481,9 +478,8 @@ fn copies_report_their_progress_in_bytes() {
             seen.push(n);
             Ok(())
         };
-        let dir = host_dir(big.parent().unwrap());
         let opts = CopyOptions { follow: false, owner: Owner::Caller, contents: false, progress: Some(&mut report) };
-        assert_eq!(copy_in(&e.c.view, dir.as_fd(), big.file_name().unwrap(), Path::new("/tmp/big"), opts).unwrap(), 3 << 20);
+        assert_eq!(copy_in(&e.c.view, big.parent().unwrap(), big.file_name().unwrap(), Path::new("/tmp/big"), opts).unwrap(), 3 << 20);
         assert!(!seen.is_empty() && seen.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(*seen.last().unwrap(), 3 << 20);
         assert_eq!(e.c.read("/tmp/big").unwrap(), vec![7u8; 3 << 20]);
@@ -775,7 +771,7 @@ fn a_symlink_swapped_in_during_copies_never_lets_them_touch_the_host() {
 // ----- put_archive -----
 
 fn put(fs: &Fs, dir: &str, tar: &[u8]) -> Result<u64> {
-    extract_into(&fs.view, Path::new(dir), tar)
+    put_archive(&fs.view, Path::new(dir), tar)
 }
 
 #[test]

@@ -365,7 +365,7 @@ fn the_import_reports_progress_and_can_be_cancelled() {
     assert!(seen.windows(2).all(|w| w[0] <= w[1]));
     assert_eq!(*seen.last().unwrap(), t.len() as u64);
     let dir = tempfile::tempdir().unwrap();
-    let mut cancel = |_: u64| Err(Error::Cancelled);
+    let mut cancel = |_: u64| Err(Error::External(Box::new(std::io::Error::other("stop"))));
     let opts = ImportOptions { privilege: Privilege::Rootless, lower: None, max_size: None, progress: Some(&mut cancel) };
     assert_cancelled(import_layer(&t[..], dir.path(), None, opts));
 }

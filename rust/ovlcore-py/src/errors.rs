@@ -1,9 +1,21 @@
 //! Core errors → Python exceptions: `OSError` subclasses (chosen by errno) carrying the container path,
-//! and the `ovlcore.errors` classes for everything else.
+//! the `ovlcore.errors` classes for bad input and a damaged store, and the caller's own exceptions
+//! (raised by a source, a destination or a progress callback) as they were.
 
 use ovlcore_core::Error;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyPermissionError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyPermissionError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+
+/// An instance of the `ovlcore.errors` class `name`, made with `args`.
+fn ovl_error<A: for<'py> pyo3::call::PyCallArgs<'py>>(name: &str, args: A) -> PyErr {
+    Python::attach(|py| {
+        let made = py.import("ovlcore.errors").and_then(|m| m.getattr(name)).and_then(|cls| cls.call1(args));
+        match made {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(e) => e,
+        }
+    })
+}
 
 pub fn to_py(err: Error) -> PyErr {
     match err {
@@ -24,12 +36,18 @@ pub fn to_py(err: Error) -> PyErr {
                 _ => PyOSError::new_err((errno, msg)),
             }
         }
-        Error::InvalidArchive(m) => Python::attach(|py| match py.import("ovlcore.errors").and_then(|m| m.getattr("InvalidArchive")) {
-            Ok(cls) => PyErr::from_type(cls.cast_into().expect("a class"), m),
-            Err(e) => e,
-        }),
+        Error::InvalidArchive(m) => ovl_error("InvalidArchive", (m,)),
+        e @ Error::Truncated { .. } => {
+            let Error::Truncated { expected, got, .. } = &e else { unreachable!() };
+            let (expected, got) = (*expected, *got);
+            ovl_error("TruncatedArchive", (e.to_string(), expected, got))
+        }
+        e @ Error::Corrupt(_) => ovl_error("CorruptStore", (e.to_string(),)),
         Error::Invalid(m) => PyValueError::new_err(m),
-        Error::Cancelled => PyKeyboardInterrupt::new_err("operation cancelled"),
+        Error::External(e) => match e.downcast::<PyErr>() {
+            Ok(py) => *py,
+            Err(other) => PyRuntimeError::new_err(other.to_string()),
+        },
     }
 }
 

@@ -16,24 +16,20 @@ use crate::errors::IntoPy;
 /// Remove a host directory tree (no error when it does not exist).
 #[pyfunction]
 fn remove_tree(py: Python<'_>, path: PathBuf) -> PyResult<()> {
-    py.detach(|| ovlcore_core::sys::remove_tree(&path)).py()
+    py.detach(|| ovlcore_core::remove_tree(&path)).py()
 }
 
 /// Flush the file system holding `path` to stable storage.
 #[pyfunction]
 fn sync_fs(py: Python<'_>, path: PathBuf) -> PyResult<()> {
-    py.detach(|| {
-        let fd = ovlcore_core::sys::open_dir(&path)?;
-        ovlcore_core::sys::syncfs(std::os::fd::AsFd::as_fd(&fd))
-    })
-    .py()
+    py.detach(|| ovlcore_core::sync_fs(&path)).py()
 }
 
 /// Mount the kernel overlayfs at `target` over `lower` (top first), with `upper` and `work`.
 #[pyfunction]
 #[pyo3(signature = (lower, upper, work, target, *, userxattr=false))]
 fn mount_overlay(py: Python<'_>, lower: Vec<PathBuf>, upper: PathBuf, work: PathBuf, target: PathBuf, userxattr: bool) -> PyResult<()> {
-    py.detach(|| ovlcore_core::mount::mount_overlay(&lower, &upper, &work, &target, userxattr)).py()
+    py.detach(|| ovlcore_core::mount_overlay(&lower, &upper, &work, &target, userxattr)).py()
 }
 
 /// Bind-mount `source` at the container path `target` inside the mounted tree `root`, safely; returns the
@@ -41,33 +37,33 @@ fn mount_overlay(py: Python<'_>, lower: Vec<PathBuf>, upper: PathBuf, work: Path
 #[pyfunction]
 #[pyo3(signature = (root, target, source, *, read_only=false))]
 fn bind_mount_in(py: Python<'_>, root: PathBuf, target: PathBuf, source: PathBuf, read_only: bool) -> PyResult<Vec<std::ffi::OsString>> {
-    let created = py.detach(|| ovlcore_core::mount::bind_mount_in(&root, &target, &source, read_only)).py()?;
+    let created = py.detach(|| ovlcore_core::bind_mount_in(&root, &target, &source, read_only)).py()?;
     Ok(created.into_iter().map(PathBuf::into_os_string).collect())
 }
 
 #[pyfunction]
 #[pyo3(signature = (target, *, lazy=false))]
 fn unmount(py: Python<'_>, target: PathBuf, lazy: bool) -> PyResult<()> {
-    py.detach(|| ovlcore_core::mount::unmount(&target, lazy)).py()
+    py.detach(|| ovlcore_core::unmount(&target, lazy)).py()
 }
 
 /// Bytes of content below a host directory (files once per inode, symlink targets).
 #[pyfunction]
 fn dir_usage(py: Python<'_>, path: PathBuf) -> PyResult<u64> {
-    py.detach(|| ovlcore_core::rw::dir_usage(&path)).py()
+    py.detach(|| ovlcore_core::dir_usage(&path)).py()
 }
 
 /// `sha256:` + hex digest of `data`.
 #[pyfunction]
 fn sha256(data: &[u8]) -> String {
-    ovlcore_core::digest::sha256(data)
+    ovlcore_core::sha256(data)
 }
 
 /// The OCI chain id of a layer with diff id `diff_id` on top of the chain `parent`.
 #[pyfunction]
 #[pyo3(signature = (parent, diff_id))]
 fn chain_id(parent: Option<&str>, diff_id: &str) -> String {
-    ovlcore_core::digest::chain_id(parent, diff_id)
+    ovlcore_core::chain_id(parent, diff_id)
 }
 
 #[pymodule]
@@ -85,6 +81,7 @@ fn _ovlcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unmount, m)?)?;
     m.add_function(wrap_pyfunction!(dir_usage, m)?)?;
     m.add_function(wrap_pyfunction!(chain_id, m)?)?;
-    m.add_function(wrap_pyfunction!(archive::decompress_to, m)?)?;
+    m.add_class::<archive::Archive>()?;
+    m.add_class::<archive::ArchiveWriter>()?;
     Ok(())
 }

@@ -5,9 +5,7 @@ use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ovlcore_core::union::view::Upper;
-use ovlcore_core::union::{Lower, MountPoint, View as CoreView};
-use ovlcore_core::{Kind, Meta, Privilege};
+use ovlcore_core::{copy_in, copy_out, dir_usage, put_archive, CopyOptions, Kind, LayerTar, Lower, Meta, MountPoint, Owner, Privilege, Upper, View as CoreView};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -15,12 +13,8 @@ use pyo3::types::{PyBytes, PyTuple, PyType};
 use rustix::fs::OFlags;
 
 use crate::errors::IntoPy;
-use crate::io::Progress;
-use ovlcore_core::cp::{copy_in, copy_out, extract_into, CopyOptions, Owner};
-use std::os::fd::AsFd;
-use crate::layers::{make_stream, source_result, Source, TarStream};
-use ovlcore_core::layer::LayerTar;
-use ovlcore_core::rw::{commit_layer, dir_usage};
+use crate::io::{Progress, Source};
+use crate::layers::TarStream;
 
 pub fn parse_privilege(s: &str) -> PyResult<Privilege> {
     match s {
@@ -273,27 +267,13 @@ impl View {
     }
 
     /// Build the layer holding this view's writable layer into the empty directory `dest`.
-    /// Returns `(diff_id, tar_size, content_size)`; the inodes now shared are remembered (and appended to
-    /// `shared_file` when given) so that later changes copy them first.
-    #[pyo3(signature = (dest, shared_file=None, *, progress=None))]
-    fn commit(&self, py: Python<'_>, dest: PathBuf, shared_file: Option<PathBuf>, progress: Option<Py<PyAny>>) -> PyResult<(String, u64, u64)> {
-        let view = self.inner.clone();
+    /// Returns `(diff_id, tar_size, content_size)`; the inodes now shared are recorded (in the view's
+    /// `shared` file) so that later changes copy them first.
+    #[pyo3(signature = (dest, *, progress=None))]
+    fn commit(&self, py: Python<'_>, dest: PathBuf, progress: Option<Py<PyAny>>) -> PyResult<(String, u64, u64)> {
         let progress = Progress::new(progress);
-        py.detach(|| -> ovlcore_core::Result<(String, u64, u64)> {
-            let up = view.upper.as_ref().ok_or_else(|| ovlcore_core::Error::os(libc::EROFS, dest.as_os_str()))?;
-            let lower = if view.lower.is_empty() { None } else { Some(view.lower.clone()) };
-            let report = commit_layer(&up.path, lower, view.privilege, &dest, Some(&|n| progress.report(n)))?;
-            if let Some(f) = &shared_file {
-                use std::io::Write;
-                let mut file = std::fs::OpenOptions::new().create(true).append(true).open(f)?;
-                let bytes: Vec<u8> = report.shared.iter().flat_map(|i| i.to_le_bytes()).collect();
-                file.write_all(&bytes)?;
-                file.sync_all()?;
-            }
-            up.shared.write().unwrap().extend(report.shared.iter().copied());
-            Ok((report.diff_id, report.tar_size, report.size))
-        })
-        .py()
+        let report = py.detach(|| self.inner.commit(&dest, Some(&|n| progress.report(n)))).py()?;
+        Ok((report.diff_id, report.tar_size, report.size))
     }
 
     /// Remove these mount points from the writable layer if they are still empty (deepest first).
@@ -311,7 +291,7 @@ impl View {
     fn export(&self, py: Python<'_>, compression: Option<&str>) -> PyResult<TarStream> {
         let view = self.inner.clone();
         let tar = py.detach(|| LayerTar::merged(view).map(LayerTar::without_digest)).py()?;
-        make_stream(tar, compression)
+        TarStream::new(tar, compression)
     }
 
     /// Bytes of content in the writable layer.
@@ -348,10 +328,9 @@ impl View {
         };
         let progress = Progress::new(progress);
         py.detach(|| {
-            let dir = ovlcore_core::sys::open_dir(&dst_dir)?;
             let mut report = |n: u64| progress.report(n);
             let opts = CopyOptions { follow: follow_symlinks, owner, contents, progress: Some(&mut report) };
-            copy_out(&self.inner, &src, dir.as_fd(), &name, opts)
+            copy_out(&self.inner, &src, &dst_dir, &name, opts)
         })
         .py()
     }
@@ -373,10 +352,9 @@ impl View {
         let owner = if archive { Owner::Keep(self.inner.privilege) } else { Owner::Caller };
         let progress = Progress::new(progress);
         py.detach(|| {
-            let dir = ovlcore_core::sys::open_dir(&src_dir)?;
             let mut report = |n: u64| progress.report(n);
             let opts = CopyOptions { follow: follow_symlinks, owner, contents, progress: Some(&mut report) };
-            copy_in(&self.inner, dir.as_fd(), &name, &dst, opts)
+            copy_in(&self.inner, &src_dir, &name, &dst, opts)
         })
         .py()
     }
@@ -387,13 +365,12 @@ impl View {
     fn get_archive(&self, py: Python<'_>, path: PathBuf) -> PyResult<TarStream> {
         let view = self.inner.clone();
         let tar = py.detach(|| LayerTar::subtree(view, &path)).py()?;
-        make_stream(tar, None)
+        TarStream::new(tar, None)
     }
 
     /// Extract a tar (path or binary file object; plain, gzip or zstd) into the existing directory `path`.
     fn put_archive(&self, py: Python<'_>, path: PathBuf, source: Source) -> PyResult<u64> {
-        let (reader, failure) = source.reader()?;
-        let result = py.detach(|| extract_into(&self.inner, &path, reader));
-        source_result(result, &failure)
+        let reader = source.reader()?;
+        py.detach(|| put_archive(&self.inner, &path, reader)).py()
     }
 }

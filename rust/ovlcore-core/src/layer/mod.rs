@@ -1,8 +1,11 @@
 //! Layers as OCI tar streams: import into the on-disk format, export back out.
 
-pub mod export;
-pub mod import;
-pub mod tarsplit;
+mod export;
+mod extract;
+mod import;
+mod stream;
+mod tarsplit;
 
 pub use export::LayerTar;
-pub use import::{import_layer, ImportOptions, ImportReport};
+pub use import::{import_layer, ImportOptions, ImportReport, Progress};
+pub use stream::LayerStream;

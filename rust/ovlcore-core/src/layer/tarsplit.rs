@@ -65,16 +65,16 @@ impl SplitReader {
 
     fn u64(&mut self) -> Result<u64> {
         let mut b = [0u8; 8];
-        self.input.read_exact(&mut b)?;
+        self.input.read_exact(&mut b).map_err(damaged)?;
         Ok(u64::from_le_bytes(b))
     }
 
     fn bytes(&mut self, n: u64) -> Result<Vec<u8>> {
         if n > 1 << 30 {
-            return Err(Error::archive("corrupt tar-split record"));
+            return Err(Error::corrupt("a tar-split record is implausibly large"));
         }
         let mut v = vec![0u8; n as usize];
-        self.input.read_exact(&mut v)?;
+        self.input.read_exact(&mut v).map_err(damaged)?;
         Ok(v)
     }
 
@@ -85,7 +85,7 @@ impl SplitReader {
             Ok(0) => return Ok(None),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return self.next_record(),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(damaged(e)),
         }
         match tag[0] {
             SEGMENT => {
@@ -97,7 +97,15 @@ impl SplitReader {
                 let n = self.u64()?;
                 Ok(Some(Record::File { path: self.bytes(n)?, size }))
             }
-            _ => Err(Error::archive("corrupt tar-split record")),
+            _ => Err(Error::corrupt("a tar-split record of unknown type")),
         }
+    }
+}
+
+/// A tar-split file that cannot be read back is store damage (unless the OS failed to read it).
+fn damaged(e: io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(_) => e.into(),
+        None => Error::corrupt(format!("the tar-split records cannot be read: {e}")),
     }
 }

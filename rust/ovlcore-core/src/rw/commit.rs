@@ -16,12 +16,11 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
 use crate::attrs::{Kind, Meta, Privilege};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::layer::LayerTar;
 use crate::rw::copyup::clone_entry;
 use crate::sys;
-use crate::union::lower::Node;
-use crate::union::Lower;
+use crate::union::{Lower, Node, View};
 
 #[derive(Debug, Clone)]
 pub struct CommitReport {
@@ -33,10 +32,22 @@ pub struct CommitReport {
     pub shared: Vec<u64>,
 }
 
+impl View {
+    /// Build the layer made of this view's writable layer into the empty directory `dest`, and record
+    /// the inodes it now shares with the container (so that the container's next change copies them).
+    /// `progress`, if any, is told how many bytes of the layer tar have been hashed; an error from it
+    /// stops the commit.
+    pub fn commit(&self, dest: &Path, progress: Option<&(dyn Fn(u64) -> Result<()> + Sync)>) -> Result<CommitReport> {
+        let up = self.upper.as_ref().ok_or_else(|| Error::os(libc::EROFS, dest.as_os_str()))?;
+        let lower = if self.lower.is_empty() { None } else { Some(self.lower.clone()) };
+        let report = commit_layer(&up.path, lower, self.privilege, dest, progress)?;
+        up.shared.record(&report.shared)?;
+        Ok(report)
+    }
+}
+
 /// Build the layer made of the writable layer `upper` (over `lower`) into the empty directory `dest`.
-/// `progress`, if any, is told how many bytes of the layer tar have been hashed; an error from it
-/// (Ctrl-C) stops the commit.
-pub fn commit_layer(
+fn commit_layer(
     upper: &Path,
     lower: Option<Arc<Lower>>,
     privilege: Privilege,

@@ -13,9 +13,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
-use crate::attrs::{Attrs, Kind, Meta, Privilege};
+use crate::attrs::{apply_attrs, Attrs, Kind, Meta, Privilege};
 use crate::error::Result;
-use crate::layer::import::apply_attrs;
 use crate::sys;
 
 /// Copy `len` bytes of `src` into the empty file `dst`, with the fastest means the file system offers.

@@ -17,8 +17,8 @@ use rustix::fs::{Mode, OFlags};
 use crate::attrs::{Kind, Meta};
 use crate::error::Result;
 use crate::sys;
-use crate::union::lower::Node;
-use crate::union::view::{open_subdir, View};
+use crate::union::Node;
+use crate::union::{open_subdir, View};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ChangeKind {

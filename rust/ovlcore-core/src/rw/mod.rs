@@ -1,42 +1,14 @@
 //! The writable layer: copy-up, write operations, `docker diff` and `docker commit`.
 
-pub mod commit;
-pub mod copyup;
-pub mod diff;
-pub mod ops;
+mod commit;
+mod copyup;
+mod diff;
+mod ops;
+mod shared;
+mod usage;
 
-pub use commit::{commit_layer, CommitReport};
+pub use commit::CommitReport;
+pub use copyup::copy_data;
 pub use diff::ChangeKind;
-
-use std::collections::HashSet;
-use std::os::fd::AsFd;
-use std::path::Path;
-
-use crate::attrs::{Kind, Meta};
-use crate::error::Result;
-use crate::sys;
-
-/// Bytes of content below a directory: regular files (each inode once) and symlink targets, like the
-/// sizes `docker ps -s` and `docker system df` show.
-pub fn dir_usage(path: &Path) -> Result<u64> {
-    let mut total = 0;
-    let mut seen = HashSet::new();
-    let mut stack = vec![sys::open_dir(path)?];
-    while let Some(dir) = stack.pop() {
-        for (name, _) in sys::read_dir(dir.as_fd())? {
-            let m = Meta::from_stat(&sys::lstat_at(dir.as_fd(), &name)?);
-            match m.kind() {
-                Kind::Dir => stack.push(rustix::fs::openat(
-                    &dir,
-                    &name,
-                    rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
-                    rustix::fs::Mode::empty(),
-                )?),
-                Kind::File if seen.insert(m.ino) => total += m.size,
-                Kind::Symlink => total += m.size,
-                _ => {}
-            }
-        }
-    }
-    Ok(total)
-}
+pub use shared::SharedInodes;
+pub use usage::dir_usage;

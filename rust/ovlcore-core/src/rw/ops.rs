@@ -6,7 +6,6 @@
 //! of failing with `EXDEV` as the kernel does, so the layer stays mountable. Paths under a mount target go
 //! to the volume or bind source instead and never touch the writable layer.
 
-use std::collections::HashSet;
 use std::ffi::{CStr, OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -15,12 +14,11 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
-use crate::attrs::{Kind, Meta, Privilege};
+use crate::attrs::{apply_attrs, Kind, Meta, Privilege};
 use crate::error::{Error, Result};
-use crate::layer::import::apply_attrs;
 use crate::rw::copyup::{clone_entry, copy_up_entry, place, scratch_name};
 use crate::sys;
-use crate::union::view::{open_subdir, Dir, Found, Resolved, Upper, View};
+use crate::union::{open_subdir, Dir, Found, Resolved, Upper, View};
 
 /// Run `f` (which adds an entry to `dir` without changing the directory's content as the container sees
 /// it: a copy-up), then put the directory's times back, as the kernel does.
@@ -153,8 +151,7 @@ impl View {
         if raw.kind() != Kind::File || raw.nlink < 2 {
             return Ok(());
         }
-        up.refresh_shared()?;
-        if !up.shared.read().unwrap().contains(&raw.ino) {
+        if !up.shared.contains(raw.ino)? {
             return Ok(());
         }
         let meta = sys::logical_meta(dir, name, raw, self.privilege);
@@ -598,7 +595,7 @@ impl View {
     }
 
     pub fn setxattr(&self, path: &Path, attr: &CStr, value: &[u8], flags: i32, follow: bool) -> Result<()> {
-        if crate::attrs::is_internal_xattr(attr.to_bytes()) {
+        if crate::format::is_internal_xattr(attr.to_bytes()) {
             return Err(Error::os(libc::EPERM, path.as_os_str()));
         }
         let r = self.resolve(path, follow)?.require()?;
@@ -609,7 +606,7 @@ impl View {
     }
 
     pub fn removexattr(&self, path: &Path, attr: &CStr, follow: bool) -> Result<()> {
-        if crate::attrs::is_internal_xattr(attr.to_bytes()) {
+        if crate::format::is_internal_xattr(attr.to_bytes()) {
             return Err(Error::os(libc::ENODATA, path.as_os_str()));
         }
         let r = self.resolve(path, follow)?.require()?;
@@ -625,13 +622,11 @@ impl View {
             Some(u) => u,
             None => return Ok(0),
         };
-        up.refresh_shared()?;
-        if up.shared.read().unwrap().is_empty() {
+        if up.shared.is_empty()? {
             return Ok(0);
         }
         let mut count = 0;
         let mut stack = vec![crate::rw::copyup::dup(&up.fd)?];
-        let mut seen = HashSet::new();
         while let Some(dir) = stack.pop() {
             let d = rustix::fs::openat(&dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
             for (name, kind) in sys::read_dir(d.as_fd())? {
@@ -639,9 +634,8 @@ impl View {
                     Some(Kind::Dir) => stack.push(open_subdir(d.as_fd(), &name)?),
                     Some(Kind::File) | None => {
                         let raw = Meta::from_stat(&sys::lstat_at(d.as_fd(), &name)?);
-                        if raw.kind() == Kind::File && raw.nlink > 1 && up.shared.read().unwrap().contains(&raw.ino) {
+                        if raw.kind() == Kind::File && raw.nlink > 1 && up.shared.contains(raw.ino)? {
                             self.ensure_private(d.as_fd(), &name)?;
-                            seen.insert(raw.ino);
                             count += 1;
                         } else if raw.kind() == Kind::Dir {
                             stack.push(open_subdir(d.as_fd(), &name)?);
@@ -651,7 +645,7 @@ impl View {
                 }
             }
         }
-        up.shared.write().unwrap().retain(|i| !seen.contains(i));
+        up.shared.clear()?;
         Ok(count)
     }
 

@@ -1,7 +1,8 @@
 //! The union (overlay) view: lookups over a stack of layers, as the kernel's overlayfs answers them.
 
-pub mod lower;
-pub mod view;
+mod lower;
+mod view;
 
-pub use lower::Lower;
-pub use view::{normalize, Dir, Found, MountPoint, Resolved, View};
+pub use lower::{Child, Lower, Node};
+pub(crate) use view::open_subdir;
+pub use view::{Dir, Found, MountPoint, Resolved, Upper, View};

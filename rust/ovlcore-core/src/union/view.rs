@@ -5,13 +5,12 @@
 //! and a walk into the writable layer or a mount goes one component at a time with `O_NOFOLLOW`, so nothing
 //! outside the layers and mount sources is ever reached.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -19,7 +18,8 @@ use rustix::io::Errno;
 use crate::attrs::{Kind, Meta, Privilege};
 use crate::error::{Error, Result};
 use crate::sys;
-use crate::union::lower::{Child, Lower, Node};
+use crate::rw::SharedInodes;
+use crate::union::{Child, Lower, Node};
 
 const MAX_SYMLINKS: u32 = 40;
 
@@ -76,52 +76,14 @@ pub struct Upper {
     /// Where copy-ups and replacements are built before one rename puts them in place (same file system).
     pub scratch: OwnedFd,
     /// Inodes this layer shares with layers committed from it (hard links): copied before any change.
-    pub shared: RwLock<HashSet<u64>>,
-    /// The file listing them (another process may commit and extend it) and the length last read.
-    shared_file: Option<PathBuf>,
-    shared_len: AtomicU64,
+    pub shared: SharedInodes,
 }
 
 impl Upper {
-    /// Open a writable layer `dir`, its scratch directory, and the list of inodes shared with committed
-    /// layers (`shared`: a file of little-endian u64 inode numbers, absent when none).
+    /// Open a writable layer `dir`, its scratch directory, and the file listing the inodes it shares
+    /// with committed layers (see [`SharedInodes`]).
     pub fn open(dir: &Path, scratch: &Path, shared: Option<&Path>) -> Result<Upper> {
-        let up = Upper {
-            path: dir.into(),
-            fd: Arc::new(open_path_dir(dir)?),
-            scratch: sys::open_dir(scratch)?,
-            shared: RwLock::new(HashSet::new()),
-            shared_file: shared.map(Path::to_path_buf),
-            shared_len: AtomicU64::new(0),
-        };
-        up.refresh_shared()?;
-        Ok(up)
-    }
-
-    /// Re-read the shared-inode list if it grew since last read (a commit by any process appends to it).
-    pub fn refresh_shared(&self) -> Result<()> {
-        let p = match &self.shared_file {
-            Some(p) => p,
-            None => return Ok(()),
-        };
-        let len = match std::fs::metadata(p) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(Error::from(e).at(p.as_os_str())),
-        };
-        if len == self.shared_len.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let bytes = match std::fs::read(p) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::from(e).at(p.as_os_str())),
-        };
-        let mut set = self.shared.write().unwrap();
-        set.clear();
-        set.extend(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))));
-        self.shared_len.store(bytes.len() as u64, Ordering::Release);
-        Ok(())
+        Ok(Upper { path: dir.into(), fd: Arc::new(open_path_dir(dir)?), scratch: sys::open_dir(scratch)?, shared: SharedInodes::open(shared)? })
     }
 }
 
@@ -632,7 +594,7 @@ impl View {
 
     /// An extended attribute of an entry (`None` when absent).
     pub fn getxattr(&self, path: &Path, attr: &std::ffi::CStr, follow: bool) -> Result<Option<Vec<u8>>> {
-        if crate::attrs::is_internal_xattr(attr.to_bytes()) {
+        if crate::format::is_internal_xattr(attr.to_bytes()) {
             return Ok(None);
         }
         let r = self.resolve(path, follow)?.require()?;
@@ -647,7 +609,7 @@ impl View {
         let mut names: Vec<Vec<u8>> = sys::xattr_list(fd.as_fd(), &name)
             .map_err(|e| e.at(r.path.as_os_str()))?
             .into_iter()
-            .filter(|n| !crate::attrs::is_internal_xattr(n))
+            .filter(|n| !crate::format::is_internal_xattr(n))
             .collect();
         names.sort();
         Ok(names)

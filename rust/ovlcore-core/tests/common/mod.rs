@@ -12,14 +12,10 @@ pub mod stack;
 pub mod tar;
 pub mod tree;
 
-pub use ovlcore_core::attrs::{makedev, major, minor, rootless_storage, Attrs, Kind, Meta, Privilege};
-pub use ovlcore_core::compress::{Compression, Compressor};
-pub use ovlcore_core::cp::{copy_in, copy_out, extract_into, CopyOptions, Owner};
-pub use ovlcore_core::digest::sha256;
-pub use ovlcore_core::layer::{import_layer, ImportOptions, ImportReport, LayerTar};
-pub use ovlcore_core::rw::{commit_layer, ChangeKind, CommitReport};
-pub use ovlcore_core::union::view::Upper;
-pub use ovlcore_core::union::{Lower, MountPoint, View};
+pub use ovlcore_core::{copy_in, copy_out, put_archive, CopyOptions, Owner};
+pub use ovlcore_core::{makedev, major, minor, rootless_storage, Attrs, Compressor};
+pub use ovlcore_core::{import_layer, sha256, Compression, ImportOptions, ImportReport, Kind, LayerStream, LayerTar, Meta, Privilege};
+pub use ovlcore_core::{ChangeKind, CommitReport, Lower, MountPoint, Upper, View};
 pub use ovlcore_core::{Error, Result};
 
 pub use self::stack::{Ctr, Fs, Stack};
@@ -76,10 +72,10 @@ pub fn assert_errno_at<T: std::fmt::Debug>(r: Result<T>, errno: i32, path: &str)
     }
 }
 
-/// The call refused its input as a malformed or hostile archive; returns the message.
+/// The call refused its input as a malformed, hostile or truncated archive; returns the message.
 pub fn assert_invalid_archive<T: std::fmt::Debug>(r: Result<T>) -> String {
     match r {
-        Err(e @ Error::InvalidArchive(_)) => e.to_string(),
+        Err(e @ (Error::InvalidArchive(_) | Error::Truncated { .. })) => e.to_string(),
         other => panic!("expected an invalid-archive error, got {other:?}"),
     }
 }
@@ -88,15 +84,15 @@ pub fn assert_invalid_archive<T: std::fmt::Debug>(r: Result<T>) -> String {
 /// message.
 pub fn assert_corrupt_store<T: std::fmt::Debug>(r: Result<T>) -> String {
     match r {
-        Err(e @ Error::InvalidArchive(_)) => e.to_string(),
+        Err(e @ Error::Corrupt(_)) => e.to_string(),
         other => panic!("expected a corrupt-store error, got {other:?}"),
     }
 }
 
-/// The call stopped because its caller asked it to (a progress callback's error).
+/// The call stopped because its caller asked it to (a progress callback's own error, passed through).
 pub fn assert_cancelled<T: std::fmt::Debug>(r: Result<T>) {
     match r {
-        Err(Error::Cancelled) => {}
+        Err(Error::External(_)) => {}
         other => panic!("expected a cancellation, got {other:?}"),
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use rustix::fs::{OFlags, Timespec, Timestamps};
 
 use super::tree::{self, host_snapshot, Tree};
-use super::{commit_layer, import_layer, CommitReport, Error, ImportOptions, ImportReport, Kind, LayerTar, Lower, Meta, MountPoint, Privilege, Result, Upper, View};
+use super::{import_layer, CommitReport, Error, ImportOptions, ImportReport, Kind, LayerTar, Lower, Meta, MountPoint, Privilege, Result, Upper, View};
 
 pub const SECRET: &str = "host secret\n";
 
@@ -261,16 +261,9 @@ impl Ctr {
     }
 
     /// Commit the writable layer into the empty directory `dest`, as the binding does: the inodes now
-    /// shared are appended to the container's list, so that its next change to them copies them first.
+    /// shared are recorded, so that the container's next change to them copies them first.
     pub fn commit(&self, dest: &Path) -> CommitReport {
-        let lower = (!self.lower.is_empty()).then(|| self.lower.clone());
-        let report = commit_layer(&self.upper(), lower, self.privilege, dest, None).expect("commit");
-        let bytes: Vec<u8> = report.shared.iter().flat_map(|i| i.to_le_bytes()).collect();
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("shared-inodes")).unwrap();
-        f.write_all(&bytes).unwrap();
-        let up = self.fs.view.upper.as_ref().expect("a writable layer");
-        up.shared.write().unwrap().extend(report.shared.iter().copied());
-        report
+        self.fs.view.commit(dest, None).expect("commit")
     }
 
     /// `docker diff`: (letter, path), in the core's order.

@@ -1,0 +1,95 @@
+//! A layer tar as it leaves the store: compressed on the way when asked, with its two digests known once
+//! it has been read to its end — the diff_id (sha256 of the plain tar, hashed on a helper thread while the
+//! tar is produced) and the digest of the bytes handed out (the blob digest, the same for a plain tar).
+
+use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+
+use crate::compress::{Compression, Compressor};
+use crate::digest::{BackgroundHasher, Hasher};
+use crate::error::Result;
+use crate::layer::LayerTar;
+
+pub struct LayerStream {
+    /// The plain tar, or the compressor reading it.
+    out: Box<dyn Read + Send>,
+    /// The bytes handed out: hashed when compressed (plain, their digest is the diff_id).
+    blob: Hasher,
+    compressed: bool,
+    diff_id: Arc<Mutex<Option<String>>>,
+    ended: bool,
+}
+
+impl LayerStream {
+    /// `tar` as it is (`Compression::None`) or compressed. Unless `tar` was made without a digest, its
+    /// sha256 is computed on a helper thread.
+    pub fn new(tar: LayerTar, compression: Compression) -> Result<LayerStream> {
+        let diff_id = Arc::new(Mutex::new(None));
+        let hasher = if tar.has_digest() { BackgroundHasher::start() } else { None };
+        let tar = if hasher.is_some() { tar.without_digest() } else { tar };
+        let plain = DigestOnEnd { tar, slot: diff_id.clone(), hasher };
+        let out: Box<dyn Read + Send> = match compression {
+            Compression::None => Box::new(plain),
+            c => Box::new(Compressor::new(plain, c)?),
+        };
+        Ok(LayerStream { out, blob: Hasher::default(), compressed: compression != Compression::None, diff_id, ended: false })
+    }
+
+    /// The diff_id, once the stream has ended (never for a tar made without a digest).
+    pub fn diff_id(&self) -> Option<String> {
+        self.diff_id.lock().unwrap().clone()
+    }
+
+    /// The digest of the bytes handed out, once the stream has ended.
+    pub fn digest(&self) -> Option<String> {
+        match (self.ended, self.compressed) {
+            (false, _) => None,
+            (true, true) => Some(self.blob.digest()),
+            (true, false) => self.diff_id(),
+        }
+    }
+
+    /// Bytes handed out so far.
+    pub fn bytes_out(&self) -> u64 {
+        self.blob.count
+    }
+}
+
+impl Read for LayerStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.out.read(buf)?;
+        if self.compressed {
+            self.blob.update(&buf[..n]);
+        } else {
+            self.blob.count += n as u64;
+        }
+        if n == 0 && !buf.is_empty() {
+            self.ended = true;
+        }
+        Ok(n)
+    }
+}
+
+/// The plain tar, recording its digest when it ends.
+struct DigestOnEnd {
+    tar: LayerTar,
+    slot: Arc<Mutex<Option<String>>>,
+    hasher: Option<BackgroundHasher>,
+}
+
+impl Read for DigestOnEnd {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.tar.read(buf)?;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        if n == 0 && !buf.is_empty() {
+            if let Some(h) = self.hasher.take() {
+                *self.slot.lock().unwrap() = Some(h.finish());
+            } else if self.tar.has_digest() {
+                *self.slot.lock().unwrap() = Some(self.tar.digest());
+            }
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,185 @@
+//! Writing on a helper thread, so that producing the next chunk (walking a layer, compressing, reading an
+//! archive) overlaps with writing the previous one (to a file, a pipe, or whatever the caller gives).
+
+use std::io::{self, Read, Write};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use crate::error::{Error, Result};
+
+/// Bytes handed to the writing thread at a time.
+const CHUNK: usize = 1 << 20;
+/// A new chunk starts this small and doubles as it fills: a small copy zeroes little memory.
+const FIRST: usize = 64 << 10;
+
+/// A writer whose writes happen on its own thread, one chunk behind. [`OverlappedWriter::finish`] waits
+/// for the last write and gives the sink back; dropping it unfinished lets the thread finish on its own.
+pub struct OverlappedWriter<W: Write + Send + 'static> {
+    /// The chunk being filled (`filled` bytes of it; the rest is room, zeroed once when made).
+    batch: Vec<u8>,
+    filled: usize,
+    full: Option<mpsc::SyncSender<(Vec<u8>, usize)>>,
+    empty: mpsc::Receiver<Vec<u8>>,
+    worker: Option<JoinHandle<io::Result<W>>>,
+}
+
+impl<W: Write + Send + 'static> OverlappedWriter<W> {
+    pub fn new(mut sink: W) -> Result<Self> {
+        let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(1);
+        let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+        let worker = std::thread::Builder::new()
+            .name("ovlcore-write".into())
+            .spawn(move || -> io::Result<W> {
+                for (buf, len) in full_rx {
+                    sink.write_all(&buf[..len])?;
+                    // The producer may be gone already: then nobody needs the buffer back.
+                    let _ = empty_tx.send(buf);
+                }
+                sink.flush()?;
+                Ok(sink)
+            })?;
+        Ok(OverlappedWriter { batch: Vec::new(), filled: 0, full: Some(full_tx), empty: empty_rx, worker: Some(worker) })
+    }
+
+    /// Room left in the current chunk, growing it if it is full but smaller than `CHUNK`.
+    fn room(&mut self) -> usize {
+        if self.filled == self.batch.len() && self.batch.len() < CHUNK {
+            self.batch.resize((self.batch.len() * 2).clamp(FIRST, CHUNK), 0);
+        }
+        self.batch.len() - self.filled
+    }
+
+    /// Copy at most `max` bytes from `input` (fewer only at its end); returns how many (0: the end).
+    /// Reads straight into the chunk that goes to the writing thread.
+    pub fn write_from(&mut self, input: &mut dyn Read, max: u64) -> Result<u64> {
+        let mut copied = 0u64;
+        while copied < max {
+            let start = self.filled;
+            let want = self.room().min((max - copied) as usize);
+            let n = loop {
+                match input.read(&mut self.batch[start..start + want]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            self.filled += n;
+            copied += n as u64;
+            if self.filled == CHUNK {
+                self.send()?;
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Hand the current chunk to the writing thread (reporting its failure, if it stopped on one).
+    fn send(&mut self) -> Result<()> {
+        let next = self.empty.try_recv().unwrap_or_default();
+        let chunk = (std::mem::replace(&mut self.batch, next), std::mem::take(&mut self.filled));
+        let sent = self.full.as_ref().map(|tx| tx.send(chunk).is_ok()).unwrap_or(false);
+        if !sent {
+            // The writer stopped on an error: that error is the one to report.
+            return Err(self.join().err().unwrap_or_else(|| Error::errno(libc::EPIPE)));
+        }
+        Ok(())
+    }
+
+    fn join(&mut self) -> Result<W> {
+        drop(self.full.take());
+        match self.worker.take() {
+            Some(w) => Ok(w.join().expect("writing thread panicked")?),
+            None => Err(Error::errno(libc::EPIPE)),
+        }
+    }
+
+    /// Stop: drop what is not written yet and wait for the write in flight (whose error, if any, no
+    /// longer matters).
+    pub fn abort(mut self) {
+        let _ = self.join();
+    }
+
+    /// Write what is left, wait for the writing thread and return the sink.
+    pub fn finish(mut self) -> Result<W> {
+        if self.filled > 0 {
+            self.send()?;
+        }
+        self.join()
+    }
+}
+
+impl<W: Write + Send + 'static> Write for OverlappedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.room());
+        self.batch[self.filled..self.filled + n].copy_from_slice(&buf[..n]);
+        self.filled += n;
+        if self.filled == CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    /// Writes are flushed by [`OverlappedWriter::finish`]; a chunk in flight cannot be waited for alone.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Copy `input` to `sink` until its end, writing on a helper thread; `progress` gets the running count.
+/// Returns the count and the sink.
+pub fn copy<W: Write + Send + 'static>(input: &mut dyn Read, sink: W, progress: &mut dyn FnMut(u64) -> Result<()>) -> Result<(u64, W)> {
+    let mut out = OverlappedWriter::new(sink)?;
+    let mut total = 0;
+    loop {
+        let n = out.write_from(input, CHUNK as u64)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+        progress(total)?;
+    }
+    Ok((total, out.finish()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_everything_in_order() {
+        let data: Vec<u8> = (0..(11 << 20) as u32).map(|i| (i % 253) as u8).collect();
+        let mut seen = Vec::new();
+        let (n, out) = copy(&mut &data[..], Vec::new(), &mut |n| {
+            seen.push(n);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((n, &out), (data.len() as u64, &data));
+        assert_eq!(seen.last(), Some(&(data.len() as u64)));
+        let mut w = OverlappedWriter::new(Vec::new()).unwrap();
+        w.write_all(b"head ").unwrap();
+        assert_eq!(w.write_from(&mut &b"body tail"[..], 4).unwrap(), 4);
+        assert_eq!(w.finish().unwrap(), b"head body");
+    }
+
+    #[derive(Debug)]
+    struct Failing;
+
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_sinks_error_is_the_one_reported() {
+        let data = vec![0u8; 20 << 20];
+        let err = copy(&mut &data[..], Failing, &mut |_| Ok(())).unwrap_err();
+        assert!(err.is_errno(libc::ENOSPC), "{err}");
+    }
+}
