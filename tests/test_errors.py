@@ -176,6 +176,9 @@ def test_a_layer_file_changed_in_size_is_a_corrupt_store(store: ovlcore.Store, i
         store.images.save("base:1", out)
     assert out.read_bytes() == b"previous"
     assert not isinstance(CorruptStore("x"), InvalidArchive)
+    # check() reports it rather than raising.
+    problems = store.check(verify_digests=True).problems
+    assert [p for p in problems if layer.chain_id in p and "etc/motd" in p], problems
 
 
 def test_a_layer_whose_content_no_longer_hashes_to_its_diff_id_is_a_corrupt_store(
@@ -186,3 +189,5 @@ def test_a_layer_whose_content_no_longer_hashes_to_its_diff_id_is_a_corrupt_stor
     with pytest.raises(CorruptStore, match="diff_id"):
         store.images.save("base:1", tmp_path / "a.tar")
     assert not (tmp_path / "a.tar").exists()
+    problems = store.check(verify_digests=True).problems
+    assert [p for p in problems if layer.chain_id in p and "hashes to" in p], problems

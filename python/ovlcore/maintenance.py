@@ -7,10 +7,11 @@ import os
 from . import _ovlcore
 from ._store import Storage
 from ._store.recovery import clean_all_scratch
-from ._store.transaction import move_to_trash, empty_trash, records_have
+from ._store.transaction import empty_trash, move_to_trash, records_have
 from .containers import Containers
 from .images import Images
-from .layers import Layers
+from .errors import CorruptStore
+from .layers import Layer, Layers
 from .reports import CheckReport, DiskUsage, PruneReport
 from .volumes import Volumes
 
@@ -63,6 +64,18 @@ def disk_usage(images: Images, containers: Containers, volumes: Volumes, layers:
     return rows
 
 
+def _verify(layer: Layer) -> list[str]:
+    """What is wrong with a layer's content: its tar must replay and hash to its diff_id."""
+    try:
+        with layer.tar() as t:
+            while t.read(1 << 20):
+                pass
+            got = t.diff_id
+    except CorruptStore as e:
+        return [f"layer {layer.chain_id}: {e}"]
+    return [] if got == layer.diff_id else [f"layer {layer.chain_id}: content hashes to {got}, recorded {layer.diff_id}"]
+
+
 def check(storage: Storage, layers: Layers, *, repair: bool = False, verify_digests: bool = False) -> CheckReport:
     """Verify the records against the content: image configs against their ids, every image's layers
     present, layer parents, containers' images and volumes, tags, directories no record names, and
@@ -101,13 +114,7 @@ def check(storage: Storage, layers: Layers, *, repair: bool = False, verify_dige
             if chain not in in_use and not lrec.retained and not records.layer_has_children(chain):
                 problems.append(f"layer {chain}: no image uses it (left by a crash)")
             if verify_digests:
-                layer = layers.get(chain)
-                with layer.tar() as t:
-                    while t.read(1 << 20):
-                        pass
-                    got = t.diff_id
-                if got != layer.diff_id:
-                    problems.append(f"layer {chain}: content hashes to {got}, recorded {layer.diff_id}")
+                problems.extend(_verify(layers.get(chain)))
         volumes = {rec.name for rec in records.volumes()}
         for crec in records.containers():
             if crec.image_id not in images:
