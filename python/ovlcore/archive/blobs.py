@@ -88,26 +88,22 @@ class BlobWriter:
         known = self.blobs.get(layer.diff_id)
         if known is not None:
             return known
+        name_of: Callable[[str], str]
         if style == "docker":
             d = hex_of(layer.diff_id)
             self.tw.add_dir(d, mtime)
             self.tw.add_bytes(f"{d}/VERSION", b"1.0", mtime)
             legacy = {"id": d, "created": datetime.fromtimestamp(mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "container_config": {}, "os": "linux"}
             self.tw.add_bytes(f"{d}/json", json_bytes(legacy), mtime)
-            if self.compression is None:
-                size = self._stream_plain(layer, f"{d}/layer.tar", mtime)
-                blob = Blob(layer.diff_id, size, MT_OCI_LAYER)
-            else:
-                blob = self._stream_compressed(layer, lambda _digest: f"{d}/layer.tar", mtime)
-            blob.path = f"{d}/layer.tar"
+            name_of = lambda _digest: f"{d}/layer.tar"  # noqa: E731
         else:
             self.tw.add_dir("blobs", mtime)
             self.tw.add_dir("blobs/sha256", mtime)
-            if self.compression is None:
-                size = self._stream_plain(layer, f"blobs/sha256/{hex_of(layer.diff_id)}", mtime)
-                blob = Blob(layer.diff_id, size, MT_OCI_LAYER)
-            else:
-                blob = self._stream_compressed(layer, lambda digest: f"blobs/sha256/{hex_of(digest)}", mtime)
-            blob.path = f"blobs/sha256/{hex_of(blob.digest)}"
+            name_of = lambda digest: f"blobs/sha256/{hex_of(digest)}"  # noqa: E731
+        if self.compression is None:
+            blob = Blob(layer.diff_id, self._stream_plain(layer, name_of(layer.diff_id), mtime), MT_OCI_LAYER)
+        else:
+            blob = self._stream_compressed(layer, name_of, mtime)
+        blob.path = name_of(blob.digest)
         self.blobs[layer.diff_id] = blob
         return blob

@@ -35,12 +35,7 @@ class ImagePlan:
 
 def parse_config(data: bytes, what: str) -> list[str]:
     """The diff_ids of an image config, after checking it is one."""
-    try:
-        cfg = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidArchive(f"{what} is not JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise InvalidArchive(f"{what} is not a JSON object")
+    cfg = load_json(data, what)
     rootfs = cfg.get("rootfs")
     if not isinstance(rootfs, dict) or not isinstance(rootfs.get("diff_ids", []), list):
         raise InvalidArchive(f"{what} has no rootfs.diff_ids list")
