@@ -563,6 +563,7 @@ class TestMetadata:
         long = "l" * 150
         t = TarBuilder().file("f", b"x", pax={"SCHILY.xattr.user.bin": "a\nb\x00c"}).file(long, b"long", xattrs={"user.cap": binary}).bytes()
         assert b" SCHILY.xattr.user.bin=a\nb\x00c\n" in t and b"hdrcharset=BINARY" in t
+        assert t.index(b"SCHILY.xattr.user.cap=") < t.index(b" path=" + long.encode())
         layer = any_store.layers.apply(t)
         fs = any_store.images.create(layer=layer).fs
         assert fs.getxattr("/f", "user.bin") == b"a\nb\x00c"

@@ -8,7 +8,7 @@ mod common;
 use std::io::Write;
 
 use common::stack::SECRET;
-use common::tar::{pad, pax_header};
+use common::tar::{pad, pax_header, pax_record};
 use common::*;
 
 /// A header of any name with `size` bytes of content.
@@ -301,26 +301,16 @@ fn a_newline_in_a_pax_value_smuggles_no_record() {
     // would write the entries elsewhere, the symlink pointing elsewhere.
     for p in privileges() {
         let mut s = Stack::new(p);
-        let value = format!("x\n{}{}", record("path", "../../smuggled"), record("linkpath", &outside(&s, "/secret")));
+        let value = [&b"x\n"[..], &pax_record("path", b"../../smuggled"), &pax_record("linkpath", outside(&s, "/secret").as_bytes())].concat();
         let xattr = Attr::default().xattr("user.v", &value);
         let t = Tar::new().symlink_with("link", "harmless", xattr.clone()).file_with("file", "f", xattr).bytes();
         s.push(&t);
         let fs = s.view();
         assert_eq!(fs.ls("/"), ["file", "link"]);
         assert_eq!(fs.readlink("/link").unwrap(), "harmless");
-        assert_eq!(fs.getxattr("/file", "user.v").unwrap().as_deref(), Some(value.as_bytes()));
+        assert_eq!(fs.getxattr("/file", "user.v").unwrap(), Some(value.clone()));
         assert!(s.layer_tar(0) == t);
     }
-}
-
-/// One PAX record, its length right.
-fn record(key: &str, value: &str) -> String {
-    let rest = format!(" {key}={value}\n");
-    let mut n = rest.len() + 1;
-    while n != rest.len() + n.to_string().len() {
-        n = rest.len() + n.to_string().len();
-    }
-    format!("{n}{rest}")
 }
 
 #[test]

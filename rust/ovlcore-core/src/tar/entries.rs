@@ -588,14 +588,10 @@ mod tests {
 
     #[test]
     fn malformed_pax_records_are_refused_naming_the_entry() {
+        // Every reason is tested with the parser (pax.rs); here, how a refusal reaches the caller.
         let cases: &[(&[u8], &str)] = &[
             (b"x9 path=a\n", "not a decimal number"),
-            (b"1 path=a\n", "shorter than its own prefix"),
             (b"99 path=a\n", "runs past the end"),
-            (b"9 path=a;", "does not end with a newline"),
-            (b"8 patha\n", "no `=`"),
-            (b"6 =ab\n", "empty key"),
-            (b"9 path=a\n\0\0\0", "no length"),
             (b"23 SCHILY.xattr.u.x=a\nb\n", "does not end with a newline"),
         ];
         for (body, why) in cases {
