@@ -21,3 +21,12 @@ for fmt in gnu pax ustar; do
 done
 gzip -c "$out/pax.tar" > "$out/pax.tar.gz"
 zstd -q -c "$out/gnu.tar" > "$out/gnu.tar.zst" 2>/dev/null || true
+# PAX records whose values hold newlines and any byte (a binary xattr), then a long path record.
+python3 - "$out/pax-binary-xattr.tar" <<'PY'
+import io, sys, tarfile
+with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as tf:
+    ti = tarfile.TarInfo("n" * 120)
+    ti.size = 2
+    ti.pax_headers = {"SCHILY.xattr.user.bin": bytes(range(256)).decode("utf-8", "surrogateescape"), "SCHILY.xattr.user.nl": "a\nb"}
+    tf.addfile(ti, io.BytesIO(b"hi"))
+PY

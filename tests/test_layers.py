@@ -555,6 +555,22 @@ class TestMetadata:
         assert fs.getxattr("/d", "user.d") == b"dir"
         assert sorted(fs.listxattr("/f")) == ["user.comment", "user.other"]
 
+    def test_xattr_values_with_newlines_and_binary_bytes(self, any_store):
+        # tarfile writes each record as is behind its length ("%d %s=%s\n"); a value it cannot encode
+        # as UTF-8 (bytes through surrogateescape) makes it put `hdrcharset=BINARY` first. The long
+        # name's `path` record comes after the xattrs.
+        binary = bytes(range(256))
+        long = "l" * 150
+        t = TarBuilder().file("f", b"x", pax={"SCHILY.xattr.user.bin": "a\nb\x00c"}).file(long, b"long", xattrs={"user.cap": binary}).bytes()
+        assert b" SCHILY.xattr.user.bin=a\nb\x00c\n" in t and b"hdrcharset=BINARY" in t
+        assert t.index(b"SCHILY.xattr.user.cap=") < t.index(b" path=" + long.encode())
+        layer = any_store.layers.apply(t)
+        fs = any_store.images.create(layer=layer).fs
+        assert fs.getxattr("/f", "user.bin") == b"a\nb\x00c"
+        assert fs.getxattr(f"/{long}", "user.cap") == binary
+        assert fs.read_bytes(f"/{long}") == b"long"
+        assert layer.tar().read() == t
+
     def test_symlink_target_kept_verbatim(self, any_store):
         targets = {"rel": "../x/./y", "abs": "/etc/passwd", "dangling": "nowhere", "dot": "."}
         t = TarBuilder()

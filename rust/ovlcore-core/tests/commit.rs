@@ -321,6 +321,24 @@ fn long_names_big_ids_and_binary_xattrs_commit_and_export() {
 }
 
 #[test]
+fn a_committed_layer_with_newlines_in_xattr_values_reimports() {
+    each_container(|s, c| {
+        let binary: Vec<u8> = (0..=255).collect();
+        c.write("/caps", "x").unwrap();
+        c.setxattr("/caps", "user.bin", &binary).unwrap();
+        c.setxattr("/caps", "user.nl", b"a\nb").unwrap();
+        let (image, _) = commit(s, c);
+        let layer = image.layer_tar(image.layers().len() - 1);
+        let mut again = Stack::new(s.privilege);
+        again.push(&layer);
+        let fs = again.view();
+        assert_eq!(fs.getxattr("/caps", "user.bin").unwrap(), Some(binary));
+        assert_eq!(fs.getxattr("/caps", "user.nl").unwrap().as_deref(), Some(&b"a\nb"[..]));
+        assert!(again.layer_tar(0) == layer, "and re-exports the very same bytes");
+    });
+}
+
+#[test]
 fn a_committed_container_removed_leaves_a_working_image() {
     each_container(|s, c| {
         rich_changes(c);

@@ -130,6 +130,25 @@ fn a_pax_global_header_is_ignored_and_kept() {
 }
 
 #[test]
+fn pax_values_with_newlines_reexport_byte_for_byte_and_walk_to_a_layer_that_reimports() {
+    let binary: Vec<u8> = (0..=255).collect();
+    let longer = "p".repeat(150);
+    let t = Tar::new()
+        .file_with("f", "x", Attr::default().xattr("user.bin", &binary).xattr("user.nl", "a\nb"))
+        .file_with("short", "moved", Attr::default().xattr("user.nl", "1\n2").pax("path", &longer))
+        .bytes();
+    reexports(&t, &t);
+    for p in privileges() {
+        let walked = Stack::of(p, &[&t]).walked_tar(0);
+        let again = Stack::of(p, &[&walked]);
+        assert!(again.layer_tar(0) == walked, "{p:?}");
+        let fs = again.view();
+        assert_eq!(fs.getxattr("/f", "user.bin").unwrap(), Some(binary.clone()));
+        assert_eq!(fs.getxattr(&format!("/{longer}"), "user.nl").unwrap().as_deref(), Some(&b"1\n2"[..]));
+    }
+}
+
+#[test]
 fn gnu_base_256_numbers_round_trip() {
     let t = Tar::with_format(Format::Gnu).file_with("f", "x", owner(3_000_000, 4_000_000).mtime(-86400)).bytes();
     reexports(&t, &t);

@@ -8,7 +8,7 @@ mod common;
 use std::io::Write;
 
 use common::stack::SECRET;
-use common::tar::{pad, pax_header};
+use common::tar::{pad, pax_header, pax_record};
 use common::*;
 
 /// A header of any name with `size` bytes of content.
@@ -262,6 +262,55 @@ refused_cases! {
     an_absolute_pax_path_is_refused: |_| [pax(&[("path", b"/etc/escaped")]), raw("entry", 0), EOF_BLOCKS.to_vec()].concat(), None;
     an_absolute_pax_hard_link_target_is_refused: |_| [pax(&[("linkpath", b"/etc/shadow")]), raw_typed("entry", b'1', ""), EOF_BLOCKS.to_vec()].concat(), None;
     gnu_sparse_in_pax_form_is_refused: |_| [pax(&[("GNU.sparse.major", b"1"), ("GNU.sparse.minor", b"0"), ("GNU.sparse.name", b"s")]), raw("s", 0), EOF_BLOCKS.to_vec()].concat(), None;
+}
+
+/// An extended header holding exactly `body`, well-formed records or not.
+fn raw_pax(body: &[u8]) -> Vec<u8> {
+    [raw_header(b"././@PaxHeader", &RawHeader { typeflag: b'x', size: body.len() as u64, ..RawHeader::default() }), pad(body)].concat()
+}
+
+#[test]
+fn pax_records_with_malformed_lengths_are_refused_naming_the_entry() {
+    let cases: [(&[u8], &str); 7] = [
+        (b"x9 path=a\n", "not a decimal number"),
+        (b"3 path=a\n", "does not end with a newline"),
+        (b"1 path=a\n", "shorter than its own prefix"),
+        (b"99 path=a\n", "runs past the end of the header"),
+        (b"8 patha\n", "no `=`"),
+        (b"6 =ab\n", "empty key"),
+        (b"9 path=a\nnot a record", "not a decimal number"),
+    ];
+    for (body, why) in cases {
+        for msg in refused(|_| [raw_pax(body), raw("entry", 0), EOF_BLOCKS.to_vec()].concat(), Some("entry \"entry\"")) {
+            assert!(msg.contains("malformed PAX header") && msg.contains(why), "{msg:?} should say {why:?}");
+        }
+    }
+}
+
+#[test]
+fn an_extension_header_too_big_to_hold_is_refused() {
+    let huge = [raw_header(b"././@PaxHeader", &RawHeader { typeflag: b'x', size: 2 << 20, ..RawHeader::default() }), vec![b'9'; 2 << 20]].concat();
+    for msg in refused(|_| [huge.clone(), raw("entry", 0), EOF_BLOCKS.to_vec()].concat(), None) {
+        assert!(msg.contains("too large"), "{msg}");
+    }
+}
+
+#[test]
+fn a_newline_in_a_pax_value_smuggles_no_record() {
+    // Split on newlines, the value's tail reads as records naming the outside: a reader that did so
+    // would write the entries elsewhere, the symlink pointing elsewhere.
+    for p in privileges() {
+        let mut s = Stack::new(p);
+        let value = [&b"x\n"[..], &pax_record("path", b"../../smuggled"), &pax_record("linkpath", outside(&s, "/secret").as_bytes())].concat();
+        let xattr = Attr::default().xattr("user.v", &value);
+        let t = Tar::new().symlink_with("link", "harmless", xattr.clone()).file_with("file", "f", xattr).bytes();
+        s.push(&t);
+        let fs = s.view();
+        assert_eq!(fs.ls("/"), ["file", "link"]);
+        assert_eq!(fs.readlink("/link").unwrap(), "harmless");
+        assert_eq!(fs.getxattr("/file", "user.v").unwrap(), Some(value.clone()));
+        assert!(s.layer_tar(0) == t);
+    }
 }
 
 #[test]

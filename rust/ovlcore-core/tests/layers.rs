@@ -222,6 +222,32 @@ fn xattrs_from_pax_schily_records() {
 }
 
 #[test]
+fn xattr_values_with_newlines_and_any_byte() {
+    let binary: Vec<u8> = (0..=255).collect();
+    let (long, longer) = ("l".repeat(150), "m".repeat(160));
+    let t = Tar::new()
+        .file_with("f", "x", Attr::default().xattr("user.nl", "a\nb").xattr("user.bin", &binary).xattr("user.nul", "a\nb\0c"))
+        // Names beyond the ustar field as PAX records: one before a value with a newline, one after.
+        .file_with(&long, "long", Attr::default().xattr("user.nl", "1\n2"))
+        .file_with("short", "moved", Attr::default().xattr("user.nl", "3\n4").pax("path", &longer))
+        .bytes();
+    for p in privileges() {
+        let s = Stack::of(p, &[&t]);
+        let fs = s.view();
+        assert_eq!(fs.getxattr("/f", "user.nl").unwrap().as_deref(), Some(&b"a\nb"[..]));
+        assert_eq!(fs.getxattr("/f", "user.bin").unwrap(), Some(binary.clone()));
+        assert_eq!(fs.getxattr("/f", "user.nul").unwrap().as_deref(), Some(&b"a\nb\0c"[..]));
+        assert_eq!(fs.ls("/"), ["f", long.as_str(), longer.as_str()]);
+        assert_eq!(fs.text(&format!("/{long}")), "long");
+        assert_eq!(fs.text(&format!("/{longer}")), "moved");
+        assert_eq!(fs.getxattr(&format!("/{long}"), "user.nl").unwrap().as_deref(), Some(&b"1\n2"[..]));
+        assert_eq!(fs.getxattr(&format!("/{longer}"), "user.nl").unwrap().as_deref(), Some(&b"3\n4"[..]));
+        // On disk too (rootless keeps user xattrs as they are as well).
+        assert_eq!(common::tree::xattr(&s.layers()[0].join("f"), "user.bin"), Some(binary.clone()), "{p:?}");
+    }
+}
+
+#[test]
 fn symlink_targets_are_kept_verbatim() {
     let long = format!("/{}", vec!["component"; 40].join("/"));
     let targets = [("rel", "../x/./y"), ("abs", "/etc/passwd"), ("dangling", "nowhere"), ("dot", "."), ("long", long.as_str())];

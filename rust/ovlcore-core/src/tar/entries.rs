@@ -5,16 +5,19 @@
 //! one the layer format knows, its header fields and PAX records parse (times, ids in range, sizes),
 //! link targets are checked, and inputs that would mean something else on disk (sparse files, a 0/0
 //! character device, which is a whiteout) are refused. Callers only decide what an entry does.
+//!
+//! The stream is framed here, not by the `tar` crate (used for header fields only): the crate splits
+//! PAX records on newlines, refusing values that hold one and reading the tail of such a value as a
+//! record (a `path`, `linkpath` or `size` that other readers do not see).
 
-use std::cell::Cell;
 use std::ffi::CString;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::rc::Rc;
 
 use rustix::fs::Timespec;
 use tar::EntryType;
 
+use super::pax::{self, Record};
 use crate::error::{Error, Result};
 use crate::format::{clean_name, is_internal_xattr};
 
@@ -53,7 +56,7 @@ impl EntryMeta {
 }
 
 /// One validated entry; reading it reads its content.
-pub struct Entry<'a, R: Read> {
+pub struct Entry<'a, R> {
     /// The clean relative name; empty for the archive's root (`./`), which is always a directory.
     pub name: PathBuf,
     pub kind: EntryKind,
@@ -61,10 +64,13 @@ pub struct Entry<'a, R: Read> {
     /// Bytes of content (regular files).
     pub size: u64,
     shown: String,
-    data: tar::Entry<'a, R>,
+    offset: u64,
+    /// Where the next header starts.
+    end: u64,
+    content: io::Take<&'a mut Source<R>>,
 }
 
-impl<R: Read> Entry<'_, R> {
+impl<R> Entry<'_, R> {
     /// An error about this entry, naming it as the archive does.
     pub fn bad(&self, why: &str) -> Error {
         Error::archive(format!("entry {:?}: {why}", self.shown))
@@ -77,106 +83,216 @@ impl<R: Read> Entry<'_, R> {
 
     /// Where the content starts in the stream.
     pub fn content_offset(&self) -> u64 {
-        self.data.raw_file_position()
+        self.offset
     }
 }
 
 impl<R: Read> Read for Entry<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.data.read(buf)
+        self.content.read(buf)
     }
 }
 
 /// Read the tar stream `input`, handing each entry, validated, to `visit`. Returns the reader, positioned
 /// just after the end-of-archive marker.
-pub fn read_entries<R: Read>(input: R, mut visit: impl FnMut(&mut Entry<'_, Watched<R>>) -> Result<()>) -> Result<R> {
-    let (reader, ended) = Watched::new(input);
-    let mut archive = tar::Archive::new(reader);
-    for raw in archive.entries()? {
-        if let Some(mut entry) = validated(raw, &ended)? {
-            visit(&mut entry)?;
-        }
-    }
-    Ok(archive.into_inner().inner)
+pub fn read_entries<R: Read>(input: R, visit: impl FnMut(&mut Entry<'_, R>) -> Result<()>) -> Result<R> {
+    let mut source = Source { inner: input, pos: 0, skip: skip_by_reading::<R> };
+    walk(&mut source, visit)?;
+    Ok(source.inner)
 }
 
 /// [`read_entries`] for a seekable input, skipping over content by seeking instead of reading it.
-pub fn index_entries<R: Read + Seek>(input: R, mut visit: impl FnMut(&mut Entry<'_, Watched<R>>) -> Result<()>) -> Result<()> {
-    let (reader, ended) = Watched::new(input);
-    let mut archive = tar::Archive::new(reader);
-    for raw in archive.entries_with_seek()? {
-        if let Some(mut entry) = validated(raw, &ended)? {
-            visit(&mut entry)?;
-        }
-    }
-    Ok(())
+pub fn index_entries<R: Read + Seek>(input: R, visit: impl FnMut(&mut Entry<'_, R>) -> Result<()>) -> Result<()> {
+    walk(&mut Source { inner: input, pos: 0, skip: skip_by_seeking::<R> }, visit)
 }
 
-/// One entry from the tar parser, validated; `None` for extension headers (already applied by the
-/// parser to the entry that follows them).
-fn validated<'a, R: Read>(raw: io::Result<tar::Entry<'a, R>>, ended: &Cell<bool>) -> Result<Option<Entry<'a, R>>> {
-    let mut data = match raw {
-        Ok(e) => e,
-        // A header cut short, or extension headers with no entry after them.
-        Err(_) if ended.get() => return Err(Error::Truncated { what: "the tar stream".into(), expected: None, got: None }),
-        Err(e) => return Err(e.into()),
-    };
-    if matches!(
-        data.header().entry_type(),
-        EntryType::XGlobalHeader | EntryType::XHeader | EntryType::GNULongName | EntryType::GNULongLink
-    ) {
-        return Ok(None);
-    }
-    let shown = String::from_utf8_lossy(&data.path_bytes()).into_owned();
-    let (name, kind, meta) = validate(&mut data).map_err(|e| e.about(&format!("entry {shown:?}")))?;
-    Ok(Some(Entry { name, kind, meta, size: data.size(), shown, data }))
-}
-
-/// The reader under the tar parser, noting when its input has ended: a parse error after that is a
-/// stream cut short.
-pub struct Watched<R> {
+/// The input under the parser: where it is, and how it passes over bytes nobody reads.
+struct Source<R> {
     inner: R,
-    ended: Rc<Cell<bool>>,
+    pos: u64,
+    /// Pass over `n` bytes; returns how many there were (fewer only where the input ends).
+    skip: fn(&mut R, u64) -> io::Result<u64>,
 }
 
-impl<R> Watched<R> {
-    fn new(inner: R) -> (Self, Rc<Cell<bool>>) {
-        let ended = Rc::new(Cell::new(false));
-        (Watched { inner, ended: ended.clone() }, ended)
-    }
-}
-
-impl<R: Read> Read for Watched<R> {
+impl<R: Read> Read for Source<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if n == 0 && !buf.is_empty() {
-            self.ended.set(true);
-        }
+        self.pos += n as u64;
         Ok(n)
     }
 }
 
-impl<R: Seek> Seek for Watched<R> {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        self.inner.seek(pos)
+impl<R: Read> Source<R> {
+    /// Pass over `n` bytes that must be there.
+    fn pass(&mut self, n: u64) -> Result<()> {
+        let passed = (self.skip)(&mut self.inner, n)?;
+        self.pos += passed;
+        if passed < n {
+            return Err(cut_short());
+        }
+        Ok(())
+    }
+
+    /// `n` bytes, or fewer where the input ends.
+    fn up_to(&mut self, n: u64) -> Result<Vec<u8>> {
+        let mut data = Vec::with_capacity(n as usize);
+        self.take(n).read_to_end(&mut data)?;
+        Ok(data)
     }
 }
 
-fn validate<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(PathBuf, EntryKind, EntryMeta)> {
-    let name = clean_name(&entry.path_bytes()).map_err(Error::archive)?;
-    let link = || entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
-    let kind = match entry.header().entry_type() {
+fn skip_by_reading<R: Read>(input: &mut R, n: u64) -> io::Result<u64> {
+    io::copy(&mut input.take(n), &mut io::sink())
+}
+
+fn skip_by_seeking<R: Seek>(input: &mut R, n: u64) -> io::Result<u64> {
+    let by = i64::try_from(n).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "size overflow"))?;
+    input.seek(SeekFrom::Current(by))?;
+    Ok(n)
+}
+
+fn cut_short() -> Error {
+    Error::Truncated { what: "the tar stream".into(), expected: None, got: None }
+}
+
+/// Tar's unit: a header is one block, content is padded to whole blocks.
+const BLOCK: u64 = 512;
+
+/// The bytes `size` bytes of content take in the stream.
+fn in_blocks(size: u64) -> Result<u64> {
+    size.checked_next_multiple_of(BLOCK).ok_or_else(size_overflow)
+}
+
+fn size_overflow() -> Error {
+    Error::archive("size overflow")
+}
+
+/// The most data a PAX or GNU long-name header may hold (as Go's archive/tar): they are held in memory.
+const MAX_EXTENSION: u64 = 1 << 20;
+
+/// The headers that describe the entry after them, as read so far.
+#[derive(Default)]
+struct Extensions {
+    pax: Option<Vec<u8>>,
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+}
+
+impl Extensions {
+    fn pending(&self) -> bool {
+        self.pax.is_some() || self.long_name.is_some() || self.long_link.is_some()
+    }
+}
+
+/// Frame the stream into entries: extension headers are read and applied to the entry they describe,
+/// global headers skipped, and whatever of an entry's content `visit` leaves unread is passed over.
+fn walk<R: Read>(source: &mut Source<R>, mut visit: impl FnMut(&mut Entry<'_, R>) -> Result<()>) -> Result<()> {
+    let mut ext = Extensions::default();
+    while let Some(header) = next_header(source, ext.pending())? {
+        let slot = match header.entry_type() {
+            EntryType::XHeader => &mut ext.pax,
+            EntryType::GNULongName => &mut ext.long_name,
+            EntryType::GNULongLink => &mut ext.long_link,
+            EntryType::XGlobalHeader => {
+                // Records for the whole archive, none of which the layer format uses. Extension
+                // headers before it describe it, not the entry after it.
+                let size = numeric(header.entry_size(), &header.as_old().size, "size")?;
+                source.pass(in_blocks(size)?)?;
+                ext = Extensions::default();
+                continue;
+            }
+            _ => {
+                let mut entry = validated(&header, &std::mem::take(&mut ext), source)?;
+                let end = entry.end;
+                visit(&mut entry)?;
+                source.pass(end - source.pos)?;
+                continue;
+            }
+        };
+        if slot.is_some() {
+            return Err(Error::archive("two extension headers of one kind for one entry"));
+        }
+        *slot = Some(extension(source, &header)?);
+    }
+    Ok(())
+}
+
+/// The next header block, `None` at the end of the archive (its marker, or the end of the input).
+/// `pending`: extension headers were read, so the archive cannot end here.
+fn next_header<R: Read>(source: &mut Source<R>, pending: bool) -> Result<Option<tar::Header>> {
+    let block = source.up_to(BLOCK)?;
+    if block.is_empty() && !pending {
+        return Ok(None);
+    }
+    if block.len() as u64 != BLOCK {
+        return Err(cut_short());
+    }
+    if block.iter().all(|b| *b == 0) {
+        return match pending {
+            true => Err(Error::archive("extension headers with no entry after them")),
+            false => Ok(None),
+        };
+    }
+    let mut header = tar::Header::new_old();
+    header.as_mut_bytes().copy_from_slice(&block);
+    // The checksum counts its own field as spaces.
+    let sum: u32 = block[..148].iter().chain(&block[156..]).map(|b| *b as u32).sum::<u32>() + 8 * b' ' as u32;
+    if header.cksum().ok() != Some(sum) {
+        return Err(Error::archive("archive header checksum mismatch"));
+    }
+    Ok(Some(header))
+}
+
+/// The data of a PAX or GNU long-name header.
+fn extension<R: Read>(source: &mut Source<R>, header: &tar::Header) -> Result<Vec<u8>> {
+    let size = numeric(header.entry_size(), &header.as_old().size, "size")?;
+    if size > MAX_EXTENSION {
+        return Err(Error::archive(format!("an extension header of {size} bytes is too large")));
+    }
+    let data = source.up_to(size)?;
+    if data.len() as u64 != size {
+        return Err(cut_short());
+    }
+    source.pass(in_blocks(size)? - size)?;
+    Ok(data)
+}
+
+/// The entry `header` describes, with the extension headers before it, validated.
+fn validated<'a, R: Read>(header: &tar::Header, ext: &Extensions, source: &'a mut Source<R>) -> Result<Entry<'a, R>> {
+    let records = pax::records(ext.pax.as_deref().unwrap_or_default());
+    // A GNU long name wins over a PAX path, which wins over the header's (as in Go's archive/tar).
+    let header_path = header.path_bytes();
+    let pax_path = records.as_ref().ok().and_then(|r| pax::last(r, b"path"));
+    let path = ext.long_name.as_deref().map(gnu_string).or(pax_path).unwrap_or(&header_path);
+    let shown = String::from_utf8_lossy(path).into_owned();
+    let about = |e: Error| e.about(&format!("entry {shown:?}"));
+    let records = records.map_err(|why| about(Error::archive(format!("malformed PAX header: {why}"))))?;
+    let header_link = header.link_name_bytes().unwrap_or_default();
+    let link = ext.long_link.as_deref().map(gnu_string).or_else(|| pax::last(&records, b"linkpath")).unwrap_or(&header_link);
+    let (name, kind, meta, size) = validate(header, path, link, &records).map_err(about)?;
+    let offset = source.pos;
+    let end = in_blocks(size).ok().and_then(|n| offset.checked_add(n)).ok_or_else(|| about(size_overflow()))?;
+    Ok(Entry { name, kind, meta, size, shown, offset, end, content: source.take(size) })
+}
+
+/// A GNU long name or link: the data up to its terminating NUL.
+fn gnu_string(data: &[u8]) -> &[u8] {
+    data.strip_suffix(b"\0").unwrap_or(data)
+}
+
+fn validate(header: &tar::Header, path: &[u8], link: &[u8], records: &[Record<'_>]) -> Result<(PathBuf, EntryKind, EntryMeta, u64)> {
+    let name = clean_name(path).map_err(Error::archive)?;
+    let kind = match header.entry_type() {
         EntryType::Regular | EntryType::Continuous => EntryKind::File,
         EntryType::Directory => EntryKind::Dir,
         EntryType::Symlink => {
-            let target = link();
-            if target.is_empty() || target.contains(&0) {
+            if link.is_empty() || link.contains(&0) {
                 return Err(Error::archive("invalid symlink target"));
             }
-            EntryKind::Symlink(target)
+            EntryKind::Symlink(link.to_vec())
         }
         EntryType::Link => {
-            let target = clean_name(&link()).map_err(|why| Error::archive(format!("hard link target: {why}")))?;
+            let target = clean_name(link).map_err(|why| Error::archive(format!("hard link target: {why}")))?;
             if target.as_os_str().is_empty() {
                 return Err(Error::archive("hard link to the root"));
             }
@@ -191,27 +307,24 @@ fn validate<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<(PathBuf, EntryKin
     if name.as_os_str().is_empty() && kind != EntryKind::Dir {
         return Err(Error::archive("the root entry must be a directory"));
     }
-    let meta = read_meta(entry, &kind)?;
+    let meta = read_meta(header, records, &kind)?;
     if kind == EntryKind::Char && meta.dev == (0, 0) {
         return Err(Error::archive("a 0/0 character device is a whiteout in the layer format; use .wh. names"));
     }
-    Ok((name, kind, meta))
+    let size = match pax::last(records, b"size") {
+        Some(v) => pax_number(v)?,
+        None => numeric(header.entry_size(), &header.as_old().size, "size")?,
+    };
+    Ok((name, kind, meta, size))
 }
 
 /// The header fields and PAX records of an entry, every value checked.
-fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, kind: &EntryKind) -> Result<EntryMeta> {
-    let h = entry.header();
-    // Like Go's archive/tar, an empty numeric field reads as 0; anything else must parse.
+fn read_meta(h: &tar::Header, records: &[Record<'_>], kind: &EntryKind) -> Result<EntryMeta> {
     let old = h.as_old();
-    let field = |v: io::Result<u64>, raw: &[u8], what: &str| match v {
-        Ok(n) => Ok(n),
-        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
-        Err(_) => Err(Error::archive(format!("bad {what} field"))),
-    };
-    let perm = field(h.mode().map(u64::from), &old.mode, "mode")? as u32 & 0o7777;
-    let uid = field(h.uid(), &old.uid, "uid")?;
-    let gid = field(h.gid(), &old.gid, "gid")?;
-    let mtime = field(h.mtime(), &old.mtime, "mtime")?;
+    let perm = numeric(h.mode().map(u64::from), &old.mode, "mode")? as u32 & 0o7777;
+    let uid = numeric(h.uid(), &old.uid, "uid")?;
+    let gid = numeric(h.gid(), &old.gid, "gid")?;
+    let mtime = numeric(h.mtime(), &old.mtime, "mtime")?;
     let dev = if matches!(kind, EntryKind::Char | EntryKind::Block) {
         (h.device_major().ok().flatten().unwrap_or(0), h.device_minor().ok().flatten().unwrap_or(0))
     } else {
@@ -227,22 +340,13 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, kind: &EntryKind) -> Result
         dev,
         xattrs: Vec::new(),
     };
-    let Some(exts) = entry.pax_extensions()? else { return Ok(meta) };
-    for ext in exts {
-        let ext = ext.map_err(|_| Error::archive("malformed PAX header"))?;
-        let key = ext.key_bytes();
-        let value = ext.value_bytes();
+    for &(key, value) in records {
         let text = || std::str::from_utf8(value).map_err(|_| Error::archive("malformed PAX value"));
         match key {
             b"mtime" => meta.mtime = parse_time(text()?).ok_or_else(|| Error::archive("bad PAX mtime"))?,
             b"atime" => meta.atime = Some(parse_time(text()?).ok_or_else(|| Error::archive("bad PAX atime"))?),
-            // The tar reader already applies the size (refused here when it does not parse).
-            b"size" => {
-                text()?.parse::<u64>().map_err(|_| Error::archive("bad PAX number"))?;
-            }
             b"uid" | b"gid" => {
-                let n: u64 = text()?.parse().map_err(|_| Error::archive("bad PAX number"))?;
-                let n = u32::try_from(n).map_err(|_| Error::archive("PAX id out of range"))?;
+                let n = u32::try_from(pax_number(value)?).map_err(|_| Error::archive("PAX id out of range"))?;
                 if key == b"uid" {
                     meta.uid = n;
                 } else {
@@ -261,6 +365,20 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, kind: &EntryKind) -> Result
         }
     }
     Ok(meta)
+}
+
+/// A numeric header field; like Go's archive/tar, an empty one reads as 0, anything else must parse.
+fn numeric(parsed: io::Result<u64>, raw: &[u8], what: &str) -> Result<u64> {
+    match parsed {
+        Ok(n) => Ok(n),
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        Err(_) => Err(Error::archive(format!("bad {what} field"))),
+    }
+}
+
+/// A PAX decimal number (`size`, `uid`, `gid`).
+fn pax_number(value: &[u8]) -> Result<u64> {
+    std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()).ok_or_else(|| Error::archive("bad PAX number"))
 }
 
 /// A PAX time (`-1.5`, `1700000000.123456789`) as a normalised timespec (nanoseconds in 0..1e9).
@@ -290,24 +408,38 @@ fn parse_time(v: &str) -> Option<Timespec> {
 mod tests {
     use super::*;
 
-    /// A ustar header block for `name` of type `ty`, then the given extra blocks and the end marker.
+    /// An extended header with these records (when there are any), a ustar header block for `name` of
+    /// type `ty`, and the end marker.
     fn tar(name: &[u8], ty: u8, link: &[u8], pax: &[(&str, &[u8])]) -> Vec<u8> {
+        archive(&records(pax), block(name, ty, link, 0), b"")
+    }
+
+    /// PAX records, each `"%d %s=%s\n"` with its length right.
+    fn records(pax: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (k, v) in pax {
+            let rec = [b" ", k.as_bytes(), b"=", v, b"\n"].concat();
+            let mut n = rec.len() + 1;
+            while n != rec.len() + n.to_string().len() {
+                n = rec.len() + n.to_string().len();
+            }
+            body.extend_from_slice(n.to_string().as_bytes());
+            body.extend_from_slice(&rec);
+        }
+        body
+    }
+
+    /// An extended header holding `pax` (when not empty), `header` with `content`, and the end marker.
+    fn archive(pax: &[u8], header: [u8; 512], content: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         if !pax.is_empty() {
-            let mut body = Vec::new();
-            for (k, v) in pax {
-                let rec = [b" ", k.as_bytes(), b"=", v, b"\n"].concat();
-                let mut n = rec.len() + 1;
-                n = rec.len() + n.to_string().len();
-                body.extend_from_slice(n.to_string().as_bytes());
-                body.extend_from_slice(&rec);
-            }
-            out.extend_from_slice(&block(b"pax", b'x', b"", body.len() as u64));
-            out.extend_from_slice(&body);
+            out.extend_from_slice(&block(b"pax", b'x', b"", pax.len() as u64));
+            out.extend_from_slice(pax);
             out.resize(out.len().div_ceil(512) * 512, 0);
         }
-        out.extend_from_slice(&block(name, ty, link, 0));
-        out.extend_from_slice(&[0; 1024]);
+        out.extend_from_slice(&header);
+        out.extend_from_slice(content);
+        out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
         out
     }
 
@@ -383,6 +515,104 @@ mod tests {
         }
         let garbage = [b"not a tar header ".repeat(40), vec![0; 1024]].concat();
         assert!(matches!(read_entries(&garbage[..], |_| Ok(())), Err(Error::InvalidArchive(_))));
+    }
+
+    /// What both readers make of `data`: per entry, name, kind, size, content offset, content, xattrs.
+    type Seen = (PathBuf, EntryKind, u64, u64, Vec<u8>, Vec<(CString, Vec<u8>)>);
+
+    fn entries(data: &[u8]) -> Vec<Seen> {
+        let mut streamed = Vec::new();
+        read_entries(data, |e| {
+            let mut content = Vec::new();
+            e.read_to_end(&mut content)?;
+            streamed.push((e.name.clone(), e.kind.clone(), e.size, e.content_offset(), content, e.meta.xattrs.clone()));
+            Ok(())
+        })
+        .unwrap();
+        let mut indexed = Vec::new();
+        index_entries(io::Cursor::new(data), |e| {
+            indexed.push((e.name.clone(), e.kind.clone(), e.size, e.content_offset()));
+            Ok(())
+        })
+        .unwrap();
+        let summary: Vec<_> = streamed.iter().map(|(n, k, s, o, _, _)| (n.clone(), k.clone(), *s, *o)).collect();
+        assert_eq!(summary, indexed, "reading and seeking frame the stream alike");
+        streamed
+    }
+
+    fn xattr(name: &str, value: &[u8]) -> (CString, Vec<u8>) {
+        (CString::new(name).unwrap(), value.to_vec())
+    }
+
+    #[test]
+    fn pax_values_hold_newlines_and_any_byte() {
+        let binary: Vec<u8> = (0..=255).collect();
+        let long = [b"d/".repeat(60), b"f".to_vec()].concat();
+        // The long path before and after the records with newlines.
+        let before = records(&[("path", &long), ("SCHILY.xattr.user.nl", b"a\nb"), ("SCHILY.xattr.user.bin", &binary)]);
+        let after = records(&[("SCHILY.xattr.user.nl", b"a\nb"), ("SCHILY.xattr.user.bin", &binary), ("path", &long)]);
+        for body in [before, after] {
+            let seen = entries(&archive(&body, block(b"short", b'0', b"", 0), b""));
+            assert_eq!(seen.len(), 1);
+            assert_eq!(seen[0].0, PathBuf::from(std::str::from_utf8(&long).unwrap()));
+            assert_eq!(seen[0].5, [xattr("user.nl", b"a\nb"), xattr("user.bin", &binary)]);
+        }
+    }
+
+    #[test]
+    fn a_pax_value_hides_no_record() {
+        // Split on newlines, this value would read as `path`, `linkpath` and `size` records.
+        let value = b"x\n17 path=../../up\n21 linkpath=/etc/evil\n12 size=1024\n";
+        let body = records(&[("SCHILY.xattr.user.v", value)]);
+        let mut data = archive(&body, block(b"l", b'2', b"harmless", 0), b"");
+        data.truncate(data.len() - 1024);
+        data.extend_from_slice(&archive(b"", block(b"next", b'0', b"", 2), b"hi"));
+        let seen = entries(&data);
+        let names: Vec<_> = seen.iter().map(|e| (e.0.clone(), e.1.clone(), e.4.clone())).collect();
+        assert_eq!(names, [(PathBuf::from("l"), EntryKind::Symlink(b"harmless".to_vec()), vec![]), (PathBuf::from("next"), EntryKind::File, b"hi".to_vec())]);
+        assert_eq!(seen[0].5, [xattr("user.v", value)]);
+    }
+
+    #[test]
+    fn a_pax_size_after_a_value_with_newlines_frames_the_content() {
+        // The header says 0 bytes (as for content beyond the octal field); the PAX size is the truth.
+        let body = records(&[("SCHILY.xattr.user.nl", b"1\n2"), ("size", b"600")]);
+        let content: Vec<u8> = (0..600).map(|i| i as u8).collect();
+        let mut data = archive(&body, block(b"f", b'0', b"", 0), &content);
+        data.truncate(data.len() - 1024);
+        data.extend_from_slice(&tar(b"g", b'0', b"", &[]));
+        let seen = entries(&data);
+        assert_eq!((seen[0].2, seen[0].3, &seen[0].4), (600, 1024 + 512, &content));
+        assert_eq!((&seen[1].0, seen[1].3), (&PathBuf::from("g"), 1024 + 512 + 1024 + 512));
+    }
+
+    #[test]
+    fn malformed_pax_records_are_refused_naming_the_entry() {
+        // Every reason is tested with the parser (pax.rs); here, how a refusal reaches the caller.
+        let cases: &[(&[u8], &str)] = &[
+            (b"x9 path=a\n", "not a decimal number"),
+            (b"99 path=a\n", "runs past the end"),
+            (b"23 SCHILY.xattr.u.x=a\nb\n", "does not end with a newline"),
+        ];
+        for (body, why) in cases {
+            let data = archive(body, block(b"f", b'0', b"", 0), b"");
+            let err = read_entries(&data[..], |_| Ok(())).expect_err("accepted");
+            let msg = err.to_string();
+            assert!(matches!(err, Error::InvalidArchive(_)), "{msg}");
+            assert!(msg.contains("entry \"f\": malformed PAX header: ") && msg.contains(why), "{msg:?} should say {why:?}");
+        }
+    }
+
+    #[test]
+    fn extension_headers_are_bounded_and_describe_an_entry() {
+        let huge = block(b"pax", b'x', b"", (1 << 20) + 1);
+        assert!(first_error(&[&huge[..], &[0; 1024]].concat()).contains("too large"));
+        let twice = [archive(&records(&[("path", b"a")]), block(b"pax", b'x', b"", 9), b"9 path=b\n"), tar(b"f", b'0', b"", &[])].concat();
+        assert!(first_error(&twice).contains("two extension headers"));
+        let dangling = archive(b"", block(b"pax", b'x', b"", 9), b"9 path=b\n");
+        assert!(first_error(&dangling).contains("no entry after them"));
+        let cut = &dangling[..1024];
+        assert!(matches!(read_entries(cut, |_| Ok(())), Err(Error::Truncated { .. })));
     }
 
     #[test]

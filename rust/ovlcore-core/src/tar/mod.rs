@@ -3,6 +3,7 @@
 
 mod entries;
 mod header;
+mod pax;
 
 pub use entries::{index_entries, read_entries, Entry, EntryKind, EntryMeta};
 pub use header::{entry_header, padding, END_OF_ARCHIVE};

@@ -355,17 +355,18 @@ pub fn global_pax_header(records: &[(String, Vec<u8>)]) -> Vec<u8> {
     pax_block(b'g', records)
 }
 
-fn pax_block(typeflag: u8, records: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (k, v) in records {
-        let rest = [b" ", k.as_bytes(), b"=", v, b"\n"].concat();
-        let mut n = rest.len() + 1;
-        while n != rest.len() + n.to_string().len() {
-            n = rest.len() + n.to_string().len();
-        }
-        body.extend(n.to_string().into_bytes());
-        body.extend(rest);
+/// One PAX record, `"%d %s=%s\n"`, its length counting itself.
+pub fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let rest = [b" ", key.as_bytes(), b"=", value, b"\n"].concat();
+    let mut n = rest.len() + 1;
+    while n != rest.len() + n.to_string().len() {
+        n = rest.len() + n.to_string().len();
     }
+    [n.to_string().into_bytes(), rest].concat()
+}
+
+fn pax_block(typeflag: u8, records: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let body: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
     let h = RawHeader { typeflag, size: body.len() as u64, ..RawHeader::default() };
     let mut out = raw_header(b"././@PaxHeader", &h);
     out.extend(pad(&body));
