@@ -21,6 +21,13 @@ pub enum Error {
     Corrupt(String),
     /// A bad argument (not an OS failure), e.g. an unknown compression name.
     Invalid(String),
+    /// A registry answered with an error (`status`, and the `code` and message of its error body), or
+    /// could not be reached (`status` is `None`).
+    Registry { status: Option<u16>, code: Option<String>, message: String },
+    /// A registry refused the credentials (or their absence).
+    Unauthorized(String),
+    /// A registry has no such manifest, tag or platform.
+    NotFound(String),
     /// An error raised by code the caller supplied (a progress callback, a reader, a writer), carried
     /// through the core untouched so that the caller gets it back as it was.
     External(Box<dyn std::error::Error + Send + Sync>),
@@ -111,6 +118,10 @@ impl fmt::Display for Error {
             }
             Error::Corrupt(m) => write!(f, "the store is damaged: {m}"),
             Error::Invalid(m) => f.write_str(m),
+            Error::Registry { status: Some(s), message, .. } => write!(f, "registry error (HTTP {s}): {message}"),
+            Error::Registry { status: None, message, .. } => write!(f, "registry error: {message}"),
+            Error::Unauthorized(m) => write!(f, "unauthorized: {m}"),
+            Error::NotFound(m) => f.write_str(m),
             Error::External(e) => e.fmt(f),
         }
     }

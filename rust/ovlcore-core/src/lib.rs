@@ -13,7 +13,8 @@
 //! - `layer`: layer tar → layer directory (`import`, `extract`), and back (`export`, `tarsplit`,
 //!   `stream`). `union`: the merged view. `rw`: writes, copy-up, diff, commit, shared inodes.
 //! - `cp`, `put_archive`: copying between a view and the host. `archive`: image archives' members in
-//!   and out. `mount`: kernel overlay and bind mounts.
+//!   and out. `mount`: kernel overlay and bind mounts. `registry`: pull, push and login over the OCI
+//!   distribution API (references, transport, auth, credentials, manifests).
 
 mod archive;
 mod attrs;
@@ -26,6 +27,7 @@ mod layer;
 mod mount;
 mod overlap;
 mod put_archive;
+mod registry;
 mod rw;
 mod sys;
 mod tar;
@@ -52,6 +54,12 @@ pub use put_archive::put_archive;
 // Image archives and writing streams out.
 pub use archive::{Archive, ArchiveWriter, LayerImport, Member, WriteProgress};
 pub use overlap::{copy, OverlappedWriter};
+
+// Registries (OCI distribution): pull, push, login.
+pub use registry::{
+    erase_credentials, lookup_credentials, store_credentials, Client as RegistryClient, Credential, Descriptor, KnownBlob,
+    LayerPull, Platform, PushLayer, PushReport, PushedBlob, Reference, RegistryConfig, Resolved as ResolvedImage, TransferEvent, TransferProgress,
+};
 
 // The host.
 pub use mount::{bind_mount_in, mount_overlay, unmount};

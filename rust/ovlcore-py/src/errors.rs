@@ -44,6 +44,13 @@ pub fn to_py(err: Error) -> PyErr {
         }
         e @ Error::Corrupt(_) => ovl_error("CorruptStore", (e.to_string(),)),
         Error::Invalid(m) => PyValueError::new_err(m),
+        e @ Error::Registry { .. } => {
+            let Error::Registry { status, code, .. } = &e else { unreachable!() };
+            let (status, code) = (*status, code.clone());
+            ovl_error("RegistryError", (e.to_string(), status, code))
+        }
+        e @ Error::Unauthorized(_) => ovl_error("Unauthorized", (e.to_string(), 401, "UNAUTHORIZED")),
+        Error::NotFound(m) => ovl_error("ImageNotFound", (m,)),
         Error::External(e) => match e.downcast::<PyErr>() {
             Ok(py) => *py,
             Err(other) => PyRuntimeError::new_err(other.to_string()),

@@ -5,6 +5,7 @@ mod archive;
 mod errors;
 mod io;
 mod layers;
+mod registry;
 mod view;
 
 use std::path::PathBuf;
@@ -83,5 +84,9 @@ fn _ovlcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(chain_id, m)?)?;
     m.add_class::<archive::Archive>()?;
     m.add_class::<archive::ArchiveWriter>()?;
+    m.add_class::<registry::RegistryClient>()?;
+    m.add_function(wrap_pyfunction!(registry::parse_reference, m)?)?;
+    m.add_function(wrap_pyfunction!(registry::store_credentials, m)?)?;
+    m.add_function(wrap_pyfunction!(registry::erase_credentials, m)?)?;
     Ok(())
 }

@@ -1,0 +1,289 @@
+//! Pulling layers: each blob streamed from the socket through sha256 verification and decompression
+//! into the layer importer, in one pass and bounded memory, several layers at once. A connection lost
+//! mid-blob resumes with `Range`; the compressed bytes can be kept in a partial-download file so that
+//! the next pull, after the process died, resumes from them too.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ureq::BodyReader;
+
+use super::transport::{header, status_error, Payload};
+use super::{scope, Client, Descriptor, Reference, TransferEvent, TransferProgress};
+use crate::attrs::Privilege;
+use crate::digest::Hasher;
+use crate::error::{Error, Result};
+use crate::layer::{import_layer, ImportOptions, ImportReport};
+use crate::union::Lower;
+
+/// One layer to pull: its blob, the empty staging directory it goes to, where its tar-split records go,
+/// the layers below it (top first; empty when they are being pulled alongside), and the file that keeps
+/// the compressed bytes for a resume after the process dies.
+#[derive(Clone, Debug)]
+pub struct LayerPull {
+    pub desc: Descriptor,
+    pub dest: PathBuf,
+    pub split: Option<PathBuf>,
+    pub lower: Vec<PathBuf>,
+    pub partial: Option<PathBuf>,
+}
+
+/// A blob's bytes from `offset` on, reconnecting with `Range` when the connection breaks.
+struct BlobStream<'a> {
+    client: &'a Client,
+    r: &'a Reference,
+    url: String,
+    digest: String,
+    size: u64,
+    body: Option<BodyReader<'static>>,
+    offset: u64,
+    failures: u32,
+}
+
+impl<'a> BlobStream<'a> {
+    /// Open the blob at `from`; returns where it really starts (0 when the server ignores `Range`).
+    fn open(&mut self, from: u64) -> Result<u64> {
+        if from >= self.size && from > 0 {
+            self.offset = from;
+            self.body = None;
+            return Ok(from);
+        }
+        let mut hs = Vec::new();
+        if from > 0 {
+            hs.push(("Range".to_string(), format!("bytes={from}-")));
+        }
+        let scopes = [scope(&self.r.repository, "pull")];
+        let (resp, _) = self.client.send(&self.r.registry, &scopes, "GET", &self.url, &hs, Payload::Empty)?;
+        let status = resp.status().as_u16();
+        let start = match status {
+            200 => 0,
+            206 => {
+                let cr = header(&resp, "content-range").unwrap_or_default();
+                let start = cr.trim_start_matches("bytes ").split('-').next().and_then(|s| s.trim().parse::<u64>().ok());
+                if start != Some(from) {
+                    return Err(Error::Registry { status: Some(206), code: None, message: format!("blob {}: the registry resumed at {cr:?}, not at byte {from}", self.digest) });
+                }
+                from
+            }
+            404 => {
+                return Err(Error::NotFound(format!("{}: blob {} unknown to the registry", self.r.name(), self.digest)));
+            }
+            _ => return Err(status_error(resp, &format!("fetching blob {} of {}", self.digest, self.r.name()))),
+        };
+        self.body = Some(resp.into_body().into_with_config().limit(u64::MAX).reader());
+        self.offset = start;
+        Ok(start)
+    }
+
+    fn reconnect(&mut self, why: io::Error) -> io::Result<()> {
+        self.body = None;
+        loop {
+            self.failures += 1;
+            if self.failures > self.client.config().retries {
+                return Err(why);
+            }
+            std::thread::sleep(Duration::from_millis(self.client.config().backoff_ms.saturating_mul(1 << self.failures.min(8))));
+            let at = self.offset;
+            match self.open(at) {
+                Ok(start) if start == at => return Ok(()),
+                // Bytes already handed on cannot be taken back: the caller starts over.
+                Ok(_) => return Err(io::Error::other(Error::Registry { status: Some(200), code: None, message: format!("blob {}: the registry cannot resume a broken download", self.digest) })),
+                Err(Error::Registry { status: None, .. }) => continue,
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        }
+    }
+}
+
+impl Read for BlobStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.offset >= self.size && self.body.is_none() {
+                return Ok(0);
+            }
+            let Some(body) = self.body.as_mut() else {
+                self.reconnect(io::Error::other("not connected"))?;
+                continue;
+            };
+            match body.read(buf) {
+                Ok(0) if self.offset < self.size => {
+                    let cut = Error::truncated(format!("blob {}", self.digest), self.size, self.offset);
+                    self.reconnect(io::Error::other(cut))?;
+                }
+                Ok(0) => {
+                    self.body = None;
+                    return Ok(0);
+                }
+                Ok(n) => {
+                    self.offset += n as u64;
+                    if self.offset > self.size {
+                        return Err(io::Error::other(Error::archive(format!("blob {} is longer than its {} bytes", self.digest, self.size))));
+                    }
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => self.reconnect(e)?,
+            }
+        }
+    }
+}
+
+/// Bytes read, also appended to the partial-download file, and hashed.
+struct Tee<R> {
+    inner: R,
+    file: Option<File>,
+    hasher: Hasher,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(f) = self.file.as_mut() {
+            // A full disk must not fail the pull: the file only serves a later resume.
+            if f.write_all(&buf[..n]).is_err() {
+                self.file = None;
+            }
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn report(progress: TransferProgress<'_>, d: &Descriptor, done: u64, state: &'static str) -> Result<()> {
+    progress(TransferEvent { digest: d.digest.clone(), done, total: Some(d.size), state })
+}
+
+/// Empty `dir` again for another attempt.
+fn reset_dir(dir: &std::path::Path) -> Result<()> {
+    crate::sys::remove_tree(dir)?;
+    std::fs::create_dir(dir).map_err(|e| Error::from(e).at(dir))
+}
+
+/// One attempt at a layer, resuming from the partial file when `resume`.
+fn pull_once(client: &Client, r: &Reference, job: &LayerPull, privilege: Privilege, resume: bool, progress: TransferProgress<'_>, stop: &AtomicBool) -> Result<ImportReport> {
+    let d = &job.desc;
+    let url = client.url(&r.registry, &format!("{}/blobs/{}", r.repository, d.digest));
+    let mut have = 0u64;
+    if resume {
+        if let Some(p) = &job.partial {
+            have = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0).min(d.size);
+        }
+    }
+    let mut net = BlobStream { client, r, url, digest: d.digest.clone(), size: d.size, body: None, offset: 0, failures: 0 };
+    let start = net.open(have)?;
+    // What is already on disk is read back (and hashed again) before the rest comes from the network.
+    let (kept, file): (Box<dyn Read + Send>, Option<File>) = match &job.partial {
+        Some(p) => {
+            let f = if start > 0 {
+                let mut old = File::open(p).map_err(|e| Error::from(e).at(p))?;
+                let mut head = Vec::new();
+                (&mut old).take(start).read_to_end(&mut head)?;
+                let app = OpenOptions::new().append(true).open(p).ok();
+                if let Some(a) = &app {
+                    let _ = a.set_len(start);
+                }
+                (Box::new(io::Cursor::new(head)) as Box<dyn Read + Send>, app)
+            } else {
+                (Box::new(io::empty()) as Box<dyn Read + Send>, File::create(p).ok())
+            };
+            f
+        }
+        None => (Box::new(io::empty()), None),
+    };
+    let mut tee = Tee { inner: kept.chain(net), file, hasher: Hasher::default() };
+    let lower: Option<std::sync::Arc<Lower>> = if job.lower.is_empty() { None } else { Some(Lower::shared(&job.lower, privilege)?) };
+    let split = job.split.as_ref().map(|p| File::create(p).map_err(|e| Error::from(e).at(p))).transpose()?;
+    let mut on_bytes = |n: u64| -> Result<()> {
+        if stop.load(Ordering::Relaxed) {
+            return Err(Error::Invalid("cancelled: another layer failed".into()));
+        }
+        report(progress, d, n, "downloading")
+    };
+    let opts = ImportOptions { privilege, lower: lower.as_deref(), max_size: None, progress: Some(&mut on_bytes) };
+    let imported = import_layer(&mut tee, &job.dest, split, opts);
+    // Whatever the importer left unread (padding after the tar's end) is part of the blob too.
+    let drained = imported.and_then(|rep| io::copy(&mut tee, &mut io::sink()).map(|_| rep).map_err(Error::from));
+    let rep = drained?;
+    report(progress, d, d.size, "verifying")?;
+    let got = tee.hasher.digest();
+    if got != d.digest || tee.hasher.count != d.size {
+        return Err(Error::archive(format!(
+            "blob {} of {}: digest mismatch: the {} bytes received hash to {got}",
+            d.digest,
+            r.name(),
+            tee.hasher.count
+        )));
+    }
+    Ok(rep)
+}
+
+/// Pull one layer: resume from a partial file if there is one, and start over once when that fails
+/// (a damaged partial file), or when the connection broke where the registry cannot resume.
+fn pull_layer(client: &Client, r: &Reference, job: &LayerPull, privilege: Privilege, progress: TransferProgress<'_>, stop: &AtomicBool) -> Result<ImportReport> {
+    if job.desc.is_foreign() || !job.desc.urls.is_empty() {
+        return Err(Error::Invalid(format!(
+            "layer {} of {} is a foreign layer (kept outside the registry): pulling foreign layers is not supported",
+            job.desc.digest,
+            r.name()
+        )));
+    }
+    let resumable = job.partial.as_ref().is_some_and(|p| p.exists());
+    let first = pull_once(client, r, job, privilege, resumable, progress, stop);
+    let rep = match first {
+        Err(e) if !stop.load(Ordering::Relaxed) && (resumable || matches!(e, Error::Registry { status: Some(200), .. })) => {
+            if let Some(p) = &job.partial {
+                let _ = std::fs::remove_file(p);
+            }
+            reset_dir(&job.dest)?;
+            pull_once(client, r, job, privilege, false, progress, stop)?
+        }
+        other => other?,
+    };
+    if let Some(p) = &job.partial {
+        let _ = std::fs::remove_file(p);
+    }
+    report(progress, &job.desc, job.desc.size, "done")?;
+    Ok(rep)
+}
+
+/// Pull every job, `max_parallel` at a time. The first failure stops the others; the caller throws the
+/// staging directories away.
+pub fn pull_layers(client: &Client, r: &Reference, jobs: &[LayerPull], privilege: Privilege, progress: TransferProgress<'_>) -> Result<Vec<ImportReport>> {
+    for j in jobs {
+        report(progress, &j.desc, 0, "waiting")?;
+    }
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<ImportReport>>> = Mutex::new(vec![None; jobs.len()]);
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let workers = client.config().max_parallel.clamp(1, 16).min(jobs.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= jobs.len() || stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                match pull_layer(client, r, &jobs[i], privilege, progress, &stop) {
+                    Ok(rep) => results.lock().unwrap()[i] = Some(rep),
+                    Err(e) => {
+                        let mut f = failure.lock().unwrap();
+                        if f.is_none() {
+                            *f = Some(e);
+                        }
+                        stop.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().unwrap() {
+        return Err(e);
+    }
+    Ok(results.into_inner().unwrap().into_iter().map(|r| r.expect("every job ran")).collect())
+}
