@@ -27,7 +27,9 @@ from .errors import (
     NameConflict,
     NotFound,
     OvlError,
+    RegistryError,
     TruncatedArchive,
+    Unauthorized,
     VolumeInUse,
     VolumeNotFound,
 )
@@ -36,6 +38,7 @@ from .fs import ContainerFS, DirEntry
 from .images import HistoryEntry, Image, Images
 from .layers import Layer, Layers
 from .mounts import Mount
+from .registry import RegistryConfig, TransferEvent
 from .store import CheckReport, DiskUsage, PruneReport, Store
 from .volumes import Volume, Volumes
 
@@ -75,4 +78,8 @@ __all__ = [
     "CorruptStore",
     "InvalidReference",
     "AmbiguousReference",
+    "RegistryError",
+    "Unauthorized",
+    "RegistryConfig",
+    "TransferEvent",
 ]

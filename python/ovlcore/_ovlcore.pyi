@@ -170,3 +170,46 @@ def mount_overlay(lower: Sequence[_Path], upper: _Path, work: _Path, target: _Pa
 def bind_mount_in(root: _Path, target: _Path, source: _Path, *, read_only: bool = False) -> list[str]: ...
 def unmount(target: _Path, *, lazy: bool = False) -> None: ...
 def dir_usage(path: _Path) -> int: ...
+
+# ----- registries -----
+
+_TransferProgress = Callable[[str, int, int | None, str], object] | None
+
+def parse_reference(reference: str) -> tuple[str, str, str | None, str | None]: ...
+def store_credentials(registry: str, user: str, password: str, *, auth_file: _Path | None = None) -> str: ...
+def erase_credentials(registry: str, *, auth_file: _Path | None = None) -> bool: ...
+@final
+class RegistryClient:
+    def __new__(
+        cls,
+        *,
+        insecure: Sequence[str] = ...,
+        ca_dirs: Sequence[_Path] = ...,
+        auth_file: _Path | None = None,
+        max_parallel: int = 4,
+        retries: int = 5,
+        username: str | None = None,
+        password: str | None = None,
+        identity_token: str | None = None,
+    ) -> RegistryClient: ...
+    def resolve(self, reference: str, platform: str | None = None) -> dict[str, Any]: ...
+    def pull_layers(
+        self,
+        reference: str,
+        layers: Sequence[tuple[Any, ...]],
+        *,
+        privilege: str = "root",
+        progress: _TransferProgress = None,
+    ) -> list[tuple[str, int, int]]: ...
+    def push(
+        self,
+        dest: str,
+        layers: Sequence[tuple[Any, ...]],
+        config: bytes,
+        *,
+        format: str = "docker",
+        compression: str | None = "gzip",
+        privilege: str = "root",
+        progress: _TransferProgress = None,
+    ) -> tuple[str, list[tuple[str, str, int, str, str]]]: ...
+    def login(self, registry: str) -> None: ...

@@ -24,6 +24,8 @@ __all__ = [
     "CorruptStore",
     "InvalidReference",
     "AmbiguousReference",
+    "RegistryError",
+    "Unauthorized",
 ]
 
 
@@ -93,3 +95,29 @@ class InvalidReference(OvlError, ValueError):
 
 class AmbiguousReference(InvalidReference):
     """An id prefix matches more than one object."""
+
+
+class RegistryError(OvlError):
+    """A registry answered with an error, or could not be reached. ``status`` is the HTTP status
+    (``None`` when there was no answer), ``code`` the registry's error code (``MANIFEST_UNKNOWN``,
+    ``BLOB_UNKNOWN``, ...) when it gave one."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        Exception.__init__(self, message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Unauthorized(RegistryError, PermissionError):
+    """A registry refused the credentials (a wrong password, no credentials where some are needed)."""
+
+    def __new__(cls, message: str, status: int | None = 401, code: str | None = "UNAUTHORIZED") -> Unauthorized:
+        # OSError.__new__ would read (message, status, code) as (errno, strerror, filename).
+        return PermissionError.__new__(cls, message)
+
+    def __init__(self, message: str, status: int | None = 401, code: str | None = "UNAUTHORIZED") -> None:
+        RegistryError.__init__(self, message, status, code)

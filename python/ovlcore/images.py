@@ -23,10 +23,10 @@ from ._time import normalize_time, now, parse_time
 from .errors import AmbiguousReference, ImageInUse, ImageNotFound, InvalidReference, LayerNotFound
 from .fs import ContainerFS
 from .layers import Layer, Layers, ProgressCallback, Source
-from .references import full_tag, is_id_prefix, normalize_id
+from .references import familiar_tag, full_tag, is_id_prefix, normalize_id, split_digest
 from .reports import PruneReport
 
-__all__ = ["Image", "Images", "HistoryEntry", "Archiver", "image_record", "Refs"]
+__all__ = ["Image", "Images", "HistoryEntry", "Archiver", "Transfers", "image_record", "Refs"]
 
 #: What ``save`` takes: one reference or image, or several.
 Refs = Union[str, "Image", Iterable[Union[str, "Image"]]]
@@ -41,6 +41,14 @@ class Archiver(Protocol):
     ) -> None: ...
 
     def load(self, source: str | os.PathLike[str] | IO[bytes], *, progress: ProgressCallback | None) -> builtins.list[Image]: ...
+
+
+class Transfers(Protocol):
+    """``docker pull`` and ``docker push`` (see :mod:`ovlcore.registry`), given to :class:`Images` by the store."""
+
+    def pull(self, ref: str, *, platform: str | None, auth: Any, progress: Any) -> Image: ...
+
+    def push(self, src: str | Image, dest: str | None, *, auth: Any, format: str, compression: str, progress: Any) -> str: ...
 
 
 def image_record(config: bytes, parent: str | None) -> ImageRecord:
@@ -128,6 +136,11 @@ class Image:
     def tags(self) -> builtins.list[str]:
         """The ``name:tag`` references pointing at this image, sorted."""
         return self._storage.records.tags_of(self.id)
+
+    @property
+    def repo_digests(self) -> builtins.list[str]:
+        """The ``name@sha256:...`` manifests this image was pulled or pushed as, sorted."""
+        return self._storage.records.repo_digests_of(self.id)
 
     @property
     def layers(self) -> builtins.list[Layer]:
@@ -220,10 +233,14 @@ class Image:
 class Images:
     """``store.images``: import, look up, tag, remove, save and load images."""
 
-    def __init__(self, storage: Storage, layers: Layers, archiver: Callable[[Images], Archiver]) -> None:
+    def __init__(
+        self, storage: Storage, layers: Layers, archiver: Callable[[Images], Archiver],
+        transfers: Callable[[Images], Transfers] | None = None,
+    ) -> None:
         self._storage = storage
         self._layers = layers
         self._archiver = archiver
+        self._transfers = transfers
 
     # ----- reading -----
 
@@ -239,6 +256,12 @@ class Images:
             return ref.id, None
         if not isinstance(ref, str) or not ref:
             raise InvalidReference(f"invalid image reference {ref!r}")
+        if "@" in ref:
+            name, digest = split_digest(ref)
+            found = q.repo_digest_target(f"{name}@{digest}")
+            if found is None:
+                raise ImageNotFound(f"No such image: {ref}")
+            return found, None
         if ref.startswith("sha256:") or (is_id_prefix(ref) and len(ref) == 64):
             hexpart = normalize_id(ref)
             if not is_id_prefix(ref):
@@ -256,6 +279,9 @@ class Images:
                 return self._by_prefix(q, ref, normalize_id(ref)), None
             raise
         target = q.tag_target(tag)
+        if target is None and familiar_tag(tag) != tag:
+            tag = familiar_tag(tag)  # docker.io/library/x:t is the x:t a pull stored
+            target = q.tag_target(tag)
         if target is not None:
             return target, tag
         if is_id_prefix(ref):
@@ -414,6 +440,29 @@ class Images:
         """``docker load``: every image of a docker-archive or OCI layout (a tar, gzip/zstd tar, directory
         or binary file object), verified before anything becomes visible. See :mod:`ovlcore.archive`."""
         return self._archiver(self).load(source, progress=progress)
+
+    # ----- registries -----
+
+    def pull(self, ref: str, *, platform: str | None = None, auth: Any = None, progress: Any = None) -> Image:
+        """``docker pull``: the image ``ref`` names (``[host[:port]/]path[:tag][@sha256:...]``, Docker's
+        defaults) for ``platform`` (``"linux/arm64/v8"``; default this host's). Layers the store has are
+        not downloaded; the rest are streamed in, verified, and published with the image, its tag and
+        repo digest in one transaction. See :mod:`ovlcore.registry`."""
+        return self._remote().pull(ref, platform=platform, auth=auth, progress=progress)
+
+    def push(
+        self, src: str | Image, dest: str | None = None, *, auth: Any = None, format: str = "docker",
+        compression: str = "gzip", progress: Any = None,
+    ) -> str:
+        """``docker push``: the image ``src`` to ``dest`` (default: ``src``'s name), as a Docker schema 2
+        (``format="docker"``) or OCI manifest, layers compressed with ``gzip`` or ``zstd``. Blobs the
+        registry has are not sent. Returns the manifest digest."""
+        return self._remote().push(src, dest, auth=auth, format=format, compression=compression, progress=progress)
+
+    def _remote(self) -> Transfers:
+        if self._transfers is None:
+            raise RuntimeError("these images were made without registry access")
+        return self._transfers(self)
 
     # ----- tags -----
 

@@ -6,7 +6,7 @@ import os
 
 from . import _ovlcore
 from ._store import Storage
-from ._store.recovery import clean_all_scratch
+from ._store.recovery import clean_all_scratch, drop_downloads
 from ._store.transaction import empty_trash, move_to_trash, records_have
 from .containers import Containers
 from .images import Images
@@ -29,6 +29,7 @@ def prune(storage: Storage, images: Images, containers: Containers, volumes: Vol
         removed = pub.collect_layers(chains, include_retained=True)
     report.deleted.extend(rec.chain_id for rec in removed)
     report.space_reclaimed += sum(rec.size for rec in removed)
+    report.space_reclaimed += drop_downloads(storage.layout)
     return report
 
 

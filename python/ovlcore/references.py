@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
+from . import _ovlcore
 from .errors import InvalidReference
 
-__all__ = ["parse_tag", "normalize_id", "is_id_prefix", "check_name", "ID_HEX"]
+__all__ = [
+    "parse_tag", "normalize_id", "is_id_prefix", "check_name", "ID_HEX", "Remote", "parse_remote", "split_digest", "short_name",
+]
 
 # docker/distribution's reference grammar, without digests.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
@@ -46,6 +50,71 @@ def parse_tag(ref: str) -> tuple[str, str]:
             "separators '.', '_', '__', '-' between them, components separated by '/')"
         )
     return name, tag
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A registry reference, normalized as Docker does (the one parser is the core's)."""
+
+    registry: str
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    @property
+    def name(self) -> str:
+        """The repository's local name: Docker's short form on docker.io (``busybox``, ``user/app``),
+        ``host[:port]/path`` elsewhere."""
+        return short_name(self.registry, self.repository)
+
+    @property
+    def local_tag(self) -> str | None:
+        """The tag a pull gives the image (none for a pull by digest)."""
+        return f"{self.name}:{self.tag}" if self.tag is not None and self.digest is None else None
+
+    def __str__(self) -> str:
+        out = f"{self.registry}/{self.repository}"
+        if self.tag is not None:
+            out += f":{self.tag}"
+        if self.digest is not None:
+            out += f"@{self.digest}"
+        return out
+
+
+def short_name(registry: str, repository: str) -> str:
+    if registry == "docker.io":
+        return repository.removeprefix("library/")
+    return f"{registry}/{repository}"
+
+
+def parse_remote(ref: str) -> Remote:
+    """``[host[:port]/]path[:tag][@sha256:...]`` with Docker's defaults (``docker.io``, ``library/``,
+    ``latest``); :class:`InvalidReference` when malformed."""
+    if not isinstance(ref, str):
+        raise InvalidReference(f"invalid reference format: {ref!r} is not a string")
+    try:
+        registry, repository, tag, digest = _ovlcore.parse_reference(ref)
+    except ValueError as e:
+        raise InvalidReference(str(e)) from None
+    return Remote(registry, repository, tag, digest)
+
+
+def split_digest(ref: str) -> tuple[str, str]:
+    """``name@sha256:...`` as (the name's local form, the digest) for looking up pulled images."""
+    remote = parse_remote(ref)
+    if remote.digest is None:
+        raise InvalidReference(f"invalid reference format: {ref!r} has no digest")
+    return remote.name, remote.digest
+
+
+def familiar_tag(tag: str) -> str:
+    """A ``docker.io/library/x:t`` (or ``library/x:t``) tag in the short form pulls store; other tags
+    unchanged."""
+    for prefix in ("docker.io/", "index.docker.io/"):
+        if tag.startswith(prefix):
+            tag = tag[len(prefix):]
+            break
+    return tag.removeprefix("library/") if tag.count("/") == 1 else tag
 
 
 def full_tag(ref: str) -> str:

@@ -15,6 +15,7 @@ from .archive import Archive
 from .containers import Containers
 from .images import Images
 from .layers import Layers
+from .registry import Registry, RegistryConfig
 from .reports import CheckReport, DiskUsage, PruneReport
 from .volumes import Volumes
 
@@ -38,18 +39,27 @@ class Store:
 
     ``driver``: ``"userspace"`` (the default that ``"auto"`` picks) serves every operation without
     mounting anything; ``"overlay"`` also allows kernel overlayfs mounts and needs the privilege to mount.
+    ``registry``: how registries are reached (see :class:`ovlcore.RegistryConfig`; defaults read the
+    usual credential files and ``certs.d`` directories).
     ``read_only``: open without changing anything (also what a store this process may not write gets);
     a store of an older format is then read as it is, without migrating it.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, *, driver: str = "auto", read_only: bool = False) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, *, driver: str = "auto", read_only: bool = False,
+        registry: RegistryConfig | None = None,
+    ) -> None:
         if driver not in DRIVERS:
             raise ValueError(f"unknown driver {driver!r} (choose from {', '.join(DRIVERS)})")
         self.root = (Path(root) if root is not None else default_root()).expanduser().absolute()
         self.driver = "userspace" if driver == "auto" else driver
         self._storage = Storage(self.root, read_only=read_only)
         self.layers = Layers(self._storage)
-        self.images = Images(self._storage, self.layers, functools.partial(Archive, self._storage, self.layers))
+        self.registry = registry if registry is not None else RegistryConfig()
+        self.images = Images(
+            self._storage, self.layers, functools.partial(Archive, self._storage, self.layers),
+            lambda images: Registry(self._storage, self.layers, images, self.registry),
+        )
         self.volumes = Volumes(self._storage)
         self.containers = Containers(self._storage, self.images, self.volumes)
 
@@ -92,6 +102,15 @@ class Store:
     ) -> None:
         """``docker cp``: each side is a host path or ``CONTAINER:PATH``. See :mod:`ovlcore.cp`."""
         _cp.copy(self.containers, os.fspath(src), os.fspath(dst), follow_symlinks=follow_symlinks, archive=archive, progress=progress)
+
+    def login(self, host: str, user: str, password: str) -> str:
+        """``docker login``: verify the credentials against ``host`` (``Unauthorized`` when refused, and
+        nothing saved), then save them under ``auths["HOST:PORT"]``. Returns the file written."""
+        return Registry(self._storage, self.layers, self.images, self.registry).login(host, user, password)
+
+    def logout(self, host: str) -> bool:
+        """``docker logout``: forget the saved credentials of ``host``; whether there were any."""
+        return Registry(self._storage, self.layers, self.images, self.registry).logout(host)
 
     def prune(self) -> PruneReport:
         """Remove dangling images no container uses, unused anonymous volumes, and layers nothing

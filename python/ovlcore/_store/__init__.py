@@ -20,7 +20,7 @@ from . import migrate
 from .files import fsync_dir, read_json, write_json
 from .layout import FORMAT, Layout
 from .locks import StoreLock
-from .records import SCHEMA_VERSION, Records, connect, file_uri
+from .records import SCHEMA_VERSION, Records, connect, file_uri, os_error
 from .recovery import clean_all_scratch, leftovers, recover
 from .transaction import Publisher, Transaction
 
@@ -98,7 +98,11 @@ class Storage:
             self._migrate()
         records = Records(self.layout.db, writable=self.writable)
         schema = records.schema_version()
-        if schema != SCHEMA_VERSION:
+        if schema == 1 and self.writable:
+            self._upgrade_schema()
+            schema = records.schema_version()
+        # A store that may not be written is read as it is (schema 1 simply knows no registry records).
+        if schema != SCHEMA_VERSION and not (schema == 1 and not self.writable):
             raise OvlError(f"store {self.root}: its records have schema {schema}, this ovlcore reads {SCHEMA_VERSION}")
         return records
 
@@ -114,6 +118,17 @@ class Storage:
                 conn.close()
             os.rename(path, self.layout.db)
             fsync_dir(self.root)
+
+    def _upgrade_schema(self) -> None:
+        with self.lock.exclusive():
+            conn = connect(file_uri(self.layout.db, read_only=False), self.layout.db, read_only=False)
+            try:
+                if int(conn.execute("PRAGMA user_version").fetchone()[0]) == 1:
+                    migrate.upgrade_schema(conn)
+            except sqlite3.Error as e:
+                raise os_error(e, self.layout.db) from None
+            finally:
+                conn.close()
 
     def _migrate(self) -> None:
         with self.lock.exclusive():

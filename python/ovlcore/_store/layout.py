@@ -142,10 +142,12 @@ class Layout:
         self.volumes = root / "volumes"
         self.tmp = root / "tmp"
         self.trash = root / "trash"
+        #: Partial registry downloads, kept for a resume after the pulling process died.
+        self.downloads = root / "downloads"
         self.legacy = Legacy(root)
 
     def dirs(self) -> list[Path]:
-        return [self.layers, self.images, self.containers, self.volumes, self.tmp, self.trash]
+        return [self.layers, self.images, self.containers, self.volumes, self.tmp, self.trash, self.downloads]
 
     def layer(self, chain_id: str) -> LayerDir:
         return LayerDir(self.layers / _hex(chain_id))
@@ -158,6 +160,10 @@ class Layout:
 
     def volume(self, name: str) -> VolumeDir:
         return VolumeDir(self.volumes / name)
+
+    def download(self, digest: str) -> Path:
+        """The partial download of the registry blob ``digest`` (its compressed bytes so far)."""
+        return self.downloads / f"{_hex(digest)}.part"
 
     def object_path(self, kind: str, key: str) -> Path:
         """The published directory of the object ``key`` (chain id, image id, container id, volume name)."""

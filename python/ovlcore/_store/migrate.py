@@ -22,9 +22,9 @@ from typing import Any
 from .. import _ovlcore
 from .._time import normalize_time
 from .layout import Layout
-from .records import SCHEMA, ContainerRecord, ImageRecord, LayerRecord, VolumeRecord, Writer
+from .records import SCHEMA, SCHEMA_2, ContainerRecord, ImageRecord, LayerRecord, VolumeRecord, Writer
 
-__all__ = ["Format1", "read_format1", "fill"]
+__all__ = ["Format1", "read_format1", "fill", "upgrade_schema"]
 
 
 @dataclass
@@ -132,6 +132,12 @@ def fill(conn: sqlite3.Connection, path: Path, old: Format1) -> None:
     for volume in old.volumes:
         w.put_volume(volume)
     conn.execute("COMMIT")
+
+
+def upgrade_schema(conn: sqlite3.Connection) -> None:
+    """Records schema 1 -> 2: add the tables of what registries told us (repo digests, blob digests of
+    layers). Nothing existing changes; one transaction, so a crash leaves schema 1 as it was."""
+    conn.executescript("BEGIN IMMEDIATE;" + SCHEMA_2 + "COMMIT;")
 
 
 def remove_files(old: Format1) -> None:

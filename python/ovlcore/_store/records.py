@@ -34,6 +34,8 @@ __all__ = [
     "ContainerRecord",
     "VolumeRecord",
     "SCHEMA",
+    "SCHEMA_2",
+    "BlobRecord",
     "prefix_range",
 ]
 
@@ -60,9 +62,20 @@ CREATE INDEX containers_by_created ON containers (created);
 CREATE TABLE volume_users (volume TEXT NOT NULL, container_id TEXT NOT NULL, PRIMARY KEY (volume, container_id)) WITHOUT ROWID;
 CREATE TABLE volumes (name TEXT PRIMARY KEY, created TEXT NOT NULL, labels TEXT NOT NULL, anonymous INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE scratch_users (container_id TEXT NOT NULL, pid INTEGER NOT NULL, PRIMARY KEY (container_id, pid)) WITHOUT ROWID;
-PRAGMA user_version = 1;
 """
-SCHEMA_VERSION = 1
+#: Schema 2: what registries told us (see :data:`SCHEMA_2`).
+SCHEMA_2 = """
+CREATE TABLE IF NOT EXISTS repo_digests (repo_digest TEXT PRIMARY KEY, image_id TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS repo_digests_by_image ON repo_digests (image_id);
+CREATE TABLE IF NOT EXISTS blobs (
+    digest TEXT NOT NULL, registry TEXT NOT NULL, repository TEXT NOT NULL, diff_id TEXT NOT NULL, compression TEXT NOT NULL,
+    PRIMARY KEY (digest, registry, repository)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_by_diff_id ON blobs (diff_id);
+PRAGMA user_version = 2;
+"""
+SCHEMA = SCHEMA + SCHEMA_2
+SCHEMA_VERSION = 2
 
 #: How long a reader or writer waits for another process's commit before giving up.
 BUSY_TIMEOUT_S = 120.0
@@ -136,6 +149,18 @@ class VolumeRecord:
     created: str
     labels: dict[str, str] = field(default_factory=dict)
     anonymous: bool = False
+
+
+@dataclass(frozen=True)
+class BlobRecord:
+    """A registry blob known to hold a layer (Docker's v2 metadata): seen in ``registry``/``repository``
+    by a pull or a push, in ``compression`` (``gzip``, ``zstd``, ``none``)."""
+
+    digest: str
+    registry: str
+    repository: str
+    diff_id: str
+    compression: str
 
 
 def prefix_range(prefix: str) -> tuple[str, str]:
@@ -296,6 +321,27 @@ class Query:
         lo, hi = prefix_range(repository + ":")
         return [(r[0], r[1]) for r in self._all("SELECT tag, image_id FROM tags WHERE tag >= ? AND tag < ? ORDER BY tag", (lo, hi))]
 
+    # ----- what registries told us -----
+
+    def repo_digests_of(self, image_id: str) -> list[str]:
+        """``name@sha256:...`` references of the image (the manifests it was pulled or pushed as)."""
+        if self.schema_version() < 2:
+            return []
+        return [r[0] for r in self._all("SELECT repo_digest FROM repo_digests WHERE image_id = ? ORDER BY repo_digest", (image_id,))]
+
+    def repo_digest_target(self, repo_digest: str) -> str | None:
+        if self.schema_version() < 2:
+            return None
+        row = self._one("SELECT image_id FROM repo_digests WHERE repo_digest = ?", (repo_digest,))
+        return str(row[0]) if row else None
+
+    def blobs_of(self, diff_id: str) -> list[BlobRecord]:
+        """The registry blobs known to hold the layer ``diff_id``."""
+        if self.schema_version() < 2:
+            return []
+        rows = self._all("SELECT digest, registry, repository, diff_id, compression FROM blobs WHERE diff_id = ? ORDER BY digest, registry, repository", (diff_id,))
+        return [BlobRecord(*r) for r in rows]
+
     # ----- containers -----
 
     def container(self, container_id: str) -> ContainerRecord | None:
@@ -391,6 +437,7 @@ class Writer(Query):
         rec = self.image(image_id)
         if rec is None:
             return
+        self._run("DELETE FROM repo_digests WHERE image_id = ?", (image_id,))
         for chain in set(rec.chain_ids):
             self._run("DELETE FROM image_layers WHERE chain_id = ? AND image_id = ?", (chain, image_id))
         self._run("DELETE FROM images WHERE id = ?", (image_id,))
@@ -400,6 +447,18 @@ class Writer(Query):
 
     def delete_tag(self, tag: str) -> None:
         self._run("DELETE FROM tags WHERE tag = ?", (tag,))
+
+    def set_repo_digest(self, repo_digest: str, image_id: str) -> None:
+        self._run(
+            "INSERT INTO repo_digests VALUES (?, ?) ON CONFLICT (repo_digest) DO UPDATE SET image_id = excluded.image_id",
+            (repo_digest, image_id),
+        )
+
+    def put_blob(self, rec: BlobRecord) -> None:
+        self._run(
+            "INSERT INTO blobs VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET diff_id = excluded.diff_id, compression = excluded.compression",
+            (rec.digest, rec.registry, rec.repository, rec.diff_id, rec.compression),
+        )
 
     def put_container(self, rec: ContainerRecord) -> None:
         self._run(

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import _ovlcore
+from .layout import Layout
 from .locks import PENDING_GRACE_S, age, is_held, pid_alive, try_lock
 from .transaction import empty_trash, move_to_trash, records_have
 
@@ -159,3 +161,24 @@ def clean_all_scratch(storage: Storage) -> list[str]:
                     _ovlcore.remove_tree(str(scratch / e))
                     out.append(f"containers/{cid}/scratch/{e}")
     return out
+
+
+def drop_downloads(layout: Layout, older_than_s: float = 600.0) -> int:
+    """Remove partial registry downloads not written to for ``older_than_s`` seconds (recovery keeps
+    them for a resume; prune drops them). Returns the bytes freed."""
+    freed = 0
+    try:
+        entries = os.listdir(layout.downloads)
+    except FileNotFoundError:
+        return 0
+    cutoff = time.time() - older_than_s
+    for entry in entries:
+        path = layout.downloads / entry
+        try:
+            st = path.stat()
+            if st.st_mtime <= cutoff:
+                path.unlink()
+                freed += st.st_size
+        except FileNotFoundError:
+            pass
+    return freed

@@ -29,7 +29,7 @@ from ..errors import LayerNotFound
 from .files import fsync_dir
 from .layout import ContainerDir, ImageDir, Layout, LayerDir, VolumeDir
 from .locks import create_locked
-from .records import ContainerRecord, ImageRecord, LayerRecord, Records, VolumeRecord, Writer
+from .records import BlobRecord, ContainerRecord, ImageRecord, LayerRecord, Records, VolumeRecord, Writer
 
 if TYPE_CHECKING:
     from . import Storage
@@ -276,6 +276,14 @@ class Publisher:
 
     def remove_tag(self, tag: str) -> None:
         self.records.delete_tag(tag)
+
+    def set_repo_digest(self, repo_digest: str, image_id: str) -> None:
+        """Record that the image is the manifest ``name@sha256:...`` of a registry."""
+        self.records.set_repo_digest(repo_digest, image_id)
+
+    def record_blob(self, rec: BlobRecord) -> None:
+        """Record that a registry blob holds a layer (what pull and push learn)."""
+        self.records.put_blob(rec)
 
     # ----- containers and volumes -----
 

@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use ureq::BodyReader;
@@ -21,8 +21,8 @@ use crate::layer::{import_layer, ImportOptions, ImportReport};
 use crate::union::Lower;
 
 /// One layer to pull: its blob, the empty staging directory it goes to, where its tar-split records go,
-/// the layers below it (top first; empty when they are being pulled alongside), and the file that keeps
-/// the compressed bytes for a resume after the process dies.
+/// the layers below it (top first; they may include the directories of earlier jobs of the same pull),
+/// and the file that keeps the compressed bytes for a resume after the process dies.
 #[derive(Clone, Debug)]
 pub struct LayerPull {
     pub desc: Descriptor,
@@ -153,6 +153,54 @@ impl<R: Read> Read for Tee<R> {
     }
 }
 
+/// Which jobs are complete, so that a layer reads the layers below it (to drop whiteouts that hide
+/// nothing) only once they are.
+struct Completion {
+    done: Mutex<Vec<bool>>,
+    changed: Condvar,
+}
+
+impl Completion {
+    fn mark(&self, i: usize) {
+        self.done.lock().unwrap()[i] = true;
+        self.changed.notify_all();
+    }
+
+    /// Wait until every job before `i` is complete (an error once the pull is stopping).
+    fn wait_below(&self, i: usize, stop: &AtomicBool) -> Result<()> {
+        let mut done = self.done.lock().unwrap();
+        loop {
+            if done[..i].iter().all(|d| *d) {
+                return Ok(());
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Err(Error::Invalid("cancelled: another layer failed".into()));
+            }
+            done = self.changed.wait_timeout(done, Duration::from_millis(100)).unwrap().0;
+        }
+    }
+}
+
+/// Blocks at the end of the input until the layers below are complete: the importer reads them only
+/// after the input has ended, so layers download and extract in parallel and still see a complete
+/// stack when they finish.
+struct WaitAtEnd<'a, R> {
+    inner: R,
+    wait: &'a (dyn Fn() -> Result<()> + Sync),
+    waited: bool,
+}
+
+impl<R: Read> Read for WaitAtEnd<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() && !self.waited {
+            (self.wait)().map_err(io::Error::other)?;
+            self.waited = true;
+        }
+        Ok(n)
+    }
+}
+
 fn report(progress: TransferProgress<'_>, d: &Descriptor, done: u64, state: &'static str) -> Result<()> {
     progress(TransferEvent { digest: d.digest.clone(), done, total: Some(d.size), state })
 }
@@ -164,7 +212,17 @@ fn reset_dir(dir: &std::path::Path) -> Result<()> {
 }
 
 /// One attempt at a layer, resuming from the partial file when `resume`.
-fn pull_once(client: &Client, r: &Reference, job: &LayerPull, privilege: Privilege, resume: bool, progress: TransferProgress<'_>, stop: &AtomicBool) -> Result<ImportReport> {
+struct Ctx<'a> {
+    client: &'a Client,
+    r: &'a Reference,
+    privilege: Privilege,
+    progress: TransferProgress<'a>,
+    stop: &'a AtomicBool,
+    completion: &'a Completion,
+}
+
+fn pull_once(cx: &Ctx<'_>, index: usize, job: &LayerPull, resume: bool) -> Result<ImportReport> {
+    let (client, r, privilege, progress, stop) = (cx.client, cx.r, cx.privilege, cx.progress, cx.stop);
     let d = &job.desc;
     let url = client.url(&r.registry, &format!("{}/blobs/{}", r.repository, d.digest));
     let mut have = 0u64;
@@ -195,7 +253,8 @@ fn pull_once(client: &Client, r: &Reference, job: &LayerPull, privilege: Privile
         None => (Box::new(io::empty()), None),
     };
     let mut tee = Tee { inner: kept.chain(net), file, hasher: Hasher::default() };
-    let lower: Option<std::sync::Arc<Lower>> = if job.lower.is_empty() { None } else { Some(Lower::shared(&job.lower, privilege)?) };
+    // Not the shared cache: directories of this pull are read before they are complete.
+    let lower: Option<Lower> = if job.lower.is_empty() { None } else { Some(Lower::open(&job.lower, privilege)?) };
     let split = job.split.as_ref().map(|p| File::create(p).map_err(|e| Error::from(e).at(p))).transpose()?;
     let mut on_bytes = |n: u64| -> Result<()> {
         if stop.load(Ordering::Relaxed) {
@@ -203,8 +262,10 @@ fn pull_once(client: &Client, r: &Reference, job: &LayerPull, privilege: Privile
         }
         report(progress, d, n, "downloading")
     };
-    let opts = ImportOptions { privilege, lower: lower.as_deref(), max_size: None, progress: Some(&mut on_bytes) };
-    let imported = import_layer(&mut tee, &job.dest, split, opts);
+    let opts = ImportOptions { privilege, lower: lower.as_ref(), max_size: None, progress: Some(&mut on_bytes) };
+    let wait = || cx.completion.wait_below(index, stop);
+    let input = WaitAtEnd { inner: &mut tee, wait: &wait, waited: false };
+    let imported = import_layer(input, &job.dest, split, opts);
     // Whatever the importer left unread (padding after the tar's end) is part of the blob too.
     let drained = imported.and_then(|rep| io::copy(&mut tee, &mut io::sink()).map(|_| rep).map_err(Error::from));
     let rep = drained?;
@@ -223,7 +284,8 @@ fn pull_once(client: &Client, r: &Reference, job: &LayerPull, privilege: Privile
 
 /// Pull one layer: resume from a partial file if there is one, and start over once when that fails
 /// (a damaged partial file), or when the connection broke where the registry cannot resume.
-fn pull_layer(client: &Client, r: &Reference, job: &LayerPull, privilege: Privilege, progress: TransferProgress<'_>, stop: &AtomicBool) -> Result<ImportReport> {
+fn pull_layer(cx: &Ctx<'_>, index: usize, job: &LayerPull) -> Result<ImportReport> {
+    let (r, progress, stop) = (cx.r, cx.progress, cx.stop);
     if job.desc.is_foreign() || !job.desc.urls.is_empty() {
         return Err(Error::Invalid(format!(
             "layer {} of {} is a foreign layer (kept outside the registry): pulling foreign layers is not supported",
@@ -232,14 +294,14 @@ fn pull_layer(client: &Client, r: &Reference, job: &LayerPull, privilege: Privil
         )));
     }
     let resumable = job.partial.as_ref().is_some_and(|p| p.exists());
-    let first = pull_once(client, r, job, privilege, resumable, progress, stop);
+    let first = pull_once(cx, index, job, resumable);
     let rep = match first {
         Err(e) if !stop.load(Ordering::Relaxed) && (resumable || matches!(e, Error::Registry { status: Some(200), .. })) => {
             if let Some(p) = &job.partial {
                 let _ = std::fs::remove_file(p);
             }
             reset_dir(&job.dest)?;
-            pull_once(client, r, job, privilege, false, progress, stop)?
+            pull_once(cx, index, job, false)?
         }
         other => other?,
     };
@@ -261,15 +323,21 @@ pub fn pull_layers(client: &Client, r: &Reference, jobs: &[LayerPull], privilege
     let results: Mutex<Vec<Option<ImportReport>>> = Mutex::new(vec![None; jobs.len()]);
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     let workers = client.config().max_parallel.clamp(1, 16).min(jobs.len().max(1));
+    let completion = Completion { done: Mutex::new(vec![false; jobs.len()]), changed: Condvar::new() };
+    let cx = Ctx { client, r, privilege, progress, stop: &stop, completion: &completion };
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| loop {
+                // Jobs are taken in order, so the lowest unfinished one never waits: no deadlock.
                 let i = next.fetch_add(1, Ordering::SeqCst);
                 if i >= jobs.len() || stop.load(Ordering::Relaxed) {
                     return;
                 }
-                match pull_layer(client, r, &jobs[i], privilege, progress, &stop) {
-                    Ok(rep) => results.lock().unwrap()[i] = Some(rep),
+                match pull_layer(&cx, i, &jobs[i]) {
+                    Ok(rep) => {
+                        results.lock().unwrap()[i] = Some(rep);
+                        completion.mark(i);
+                    }
                     Err(e) => {
                         let mut f = failure.lock().unwrap();
                         if f.is_none() {
