@@ -20,6 +20,7 @@ from . import __version__
 from ._format import human_ago, human_size, table, truncate
 from .errors import OvlError
 from .mounts import Mount
+from .references import parse_remote
 from .store import Store
 
 __all__ = ["main", "cli"]
@@ -88,6 +89,72 @@ def progress(label: str, total: int | None = None) -> Iterator[Callable[[int], N
             bar.stop()
 
 
+_PULL_STATES = {
+    "waiting": "Waiting", "downloading": "Downloading", "verifying": "Verifying Checksum", "extracting": "Extracting",
+    "exists": "Already exists", "done": "Pull complete",
+}
+_PUSH_STATES = {
+    "waiting": "Preparing", "uploading": "Pushing", "exists": "Layer already exists", "mounted": "Mounted from another repository",
+    "done": "Pushed",
+}
+_FINAL = ("exists", "done", "mounted")
+
+
+class LayerLines:
+    """``docker pull`` / ``docker push`` progress: one line per layer (``<short id>: Downloading [==>  ]
+    1.2MB/5MB``), redrawn in place on a terminal (stderr); without one, a plain line when a layer is done."""
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.labels = labels
+        self.rows: dict[str, tuple[str, int, int | None]] = {}
+        self.tty = sys.stderr.isatty()
+        self.live: Any = None
+
+    def __enter__(self) -> LayerLines:
+        if self.tty:
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(self.render(), console=Console(stderr=True), refresh_per_second=8, transient=False)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.update(self.render())
+            self.live.stop()
+
+    @staticmethod
+    def bar(done: int, total: int | None) -> str:
+        if not total:
+            return ""
+        width = 50
+        filled = min(width, done * width // total)
+        arrow = ">" if filled < width else ""
+        return "[" + "=" * max(filled - (1 if arrow else 0), 0) + arrow + " " * (width - filled) + "]"
+
+    def line(self, digest: str, state: str, done: int, total: int | None) -> str:
+        short = digest.removeprefix("sha256:")[:12]
+        label = self.labels.get(state, state)
+        if state in ("downloading", "uploading"):
+            amount = f"{human_size(done)}/{human_size(total)}" if total else human_size(done)
+            return f"{short}: {label} {self.bar(done, total)} {amount}".rstrip()
+        return f"{short}: {label}"
+
+    def render(self) -> Any:
+        from rich.text import Text
+
+        return Text("\n".join(self.line(d, *row) for d, row in self.rows.items()))
+
+    def __call__(self, event: Any) -> None:
+        prev = self.rows.get(event.digest)
+        self.rows[event.digest] = (event.state, event.done_bytes, event.total_bytes)
+        if self.live is not None:
+            self.live.update(self.render())
+        elif event.state in _FINAL and (prev is None or prev[0] != event.state):
+            click.echo(self.line(event.digest, event.state, event.done_bytes, event.total_bytes))
+
+
 def _after_dashes(args: tuple[str, ...]) -> tuple[str, ...]:
     """A command given after ``--`` (which click passes through once options stop being parsed)."""
     return args[1:] if args[:1] == ("--",) else args
@@ -143,13 +210,26 @@ def cli(ctx: click.Context, root: str | None, as_json: bool) -> None:
 # ----- images -----
 
 
-def _image_rows(store: Store) -> list[dict[str, Any]]:
+def _image_rows(store: Store, digests: bool = False) -> list[dict[str, Any]]:
     rows = []
     for img in store.images.list():
         tags = img.tags or ["<none>:<none>"]
+        repo_digests = img.repo_digests if digests else []
         for t in tags:
             repo, _, tag = t.rpartition(":")
-            rows.append({"Repository": repo, "Tag": tag, "ID": img.id, "Created": img.created.isoformat(), "Size": img.size, "_img": img})
+            row = {"Repository": repo, "Tag": tag, "ID": img.id, "Created": img.created.isoformat(), "Size": img.size, "_img": img}
+            if digests:
+                # As Docker: the digest this repository knows the image by.
+                mine = [d.partition("@")[2] for d in repo_digests if d.partition("@")[0] == repo]
+                row["Digest"] = mine[0] if mine else "<none>"
+            rows.append(row)
+        if digests and not img.tags:
+            for d in repo_digests:
+                name, _, digest = d.partition("@")
+                rows.append({"Repository": name, "Tag": "<none>", "ID": img.id, "Created": img.created.isoformat(), "Size": img.size,
+                             "Digest": digest, "_img": img})
+            if repo_digests:
+                rows = [r for r in rows if not (r["_img"] is img and r["Repository"] == "<none>")]
     return rows
 
 
@@ -157,10 +237,11 @@ def _image_rows(store: Store) -> list[dict[str, Any]]:
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show all images (they always are: accepted for Docker users).")
 @click.option("--no-trunc", is_flag=True, help="Don't truncate output.")
+@click.option("--digests", is_flag=True, help="Show digests.")
 @pass_ctx
-def images_cmd(c: Ctx, quiet: bool, show_all: bool, no_trunc: bool) -> None:
+def images_cmd(c: Ctx, quiet: bool, show_all: bool, no_trunc: bool, digests: bool) -> None:
     """List images."""
-    rows = _image_rows(c.store)  # every image is listed; -a is accepted as Docker users type it
+    rows = _image_rows(c.store, digests)  # every image is listed; -a is accepted as Docker users type it
     def ident(i: str) -> str:
         return i if no_trunc else i[7:19]
 
@@ -172,6 +253,15 @@ def images_cmd(c: Ctx, quiet: bool, show_all: bool, no_trunc: bool) -> None:
         c.emit(seen, "\n".join(ident(i) for i in seen))
         return
     data = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    if digests:
+        c.emit(
+            data,
+            lambda: table(
+                ["REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED", "SIZE"],
+                [[r["Repository"], r["Tag"], r["Digest"], ident(r["ID"]), human_ago(r["_img"].created), human_size(r["Size"])] for r in rows],
+            ),
+        )
+        return
     c.emit(
         data,
         lambda: table(
@@ -179,6 +269,83 @@ def images_cmd(c: Ctx, quiet: bool, show_all: bool, no_trunc: bool) -> None:
             [[r["Repository"], r["Tag"], ident(r["ID"]), human_ago(r["_img"].created), human_size(r["Size"])] for r in rows],
         ),
     )
+
+
+# ----- registries -----
+
+
+@cli.command("pull")
+@click.argument("reference")
+@click.option("--platform", default=None, help="os/arch[/variant] of a multi-platform image (default: this host's).")
+@click.option("-q", "--quiet", is_flag=True, help="Only print the image's reference.")
+@pass_ctx
+def pull_cmd(c: Ctx, reference: str, platform: str | None, quiet: bool) -> None:
+    """Pull an image from a registry."""
+    remote = parse_remote(reference)
+    if not quiet and not c.json:
+        click.echo(f"{remote.tag or remote.digest}: Pulling from {remote.repository.removeprefix('library/') if remote.registry == 'docker.io' else remote.repository}")
+    lines = LayerLines(_PULL_STATES)
+    with contextlib.ExitStack() as stack:
+        cb = None if quiet or c.json else stack.enter_context(lines)
+        img = c.store.images.pull(reference, platform=platform, progress=cb)
+    mine = [d for d in img.repo_digests if d.startswith(remote.name + "@")]
+    digest = mine[0].partition("@")[2] if mine else None
+    c.emit(
+        {"Id": img.id, "RepoTags": img.tags, "RepoDigests": img.repo_digests},
+        str(remote) if quiet else f"Digest: {digest}\nStatus: Downloaded image for {remote.local_tag or mine[0]}\n{remote}",
+    )
+
+
+@cli.command("push")
+@click.argument("source")
+@click.argument("dest", required=False)
+@click.option("--format", "fmt", type=click.Choice(["docker", "oci"]), default="docker", show_default=True, help="Manifest format.")
+@click.option("--compression", type=click.Choice(["gzip", "zstd"]), default="gzip", show_default=True, help="Layer compression.")
+@click.option("-q", "--quiet", is_flag=True, help="Only print the manifest digest.")
+@pass_ctx
+def push_cmd(c: Ctx, source: str, dest: str | None, fmt: str, compression: str, quiet: bool) -> None:
+    """Push an image to a registry (to DEST, default SOURCE's name)."""
+    target = parse_remote(dest if dest is not None else source)
+    if not quiet and not c.json:
+        click.echo(f"The push refers to repository [{target.registry}/{target.repository}]")
+    lines = LayerLines(_PUSH_STATES)
+    with contextlib.ExitStack() as stack:
+        cb = None if quiet or c.json else stack.enter_context(lines)
+        digest = c.store.images.push(source, dest, format=fmt, compression=compression, progress=cb)
+    c.emit({"Digest": digest, "Reference": str(target)}, digest if quiet else f"{target.tag or target.digest}: digest: {digest}")
+
+
+@cli.command("login")
+@click.argument("host", required=False, default="docker.io")
+@click.option("-u", "--username", default=None)
+@click.option("-p", "--password", default=None, help="Password (prefer --password-stdin).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@pass_ctx
+def login_cmd(c: Ctx, host: str, username: str | None, password: str | None, password_stdin: bool) -> None:
+    """Log in to a registry: check the credentials, then save them like docker login."""
+    if password_stdin:
+        if password is not None:
+            raise click.UsageError("--password and --password-stdin are mutually exclusive")
+        password = sys.stdin.read().rstrip("\r\n")
+    if username is None:
+        if not sys.stdin.isatty():
+            raise click.UsageError("a username is needed (-u USER)")
+        username = click.prompt("Username")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise click.UsageError("a password is needed (--password-stdin or -p)")
+        password = click.prompt("Password", hide_input=True)
+    path = c.store.login(host, username, password)
+    c.emit({"Status": "Login Succeeded", "File": path}, f"Login Succeeded (credentials saved in {path})")
+
+
+@cli.command("logout")
+@click.argument("host", required=False, default="docker.io")
+@pass_ctx
+def logout_cmd(c: Ctx, host: str) -> None:
+    """Log out from a registry (forget its saved credentials)."""
+    removed = c.store.logout(host)
+    c.emit({"Removed": removed}, f"Removing login credentials for {host}" if removed else f"Not logged in to {host}")
 
 
 @cli.command("history")
