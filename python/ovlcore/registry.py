@@ -131,7 +131,7 @@ class Registry:
         layers = [tuple(d) for d in res["layers"]]
         if len(diff_ids) != len(layers):
             raise InvalidArchive(f"{remote}: the manifest names {len(layers)} layers, the config {len(diff_ids)} diff_ids")
-        plan = _Plan(remote, res["manifest_digest"], config, layers, diff_ids)  # type: ignore[arg-type]
+        plan = _Plan(remote, res["manifest_digest"], config, layers, diff_ids)
         for d in diff_ids:
             plan.chains.append(_ovlcore.chain_id(plan.chains[-1] if plan.chains else None, d))
         return plan

@@ -259,6 +259,7 @@ impl Client {
     }
 
     /// Push an image (see [`push::push_image`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn push(
         &self,
         dest: &Reference,

@@ -251,18 +251,16 @@ impl Pusher<'_> {
                 return done(k.digest.clone(), size, "exists");
             }
         }
+        // One mount attempt (the first other repository known to hold the blob).
         let mut location = None;
-        for k in layer.known.iter().filter(|k| k.repository != self.dest.repository) {
+        if let Some(k) = layer.known.iter().find(|k| k.repository != self.dest.repository) {
             match self.start(Some(k))? {
                 None => {
                     let size = self.head(&k.digest)?.unwrap_or(0);
                     return done(k.digest.clone(), size, "mounted");
                 }
                 // 202: the registry would not mount; the upload it started is used instead.
-                Some(loc) => {
-                    location = Some(loc);
-                    break;
-                }
+                Some(loc) => location = Some(loc),
             }
         }
         let location = match location {
