@@ -1,6 +1,7 @@
 """Type stubs for the Rust extension ``ovlcore._ovlcore`` (the PyO3 binding of ovlcore-core)."""
 
 import os
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import IO, Any, final
 
@@ -180,7 +181,7 @@ def dir_usage(path: _Path) -> int: ...
 _TransferProgress = Callable[[str, int, int | None, str], object] | None
 
 def parse_reference(reference: str) -> tuple[str, str, str | None, str | None]: ...
-def store_credentials(registry: str, user: str, password: str, *, auth_file: _Path | None = None) -> str: ...
+def store_credentials(registry: str, user: str, password: str, *, auth_file: _Path | None = None) -> Path: ...
 def erase_credentials(registry: str, *, auth_file: _Path | None = None) -> bool: ...
 @final
 class RegistryClient:
