@@ -198,7 +198,7 @@ class TestReferences:
 
     def test_unknown_references(self, store):
         store.images.import_archive(ROOTFS, tag="present")
-        for ref in ("absent", "absent:tag", "present:other", "sha256:" + "f" * 64, "ffffffff"):
+        for ref in ("absent", "absent:tag", "present:other", "sha256:" + "f" * 64, "ffffffff", "present@sha256:" + "a" * 64):
             with pytest.raises(ImageNotFound) as ei:
                 store.images.get(ref)
             assert isinstance(ei.value, LookupError)
@@ -206,7 +206,7 @@ class TestReferences:
     @pytest.mark.parametrize(
         "ref",
         ["", "UPPER", "has space", "name:", ":tag", "name:-bad", "name:" + "t" * 129, "a//b", "-lead",
-         "name@sha256:" + "a" * 64, "sha256:xyz", "sha256:"],
+         "name@sha256:abc", "name@md5:" + "a" * 32, "sha256:xyz", "sha256:"],
     )
     def test_invalid_references(self, store, ref):
         store.images.import_archive(ROOTFS, tag="present")

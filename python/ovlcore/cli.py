@@ -128,7 +128,10 @@ class LayerLines:
     def bar(done: int, total: int | None) -> str:
         if not total:
             return ""
-        width = 50
+        import shutil
+
+        # Docker's 50 columns where they fit beside the id and the sizes.
+        width = max(10, min(50, shutil.get_terminal_size().columns - 45))
         filled = min(width, done * width // total)
         arrow = ">" if filled < width else ""
         return "[" + "=" * max(filled - (1 if arrow else 0), 0) + arrow + " " * (width - filled) + "]"
