@@ -317,3 +317,98 @@ fn an_unknown_tag_is_not_found() {
     let err = RegistryClient::new(test_config(), None).resolve(&r, None).err().unwrap();
     assert!(matches!(err, Error::NotFound(_)), "{err:?}");
 }
+
+/// A registry that takes uploads only in chunks with `Content-Range` (a streamed PATCH gets 411), and
+/// answers `Range: 0-N` without `bytes=` as Debian's distribution does.
+fn chunk_only_registry() -> (Server, Arc<Mutex<HashMap<String, Vec<u8>>>>) {
+    let blobs: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::new(Mutex::new(HashMap::new()));
+    let uploads: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::new(Mutex::new(HashMap::new()));
+    let b2 = blobs.clone();
+    let next = Arc::new(Mutex::new(0));
+    let srv = serve(Arc::new(move |r: &Req| {
+        let path = r.path.split('?').next().unwrap().to_string();
+        let query = r.path.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default();
+        match r.method.as_str() {
+            "GET" if path == "/v2/" => resp(200, &[], "{}"),
+            "HEAD" => match b2.lock().unwrap().get(path.rsplit('/').next().unwrap()) {
+                Some(b) => resp(200, &[("Docker-Content-Digest", &sha256(b))], b.clone()),
+                None => resp(404, &[], ""),
+            },
+            "POST" => {
+                let mut n = next.lock().unwrap();
+                *n += 1;
+                uploads.lock().unwrap().insert(n.to_string(), Vec::new());
+                resp(202, &[("Location", &format!("/upload/{n}?_state=x"))], "")
+            }
+            "PATCH" => {
+                if r.headers.get("transfer-encoding").is_some() || !r.headers.contains_key("content-range") {
+                    return resp(411, &[], "length required");
+                }
+                let id = path.rsplit('/').next().unwrap().to_string();
+                let mut ups = uploads.lock().unwrap();
+                let buf = ups.get_mut(&id).unwrap();
+                let start: usize = r.headers["content-range"].split('-').next().unwrap().parse().unwrap();
+                assert_eq!(start, buf.len(), "chunks in order");
+                buf.extend_from_slice(&r.body);
+                let range = format!("0-{}", buf.len() - 1);
+                resp(202, &[("Location", &format!("/upload/{id}?_state=y")), ("Range", &range)], "")
+            }
+            "PUT" if path.starts_with("/upload/") => {
+                let id = path.rsplit('/').next().unwrap().to_string();
+                let mut data = uploads.lock().unwrap().remove(&id).unwrap();
+                data.extend_from_slice(&r.body);
+                let digest = query.split('&').find_map(|kv| kv.strip_prefix("digest=")).unwrap().replace("%3A", ":");
+                if sha256(&data) != digest {
+                    return resp(400, &[], r#"{"errors":[{"code":"DIGEST_INVALID","message":"no"}]}"#);
+                }
+                b2.lock().unwrap().insert(digest, data);
+                resp(201, &[], "")
+            }
+            "PUT" if path.starts_with("/v2/app/manifests/") => {
+                b2.lock().unwrap().insert(path.clone(), r.body.clone());
+                resp(201, &[], "")
+            }
+            _ => resp(404, &[], ""),
+        }
+    }));
+    (srv, blobs)
+}
+
+#[test]
+fn a_push_falls_back_to_chunks_and_a_second_push_sends_no_blob() {
+    use ovlcore_core::{import_layer, Compression, ImportOptions, KnownBlob, PushLayer};
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("diff");
+    std::fs::create_dir(&content).unwrap();
+    let big: Vec<u8> = (0..(12u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let plain = Tar::new().dir("srv").file("srv/big", &big).bytes();
+    let opts = ImportOptions { privilege: Privilege::Rootless, ..ImportOptions::default() };
+    let split = dir.path().join("tar-split");
+    let rep = import_layer(&plain[..], &content, Some(std::fs::File::create(&split).unwrap()), opts).unwrap();
+    let (srv, blobs) = chunk_only_registry();
+    let client = RegistryClient::new(test_config(), None);
+    let dest = Reference::parse(&format!("127.0.0.1:{}/app:1", srv.port)).unwrap();
+    let config = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#, rep.diff_id).into_bytes();
+    let layer = PushLayer { dir: content.clone(), split: Some(split), lower: vec![], diff_id: rep.diff_id.clone(), known: vec![] };
+    let first = client.push(&dest, &[layer.clone()], &config, false, Compression::Gzip, Privilege::Rootless, &no_progress).unwrap();
+    let blob = &first.layers[0];
+    assert_eq!(blob.how, "uploaded");
+    {
+        let stored = blobs.lock().unwrap();
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(&stored[&blob.digest][..]).read_to_end(&mut out).unwrap();
+        assert_eq!(sha256(&out), rep.diff_id);
+        let manifest: serde_json::Value = serde_json::from_slice(&stored["/v2/app/manifests/1"]).unwrap();
+        assert_eq!(manifest["layers"][0]["digest"], blob.digest.as_str());
+        assert_eq!(manifest["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
+        assert_eq!(sha256(&stored["/v2/app/manifests/1"]), first.manifest_digest);
+    }
+    let chunks = srv.log.lock().unwrap().iter().filter(|r| r.method == "PATCH" && r.headers.contains_key("content-range")).count();
+    assert!(chunks >= 1);
+    let patches_before = srv.log.lock().unwrap().iter().filter(|r| r.method == "PATCH").count();
+    let known = PushLayer { known: vec![KnownBlob { digest: blob.digest.clone(), repository: "app".into() }], ..layer };
+    let second = client.push(&dest, &[known], &config, false, Compression::Gzip, Privilege::Rootless, &no_progress).unwrap();
+    assert_eq!(second.layers[0].how, "exists");
+    assert_eq!(second.manifest_digest, first.manifest_digest);
+    assert_eq!(srv.log.lock().unwrap().iter().filter(|r| r.method == "PATCH").count(), patches_before, "a blob was sent again");
+}
