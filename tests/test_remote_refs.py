@@ -157,3 +157,21 @@ def test_prune_drops_stale_partial_downloads(store: ovlcore.Store) -> None:
     fresh.write_bytes(b"y")
     store.prune()
     assert sorted(p.name for p in downloads.iterdir()) == [fresh.name]
+
+
+def test_a_configured_credential_helper_stores_and_erases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "helper.log"
+    helper = bin_dir / "docker-credential-fake"
+    helper.write_text(f'#!/bin/sh\necho "$1 $(cat)" >> {log}\n')
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"credHelpers": {"127.0.0.1:5000": "fake"}}))
+    _ovlcore.store_credentials("127.0.0.1:5000", "bob", "pw", auth_file=cfg)
+    assert _ovlcore.erase_credentials("127.0.0.1:5000", auth_file=cfg) is True
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("store ") and json.loads(lines[0][6:]) == {"ServerURL": "127.0.0.1:5000", "Username": "bob", "Secret": "pw"}
+    assert lines[1] == "erase 127.0.0.1:5000"
+    assert json.loads(cfg.read_text()) == {"credHelpers": {"127.0.0.1:5000": "fake"}}  # no secret in the file
