@@ -136,8 +136,25 @@ pub struct Compressor<R> {
     done: bool,
 }
 
-/// Input per gzip member: big enough that splitting costs almost nothing in size.
+/// Input per gzip worker, in members of `GZIP_PIECE` bytes: big enough that splitting costs almost
+/// nothing in size (deflate's window is 32 KiB anyway).
 const GZIP_CHUNK: usize = 4 << 20;
+const GZIP_PIECE: usize = 128 << 10;
+const GZIP_SAMPLE: usize = 16 << 10;
+
+/// The level for one member: stored when a sample of it does not compress (random or already
+/// compressed data, where deflate spends its time for nothing), else fast. Depends only on the bytes.
+fn gzip_level(piece: &[u8]) -> flate2::Compression {
+    let sample = &piece[..piece.len().min(GZIP_SAMPLE)];
+    let mut c = flate2::Compress::new(flate2::Compression::fast(), false);
+    let mut out = Vec::with_capacity(sample.len() + 64);
+    let packed = c.compress_vec(sample, &mut out, flate2::FlushCompress::Finish).is_ok() && (out.len() as f64) < sample.len() as f64 * 0.97;
+    if packed {
+        flate2::Compression::fast()
+    } else {
+        flate2::Compression::none()
+    }
+}
 
 impl<R: Read> Compressor<R> {
     pub fn new(inner: R, kind: Compression) -> Result<Self> {
@@ -192,9 +209,13 @@ impl<R: Read> Compressor<R> {
                         .iter()
                         .map(|c| {
                             s.spawn(move || {
-                                let mut e = flate2::write::GzEncoder::new(Vec::with_capacity(c.len() / 2), flate2::Compression::fast());
-                                e.write_all(c)?;
-                                e.finish()
+                                let mut out = Vec::with_capacity(c.len() / 2);
+                                for piece in c.chunks(GZIP_PIECE) {
+                                    let mut e = flate2::write::GzEncoder::new(out, gzip_level(piece));
+                                    e.write_all(piece)?;
+                                    out = e.finish()?;
+                                }
+                                Ok(out)
                             })
                         })
                         .collect();

@@ -93,6 +93,71 @@ impl<R: Read> Read for Counting<'_, R> {
     }
 }
 
+/// The bytes a producer thread reads ahead: the layer is compressed while the previous bytes are sent.
+struct Ahead {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Read for Ahead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(c)) if c.is_empty() => self.done = true,
+                Ok(Ok(c)) => {
+                    self.cur = c;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("the layer producer stopped")),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Read `src` to its end on a helper thread, `f` consuming the bytes meanwhile; returns `f`'s result.
+fn read_ahead<R: Read + Send, T>(src: &mut R, f: impl FnOnce(&mut Ahead) -> T) -> T {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    std::thread::scope(|s| {
+        s.spawn(move || loop {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut filled = 0;
+            let res = loop {
+                match src.read(&mut buf[filled..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == buf.len() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            buf.truncate(filled);
+            let end = buf.is_empty();
+            let failed = res.is_err();
+            let msg = res.map(|_| buf);
+            if tx.send(msg).is_err() || end || failed {
+                return;
+            }
+        });
+        let mut ahead = Ahead { rx, cur: Vec::new(), pos: 0, done: false };
+        f(&mut ahead)
+        // Dropping `ahead` stops the producer if `f` gave up early.
+    })
+}
+
 fn with_digest(location: &str, digest: &str) -> String {
     let sep = if location.contains('?') { '&' } else { '?' };
     format!("{location}{sep}digest={}", query_escape(digest))
@@ -178,7 +243,10 @@ impl Pusher<'_> {
         let stream = self.stream_of(layer)?;
         let mut counting = Counting { inner: stream, digest: layer.diff_id.clone(), sent: 0, reported: 0, progress: self.progress, stop: self.stop };
         let hs = vec![("Content-Type".to_string(), "application/octet-stream".to_string())];
-        let (resp, final_url) = self.client.send(&self.dest.registry, &self.scopes(), "PATCH", &location, &hs, Payload::Stream(&mut counting))?;
+        let sent = read_ahead(&mut counting, |ahead| {
+            self.client.send(&self.dest.registry, &self.scopes(), "PATCH", &location, &hs, Payload::Stream(ahead))
+        });
+        let (resp, final_url) = sent?;
         let s = resp.status().as_u16();
         if matches!(s, 400 | 405 | 411 | 413 | 415 | 416 | 501) {
             return Ok(None);
