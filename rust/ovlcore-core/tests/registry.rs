@@ -296,7 +296,7 @@ fn bearer_tokens_are_fetched_once_and_credentials_never_follow_a_redirect_elsewh
         assert_eq!(log.iter().filter(|r| r.path.starts_with("/token") && r.path.contains("pull")).count(), 1, "one token for the pull scope");
         let st = storage.log.lock().unwrap();
         assert_eq!(st.len(), 1);
-        assert!(st[0].headers.get("authorization").is_none(), "credentials went to another host");
+        assert!(!st[0].headers.contains_key("authorization"), "credentials went to another host");
     }
 
     let wrong = RegistryClient::new(test_config(), Some(Credential::Basic { user: "alice".into(), password: "nope".into() }));
@@ -320,9 +320,12 @@ fn an_unknown_tag_is_not_found() {
 
 /// A registry that takes uploads only in chunks with `Content-Range` (a streamed PATCH gets 411), and
 /// answers `Range: 0-N` without `bytes=` as Debian's distribution does.
-fn chunk_only_registry() -> (Server, Arc<Mutex<HashMap<String, Vec<u8>>>>) {
-    let blobs: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::new(Mutex::new(HashMap::new()));
-    let uploads: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::new(Mutex::new(HashMap::new()));
+/// Blobs (and manifests) by digest (or path).
+type Stored = Arc<Mutex<HashMap<String, Vec<u8>>>>;
+
+fn chunk_only_registry() -> (Server, Stored) {
+    let blobs: Stored = Arc::new(Mutex::new(HashMap::new()));
+    let uploads: Stored = Arc::new(Mutex::new(HashMap::new()));
     let b2 = blobs.clone();
     let next = Arc::new(Mutex::new(0));
     let srv = serve(Arc::new(move |r: &Req| {
@@ -341,7 +344,7 @@ fn chunk_only_registry() -> (Server, Arc<Mutex<HashMap<String, Vec<u8>>>>) {
                 resp(202, &[("Location", &format!("/upload/{n}?_state=x"))], "")
             }
             "PATCH" => {
-                if r.headers.get("transfer-encoding").is_some() || !r.headers.contains_key("content-range") {
+                if r.headers.contains_key("transfer-encoding") || !r.headers.contains_key("content-range") {
                     return resp(411, &[], "length required");
                 }
                 let id = path.rsplit('/').next().unwrap().to_string();
@@ -390,7 +393,7 @@ fn a_push_falls_back_to_chunks_and_a_second_push_sends_no_blob() {
     let dest = Reference::parse(&format!("127.0.0.1:{}/app:1", srv.port)).unwrap();
     let config = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{}"]}}}}"#, rep.diff_id).into_bytes();
     let layer = PushLayer { dir: content.clone(), split: Some(split), lower: vec![], diff_id: rep.diff_id.clone(), known: vec![] };
-    let first = client.push(&dest, &[layer.clone()], &config, false, Compression::Gzip, Privilege::Rootless, &no_progress).unwrap();
+    let first = client.push(&dest, std::slice::from_ref(&layer), &config, false, Compression::Gzip, Privilege::Rootless, &no_progress).unwrap();
     let blob = &first.layers[0];
     assert_eq!(blob.how, "uploaded");
     {
