@@ -415,3 +415,42 @@ fn a_push_falls_back_to_chunks_and_a_second_push_sends_no_blob() {
     assert_eq!(second.manifest_digest, first.manifest_digest);
     assert_eq!(srv.log.lock().unwrap().iter().filter(|r| r.method == "PATCH").count(), patches_before, "a blob was sent again");
 }
+
+#[test]
+fn a_partial_download_survives_a_failed_pull_and_the_next_pull_resumes_from_it() {
+    let img = image();
+    let layer = img.layer.clone();
+    let half = layer.len() / 2;
+    let healthy = Arc::new(Mutex::new(false));
+    let h2 = healthy.clone();
+    let srv = registry(
+        &img,
+        Arc::new(move |r: &Req| match (*h2.lock().unwrap(), r.headers.get("range")) {
+            (false, _) => Resp::Cut { len: layer.len(), body: layer[..half].to_vec() },
+            (true, Some(range)) => {
+                let from: usize = range.trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap();
+                let cr = format!("bytes {from}-{}/{}", layer.len() - 1, layer.len());
+                resp(206, &[("Content-Range", &cr)], layer[from..].to_vec())
+            }
+            (true, None) => resp(200, &[], layer.clone()),
+        }),
+    );
+    let r = Reference::parse(&format!("127.0.0.1:{}/app:1", srv.port)).unwrap();
+    let client = RegistryClient::new(RegistryConfig { retries: 1, ..test_config() }, None);
+    let dir = tempfile::tempdir().unwrap();
+    let partial = dir.path().join("blob.part");
+    let job = |n: &str| {
+        let dest = dir.path().join(n);
+        std::fs::create_dir(&dest).unwrap();
+        let desc = Descriptor { media_type: String::new(), digest: sha256(&img.layer), size: img.layer.len() as u64, urls: vec![] };
+        LayerPull { desc, dest, split: None, lower: vec![], partial: Some(partial.clone()) }
+    };
+    assert!(client.pull_layers(&r, &[job("a")], Privilege::Rootless, &no_progress).is_err());
+    assert_eq!(std::fs::read(&partial).unwrap(), img.layer[..half], "the partial file holds what arrived");
+    *healthy.lock().unwrap() = true;
+    let reps = client.pull_layers(&r, &[job("b")], Privilege::Rootless, &no_progress).unwrap();
+    assert_eq!(reps[0].diff_id, img.diff_id);
+    assert!(!partial.exists(), "removed once the layer is in");
+    let log = srv.log.lock().unwrap();
+    assert_eq!(log.last().unwrap().headers.get("range"), Some(&format!("bytes={half}-")));
+}

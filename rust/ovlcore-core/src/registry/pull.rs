@@ -132,11 +132,11 @@ impl Read for BlobStream<'_> {
     }
 }
 
-/// Bytes read, also appended to the partial-download file, and hashed.
+/// Bytes read, also appended to the partial-download file and/or hashed.
 struct Tee<R> {
     inner: R,
     file: Option<File>,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
 }
 
 impl<R: Read> Read for Tee<R> {
@@ -148,7 +148,9 @@ impl<R: Read> Read for Tee<R> {
                 self.file = None;
             }
         }
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -252,7 +254,9 @@ fn pull_once(cx: &Ctx<'_>, index: usize, job: &LayerPull, resume: bool) -> Resul
         }
         None => (Box::new(io::empty()), None),
     };
-    let mut tee = Tee { inner: kept.chain(net), file, hasher: Hasher::default() };
+    // Only bytes from the network are appended to the partial file; everything is hashed.
+    let fresh = Tee { inner: net, file, hasher: None };
+    let mut tee = Tee { inner: kept.chain(fresh), file: None, hasher: Some(Hasher::default()) };
     // Not the shared cache: directories of this pull are read before they are complete.
     let lower: Option<Lower> = if job.lower.is_empty() { None } else { Some(Lower::open(&job.lower, privilege)?) };
     let split = job.split.as_ref().map(|p| File::create(p).map_err(|e| Error::from(e).at(p))).transpose()?;
@@ -270,13 +274,14 @@ fn pull_once(cx: &Ctx<'_>, index: usize, job: &LayerPull, resume: bool) -> Resul
     let drained = imported.and_then(|rep| io::copy(&mut tee, &mut io::sink()).map(|_| rep).map_err(Error::from));
     let rep = drained?;
     report(progress, d, d.size, "verifying")?;
-    let got = tee.hasher.digest();
-    if got != d.digest || tee.hasher.count != d.size {
+    let hasher = tee.hasher.take().expect("made with a hasher");
+    let got = hasher.digest();
+    if got != d.digest || hasher.count != d.size {
         return Err(Error::archive(format!(
             "blob {} of {}: digest mismatch: the {} bytes received hash to {got}",
             d.digest,
             r.name(),
-            tee.hasher.count
+            hasher.count
         )));
     }
     Ok(rep)
