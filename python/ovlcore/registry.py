@@ -164,7 +164,8 @@ class Registry:
             for (i, st), (diff_id, size, tar_size) in zip(staged.items(), results):
                 if diff_id != plan.diff_ids[i]:
                     raise InvalidArchive(
-                        f"{remote}: layer {plan.layers[i][1]}: its tar hashes to {diff_id}, the image config says {plan.diff_ids[i]}"
+                        f"{remote}: layer {plan.layers[i][1]}: diff_id mismatch: its tar hashes to {diff_id}, "
+                        f"the image config says {plan.diff_ids[i]}"
                     )
                 records[i] = layer_record(diff_id, plan.chains[i - 1] if i else None, size=size, tar_size=tar_size)
             with tx.publishing() as pub:

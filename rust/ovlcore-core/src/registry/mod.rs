@@ -141,11 +141,13 @@ impl Client {
             let Some(ch) = header(&resp, "www-authenticate").and_then(|h| parse_challenge(&h)) else {
                 return Ok((resp, final_url));
             };
-            if self.auth.challenge(&host).as_ref() == Some(&ch) {
-                match (&ch, &authz) {
+            // Credentials were sent for this very challenge and refused. (Without any sent, another
+            // thread may have learnt the challenge meanwhile: then try once with credentials.)
+            if authz.is_some() && self.auth.challenge(&host).as_ref() == Some(&ch) {
+                match ch {
                     // The token was refused (expired early?): fetch a fresh one once.
-                    (auth::Challenge::Bearer { .. }, Some(_)) => self.auth.forget_token(&host, scopes),
-                    _ => return Ok((resp, final_url)),
+                    auth::Challenge::Bearer { .. } => self.auth.forget_token(&host, scopes),
+                    auth::Challenge::Basic => return Ok((resp, final_url)),
                 }
             }
             self.auth.remember(&host, ch);
@@ -154,7 +156,7 @@ impl Client {
     }
 
     /// `GET /v2/`: learns how the registry authenticates (and whether it speaks TLS).
-    fn ping(&self, registry: &str) -> Result<Response<Body>> {
+    pub(crate) fn ping(&self, registry: &str) -> Result<Response<Body>> {
         let host = reference::api_host(registry).to_string();
         let url = self.url(registry, "");
         let (resp, _) = self.transport.request("GET", &url, &[], None, Payload::Empty)?;

@@ -93,7 +93,8 @@ impl<'a> BlobStream<'a> {
                 // Bytes already handed on cannot be taken back: the caller starts over.
                 Ok(_) => return Err(io::Error::other(Error::Registry { status: Some(200), code: None, message: format!("blob {}: the registry cannot resume a broken download", self.digest) })),
                 Err(Error::Registry { status: None, .. }) => continue,
-                Err(e) => return Err(io::Error::other(e)),
+                // The registry will not serve the rest: what broke is the error to report.
+                Err(_) => return Err(why),
             }
         }
     }
@@ -271,20 +272,33 @@ fn pull_once(cx: &Ctx<'_>, index: usize, job: &LayerPull, resume: bool) -> Resul
     let input = WaitAtEnd { inner: &mut tee, wait: &wait, waited: false };
     let imported = import_layer(input, &job.dest, split, opts);
     // Whatever the importer left unread (padding after the tar's end) is part of the blob too.
-    let drained = imported.and_then(|rep| io::copy(&mut tee, &mut io::sink()).map(|_| rep).map_err(Error::from));
-    let rep = drained?;
+    let drained = match &imported {
+        Ok(_) | Err(Error::InvalidArchive(_) | Error::Truncated { .. }) => io::copy(&mut tee, &mut io::sink()).map_err(Error::from),
+        Err(_) => Ok(0),
+    };
+    let rep = match (imported, drained) {
+        (Ok(rep), Ok(_)) => rep,
+        (Ok(_), Err(e)) => return Err(e),
+        // Bytes that do not match the digest explain a layer that does not decompress or parse.
+        (Err(e @ (Error::InvalidArchive(_) | Error::Truncated { .. })), Ok(_)) => {
+            let h = tee.hasher.as_ref().expect("made with a hasher");
+            if h.digest() != d.digest {
+                return Err(mismatch(r, d, h));
+            }
+            return Err(e);
+        }
+        (Err(e), _) => return Err(e),
+    };
     report(progress, d, d.size, "verifying")?;
     let hasher = tee.hasher.take().expect("made with a hasher");
-    let got = hasher.digest();
-    if got != d.digest || hasher.count != d.size {
-        return Err(Error::archive(format!(
-            "blob {} of {}: digest mismatch: the {} bytes received hash to {got}",
-            d.digest,
-            r.name(),
-            hasher.count
-        )));
+    if hasher.digest() != d.digest || hasher.count != d.size {
+        return Err(mismatch(r, d, &hasher));
     }
     Ok(rep)
+}
+
+fn mismatch(r: &Reference, d: &Descriptor, h: &Hasher) -> Error {
+    Error::archive(format!("blob {} of {}: digest mismatch: the {} bytes received hash to {}", d.digest, r.name(), h.count, h.digest()))
 }
 
 /// Pull one layer: resume from a partial file if there is one, and start over once when that fails

@@ -366,6 +366,8 @@ pub fn push_image(
     progress: TransferProgress<'_>,
 ) -> Result<PushReport> {
     let oci = oci || compression == Compression::Zstd;
+    // Learn how the registry authenticates first, as Docker does: no request then needs a 401 round trip.
+    client.ping(&dest.registry)?;
     let stop = AtomicBool::new(false);
     let p = Pusher { client, dest, privilege, compression, progress, stop: &stop };
     let next = AtomicUsize::new(0);
