@@ -239,6 +239,11 @@ def test_fault_registry_faults(fault_registry: FaultRegistry) -> None:
     fr.fault(d, Fault("status", status=500, times=2))
     assert [fetch(url)[0] for _ in range(3)] == [500, 500, 200]
 
+    fr.fault(d, Fault("slow", after=4096, delay=0.1, times=None))
+    start = time.monotonic()
+    assert fetch(url)[2] == data
+    assert time.monotonic() - start >= 0.3
+
     fr.fault(d, Fault("drop", after=3000))
     conn = http.client.HTTPConnection("127.0.0.1", fr.server.port, timeout=10)
     conn.request("GET", f"/v2/r/blobs/{d}")

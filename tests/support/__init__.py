@@ -13,6 +13,7 @@
 * :mod:`support.kernel` kernel overlayfs mounts (the reference oracle)
 * :mod:`support.operations` random file-system operations for the differential tests
 * :mod:`support.cli` running the installed ``ovlcore`` command
+* :mod:`support.terminal` running a command on a pseudo-terminal (progress bars)
 * :mod:`support.workload` the stress test's worker process
 * :mod:`support.certs` a test CA, server certificates, ``certs.d`` directories, ES256 JWTs
 * :mod:`support.loopback` threaded HTTP(S) servers on loopback with a request log; free ports

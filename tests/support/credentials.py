@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,16 @@ class ClientHome:
             "XDG_CONFIG_HOME": str(self.root / "home" / ".config"),
             "OVLCORE_REGISTRY_BACKOFF_MS": BACKOFF_MS,
         }
+
+    @property
+    def user_certs_d(self) -> Path:
+        """``~/.config/containers/certs.d`` of the isolated home (read by default, as by podman)."""
+        return self.root / "home" / ".config" / "containers" / "certs.d"
+
+    def trust(self, certs_dir: Path | None) -> None:
+        """Copy a ``certs.d`` tree into :attr:`user_certs_d`, for clients given no ``ca_dirs`` (the CLI)."""
+        if certs_dir is not None:
+            shutil.copytree(certs_dir, self.user_certs_d, dirs_exist_ok=True)
 
     def config(self) -> dict[str, Any]:
         """``$DOCKER_CONFIG/config.json`` as JSON (``{}`` when there is none)."""

@@ -16,6 +16,7 @@ import base64
 import json
 import re
 import threading
+import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ class Fault:
     ``kind``: ``corrupt`` (one byte changed: the digest does not match), ``truncate`` (served ``after`` bytes
     as if that were all of it), ``status`` (answer ``status``, with ``Retry-After: retry_after`` if set),
     ``drop`` (send ``after`` bytes of the full length, then close the connection), ``stall`` (send ``after``
-    bytes, then hang until the server stops). ``times``: how many GETs get the fault before the blob is
+    bytes, then hang until the server stops), ``slow`` (send ``after`` bytes every ``delay`` seconds). ``times``: how many GETs get the fault before the blob is
     served correctly (``None``: every one).
     """
 
@@ -44,6 +45,7 @@ class Fault:
     after: int = 0
     status: int = 500
     retry_after: str | None = None
+    delay: float = 0.05
     times: int | None = 1
     hits: int = 0
 
@@ -293,6 +295,12 @@ def serve_blob(app: FaultApp, h: Handler, digest: str, data: bytes, fault: Fault
             app.released.wait(300)
         h.close_connection = True
         h.connection.shutdown(2)  # the client sees the connection end mid-body
+        return
+    if fault and fault.kind == "slow":
+        for i in range(0, len(body), max(fault.after, 1)):
+            h.wfile.write(body[i : i + fault.after])
+            h.wfile.flush()
+            time.sleep(fault.delay)
         return
     h.wfile.write(body)
 

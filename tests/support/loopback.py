@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,6 +27,8 @@ class Request:
     method: str
     path: str
     headers: dict[str, str] = field(default_factory=dict)
+    #: ``time.monotonic()`` when it arrived
+    at: float = field(default_factory=time.monotonic)
 
     @property
     def authorization(self) -> str | None:

@@ -144,6 +144,28 @@ class Registry:
         except urllib.error.HTTPError as e:
             return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
+    def auth_headers(self, repo: str, actions: str = "pull", user: tuple[str, str] | None = PUSHER) -> dict[str, str]:
+        """What to send to reach ``repo`` for ``actions`` as ``user`` in this mode."""
+        import base64
+
+        if self.mode == "basic" and user:
+            return {"Authorization": "Basic " + base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()}
+        if self.mode == "token":
+            return {"Authorization": "Bearer " + self.token(f"repository:{repo}:{actions}", user)}
+        return {}
+
+    def manifest(self, repo: str, ref: str, accept: str = "") -> tuple[int, dict[str, str], bytes]:
+        """``GET /v2/REPO/manifests/REF`` with credentials; ``accept`` defaults to every manifest type."""
+        from .oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST
+
+        accept = accept or ", ".join([OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST])
+        return self.get(f"/v2/{repo}/manifests/{ref}", {"Accept": accept, **self.auth_headers(repo)})
+
+    def blob(self, repo: str, digest: str) -> bytes:
+        status, _, body = self.get(f"/v2/{repo}/blobs/{digest}", self.auth_headers(repo))
+        assert status == 200, (status, body[:200])
+        return body
+
     def token(self, scope: str, user: tuple[str, str] | None = PUSHER) -> str:
         """A Bearer token from the token server (token mode) for ``scope``, asked as ``user``."""
         assert self.token_server is not None and self.ca is not None
