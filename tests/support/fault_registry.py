@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .digests import sha256_digest
 from .loopback import Handler, LoopbackServer, Request
-from .oci import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, RawImage, build_index
+from .oci import DOCKER_LIST, OCI_INDEX, OCI_MANIFEST, RawImage, build_index
 
 _PATH = re.compile(r"^/v2/(?P<name>.+?)/(?P<kind>manifests|blobs/uploads|blobs|tags)/(?P<rest>[^?]*)")
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")

@@ -21,8 +21,7 @@ def terminal_env() -> dict[str, str]:
     return e
 
 
-def run_on_pty(cmd: list[str], *, stdout_to_pipe: bool = True, timeout: float = 120,
-               env: dict[str, str] | None = None) -> tuple[bytes, bytes, int, float]:
+def run_on_pty(cmd: list[str], *, stdout_to_pipe: bool = True, timeout: float = 120) -> tuple[bytes, bytes, int, float]:
     """Run ``cmd`` with stderr (and stdout unless ``stdout_to_pipe``) on a fresh pty; returns
     (everything written to the terminal, stdout if piped, exit status, duration)."""
     master, slave = pty.openpty()
@@ -33,7 +32,7 @@ def run_on_pty(cmd: list[str], *, stdout_to_pipe: bool = True, timeout: float = 
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE if stdout_to_pipe else slave,
         stderr=slave,
-        env=terminal_env() if env is None else env,
+        env=terminal_env(),
         close_fds=True,
     )
     os.close(slave)
