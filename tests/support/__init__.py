@@ -11,6 +11,7 @@
 * :mod:`support.diffs` ``docker diff`` computed from two merged trees
 * :mod:`support.layer_apply` independent appliers of OCI layer tars (an in-memory model, GNU tar)
 * :mod:`support.kernel` kernel overlayfs mounts (the reference oracle)
+* :mod:`support.docker` the Docker engine oracle: found or skipped, its objects cleaned up, a busybox rootfs
 * :mod:`support.operations` random file-system operations for the differential tests
 * :mod:`support.cli` running the installed ``ovlcore`` command
 * :mod:`support.terminal` running a command on a pseudo-terminal (progress bars)
