@@ -75,6 +75,9 @@ def test_plain_registry_serves_and_logs(registry: Registry) -> None:
     log = registry.access_log()
     assert any(a.method == "PUT" and "/blobs/uploads/" in a.path and a.status == 201 for a in log)
     assert (registry.storage / "docker" / "registry" / "v2" / "repositories" / "team" / "app").is_dir()
+    registry.restart()  # empty again, same port
+    assert registry.get(f"/v2/team/app/blobs/{sha256_digest(blob)}")[0] == 404
+    assert registry.get("/v2/")[0] == 200
 
 
 def test_tls_registry_requires_basic_auth_and_its_ca(tls_registry: Registry) -> None:

@@ -71,6 +71,9 @@ class Registry:
     ca: KeyPair | None = None
     token_server: LoopbackServer | None = None
     users: dict[str, str] = field(default_factory=dict)
+    #: how to start the process again (:meth:`restart`)
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -180,7 +183,17 @@ class Registry:
         with urllib.request.urlopen(req, context=self.ssl_context(), timeout=10) as r:
             return str(json.load(r)["token"])
 
-    def stop(self) -> None:
+    def restart(self, *, wipe: bool = True) -> None:
+        """Stop the process and start it again on the same port (``wipe``: with empty storage, so a
+        benchmark round finds no blob from the one before)."""
+        self._stop_process()
+        if wipe:
+            shutil.rmtree(self.storage, ignore_errors=True)
+        self.process = _spawn(self.argv, self.log_path, self.env)
+        if not _wait_ready(self):
+            raise RuntimeError(f"docker-registry did not restart:\n{self.log_text()[-2000:]}")
+
+    def _stop_process(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -188,6 +201,9 @@ class Registry:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def stop(self) -> None:
+        self._stop_process()
         if self.token_server:
             self.token_server.stop()
 
@@ -251,16 +267,21 @@ def start_registry(workdir: Path, mode: str = "plain") -> Registry:
         cfg_path = workdir / f"config{attempt}.yml"
         cfg_path.write_text(json.dumps(cfg, indent=1))
         log_path = workdir / f"registry{attempt}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([binary, "serve", str(cfg_path)], stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        reg = Registry(mode, port, workdir, proc, log_path, storage, made.get("certs_dir"), made.get("ca"),
-                       made.get("token_server"), {u: p for u, (p, _) in USERS.items()} if mode != "plain" else {})
+        argv = [binary, "serve", str(cfg_path)]
+        reg = Registry(mode, port, workdir, _spawn(argv, log_path, env), log_path, storage, made.get("certs_dir"),
+                       made.get("ca"), made.get("token_server"),
+                       {u: p for u, (p, _) in USERS.items()} if mode != "plain" else {}, argv, env)
         if _wait_ready(reg):
             return reg
         reg.stop()
         last = log_path.read_text(errors="replace")[-2000:]
     raise RuntimeError(f"docker-registry did not start:\n{last}")
+
+
+def _spawn(argv: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:  # appended: a restart keeps the earlier access log
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
 
 
 def _wait_ready(reg: Registry, timeout: float = 20) -> bool:
