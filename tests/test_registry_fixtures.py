@@ -295,3 +295,22 @@ def test_fault_registry_auth_and_redirect(make_fault_registry: object, client_ho
     assert fetch(location, basic("alice", "s3cret"))[0] == 200
     assert [r.authorization is not None for r in fr.blob_server.log()] == [False, True]
     assert len(fr.blob_gets(d)) == 3
+
+
+def test_fault_registry_speaks_enough_for_skopeo(fault_registry: FaultRegistry, tmp_path: Path) -> None:
+    """A real client pushes an index to it and copies it back unchanged."""
+    skopeo()
+    images = platform_images()
+    layout = write_oci_layout(tmp_path / "layout", list(images.values()))
+    ref = f"docker://{fault_registry.ref('multi/app:1')}"
+    run("skopeo", "copy", "--all", "-q", "--dest-tls-verify=false", f"oci:{layout}:1", ref)
+    assert fault_registry.manifest("multi/app", "1") is not None
+    for img in images.values():
+        assert all(fault_registry.has_blob("multi/app", d) for d in img.blobs())
+    run("skopeo", "copy", "--all", "-q", "--src-tls-verify=false", ref, f"oci:{tmp_path / 'back'}:1")
+    back = json.loads((tmp_path / "back" / "index.json").read_text())["manifests"][0]
+    data, _ = fault_registry.manifest("multi/app", "1")  # type: ignore[misc]
+    assert back["digest"] == sha256_digest(data)
+    arm = json.loads(run("skopeo", "inspect", "--tls-verify=false", "--override-arch", "arm64", "--override-variant", "v8",
+                         "--config", ref).stdout)
+    assert arm["rootfs"]["diff_ids"] == images["linux/arm64/v8"].diff_ids

@@ -19,9 +19,11 @@ import ovlcore
 from ovlcore import errors
 from support.digests import sha256_digest
 from support.docker import DockerObjects, busybox_rootfs, run
+from support.fault_registry import Fault, FaultRegistry
 from support.oci import platform_images, write_oci_layout
 from support.registry import Registry
 from support.stores import open_store
+from support.tars import D, F, tar
 from support.trees import compare_trees, fs_tree
 
 pytestmark = pytest.mark.registry
@@ -154,3 +156,21 @@ def test_two_platform_index_pushed_by_skopeo(fixture: str, request: pytest.Fixtu
     by_digest = store.images.pull(reg.ref(f"multi/app@{sha256_digest(raw_index)}"), platform="linux/arm64/v8",
                                   auth=reg.auth)
     assert by_digest.id == images["linux/arm64/v8"].image_id
+
+
+@pytest.mark.docker
+def test_docker_against_the_fault_registry(dk: DockerObjects, fault_registry: FaultRegistry, tmp_path: Path) -> None:
+    """The fixture checked with a real client: Docker pushes to it (chunked PATCH) and, after a dropped
+    connection, resumes the blob with ``Range`` as the ovlcore tests expect of ovlcore."""
+    ref = fault_registry.ref(f"dk/{dk.prefix}:1")
+    dk.images.append(ref)
+    (tmp_path / "l.tar").write_bytes(tar(D("etc"), F("etc/x", b"hello\n" + bytes(range(256)) * 400)))
+    run("docker", "import", str(tmp_path / "l.tar"), ref)
+    run("docker", "push", ref)
+    assert [r.method for r in fault_registry.uploads() if r.headers.get("transfer-encoding") == "chunked"]
+    manifest = json.loads(fault_registry.manifest(f"dk/{dk.prefix}", "1")[0])  # type: ignore[index]
+    layer = manifest["layers"][0]["digest"]
+    run("docker", "rmi", ref)
+    fault_registry.fault(layer, Fault("drop", after=50))
+    run("docker", "pull", ref)
+    assert [r.range for r in fault_registry.blob_gets(layer)][-1] == "bytes=50-"

@@ -44,6 +44,7 @@ class Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server: LoopbackServer
+    body_read = False
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: the log is ``server.requests``
         pass
@@ -52,15 +53,24 @@ class Handler(BaseHTTPRequestHandler):
         req = Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
         with self.server.lock:
             self.server.requests.append(req)
+        self.body_read = False
         try:
             self.server.app.handle(self)
         except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             self.close_connection = True
+        if self.unread_body():  # answered without reading it: the connection cannot be reused
+            self.close_connection = True
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
+    def unread_body(self) -> bool:
+        """Whether the request has a body the app did not read."""
+        sent = int(self.headers.get("content-length") or 0) > 0 or "chunked" in self.headers.get("transfer-encoding", "").lower()
+        return sent and not self.body_read
+
     def body(self) -> bytes:
         """The request body (Content-Length or chunked)."""
+        self.body_read = True
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             out = bytearray()
             while True:
@@ -78,6 +88,8 @@ class Handler(BaseHTTPRequestHandler):
         """A complete response (no body for HEAD, Content-Length still given)."""
         self.send_response(status)
         hs = {"Content-Length": str(len(body)), **(headers or {})}
+        if self.unread_body():
+            hs["Connection"] = "close"
         for k, v in hs.items():
             self.send_header(k, v)
         self.end_headers()
