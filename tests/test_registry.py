@@ -351,6 +351,20 @@ def test_cli_pull_push_images_digests(registry: Registry, client_home: ClientHom
     assert registry.manifest("team/solo", "2")[0] == 200
 
 
+def test_cli_pull_platform(fault_registry: FaultRegistry, client_home: ClientHome, tmp_path: Path) -> None:
+    images = platform_images()
+    fault_registry.add_index("multi", list(images.values()), "1")
+    root = tmp_path / "cli"
+    r = run_cli("pull", "--platform", "linux/arm64/v8", fault_registry.ref("multi:1"), root=root, env=client_home.env())
+    assert r.returncode == 0, r.stderr.decode()
+    with open_store(root) as store:
+        img = store.images.get(fault_registry.ref("multi:1"))
+        assert img.id == images["linux/arm64/v8"].image_id
+        assert img.fs.read_text("/platform") == "linux/arm64/v8\n"
+    r = run_cli("pull", "--platform", "linux/riscv64", fault_registry.ref("multi:1"), root=tmp_path / "cli2", env=client_home.env())
+    assert r.returncode != 0 and b"linux/amd64" in r.stderr and b"linux/arm64/v8" in r.stderr
+
+
 def test_cli_pull_progress_on_pty(fault_registry: FaultRegistry, client_home: ClientHome, tmp_path: Path) -> None:
     tars = [tar(F("one", bytes(range(256)) * 2000)), tar(F("two", bytes(reversed(range(256))) * 2000))]
     raw = build_image(tars, compression="gzip")
