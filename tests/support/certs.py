@@ -121,7 +121,7 @@ def issue(ca: KeyPair, directory: Path, name: str, *, cn: str = "127.0.0.1", ip:
             sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
         b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    cert = b.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    cert = b.sign(ca_key, hashes.SHA256())
     return _write(directory, name, *_pem(cert, key))
 
 
@@ -138,7 +138,7 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def jwt_es256(signer: KeyPair, claims: dict[str, Any], chain: list[KeyPair] = ()) -> str:  # type: ignore[assignment]
+def jwt_es256(signer: KeyPair, claims: dict[str, Any], chain: tuple[KeyPair, ...] = ()) -> str:
     """A compact JWT signed with ``signer``'s EC key (ES256: raw r||s), with ``x5c`` naming ``signer``'s
     certificate (then ``chain``), as distribution's token verifier expects."""
     from cryptography.hazmat.primitives import hashes, serialization

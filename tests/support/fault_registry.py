@@ -163,7 +163,7 @@ class FaultApp:
                 if amd64:
                     with self.lock:
                         digest = amd64[0]["digest"]
-                        data, media_type = r.manifests[digest]  # type: ignore[union-attr]
+                        data, media_type = r.manifests[digest]
             if media_type not in accept:
                 h.reply(404, _error("MANIFEST_UNKNOWN", f"no manifest of the types accepted: {accept}"))
                 return

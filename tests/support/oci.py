@@ -74,7 +74,9 @@ class RawImage:
 
 
 def _compress(data: bytes, compression: str) -> bytes:
-    return {"gzip": gzip_bytes, "zstd": zstd_bytes, "none": lambda d: d}[compression](data)
+    if compression == "none":
+        return data
+    return gzip_bytes(data) if compression == "gzip" else zstd_bytes(data)
 
 
 def build_image(tars: list[bytes], *, format: str = "docker", compression: str = "gzip",
