@@ -276,14 +276,16 @@ def test_pull_podman(benchmark: Any, workload: RegistryWorkload, pushed: str) ->
         stores.append(["podman", "--root", str(workload.fresh_dir("podman")), "--runroot", run, "--storage-driver", "overlay"])
         os.sync()
 
-    benchmark.pedantic(lambda: sh(*stores[-1], "pull", "-q", "--tls-verify=false", pushed), setup=setup,
-                       rounds=rounds(workload), iterations=1)
-    ids = sh(*stores[-1], "images", "--no-trunc", "--format", "{{.ID}}").stdout.split()
-    assert workload.image.id.removeprefix("sha256:") in [i.removeprefix("sha256:") for i in ids]
-    for podman in stores:  # podman removes what it made (nothing is mounted after a pull), then the rest goes
-        subprocess.run([*podman, "rmi", "-a", "-f"], capture_output=True)
-        shutil.rmtree(podman[2], ignore_errors=True)
-        shutil.rmtree(podman[4], ignore_errors=True)
+    try:
+        benchmark.pedantic(lambda: sh(*stores[-1], "pull", "-q", "--tls-verify=false", pushed), setup=setup,
+                           rounds=rounds(workload), iterations=1)
+        ids = sh(*stores[-1], "images", "--no-trunc", "--format", "{{.ID}}").stdout.split()
+        assert workload.image.id.removeprefix("sha256:") in [i.removeprefix("sha256:") for i in ids]
+    finally:
+        for podman in stores:  # podman removes what it made (nothing is mounted after a pull), then the rest goes
+            subprocess.run([*podman, "rmi", "-a", "-f"], capture_output=True)
+            shutil.rmtree(podman[2], ignore_errors=True)
+            shutil.rmtree(podman[4], ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------------
