@@ -3,7 +3,7 @@
 uploads: monolithic, chunked ``PATCH``, ``PUT ?digest=``, cross-repository mount) to serve and receive images,
 and recording every request (``log()``: method, path, headers) so tests can see what a client did.
 
-Faults are set per blob or manifest digest (:class:`Fault`): bytes that do not match the digest, a short
+Faults are set per blob digest (:class:`Fault`; a ``status`` fault also per manifest digest): bytes that do not match the digest, a short
 blob, an HTTP status (429 with ``Retry-After``, 500) before success, a connection dropped after N bytes,
 a response that stalls after N bytes. With ``redirect_blobs`` blob GETs are answered 307 to a second
 loopback server on another port (``blob_server``, with its own log); with ``auth`` every ``/v2/`` request
