@@ -414,3 +414,16 @@ def apply_container_workload(store: Any, base: Any, small: bool, name: str = "be
         for _ in range(big // MIB):
             f.write(os.urandom(MIB))
     return ContainerWorkload(store, base, c, nfiles, big, deleted)
+
+
+# ----- baselines -------------------------------------------------------------------------------------
+
+
+def docker_running() -> str | None:
+    """None when Docker can be used, else why not."""
+    if shutil.which("docker") is None:
+        return "Docker is not installed"
+    r = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"Docker engine not running: {(r.stderr or r.stdout).strip().splitlines()[-1:] or r.returncode}"
+    return None

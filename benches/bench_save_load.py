@@ -29,19 +29,9 @@ from typing import Any
 import pytest
 
 import ovlcore
-from _support import apply_container_workload
+from _support import apply_container_workload, docker_running
 
 MB = 1 << 20
-
-
-def docker_running() -> str | None:
-    """None when Docker can be used, else why not."""
-    if shutil.which("docker") is None:
-        return "Docker is not installed"
-    r = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
-    if r.returncode != 0:
-        return f"Docker engine not running: {(r.stderr or r.stdout).strip().splitlines()[-1:] or r.returncode}"
-    return None
 
 
 def sh(cmd: str) -> None:

@@ -19,6 +19,16 @@ TARGETS = [
     ("save", "test_save_ovlcore", "test_save_docker", 0.25),
     ("export-docker", "test_export_path_ovlcore", "test_export_docker", 1 / 3),
     ("layer-tar-plain", "test_layer_tar_ovlcore[None]", "test_layer_tar_gnu_tar[cat-plain]", 1.0),
+    ("registry-push", "test_push_ovlcore", "test_push_docker", 0.5),
+    ("registry-push", "test_push_ovlcore", "test_push_skopeo", 1 / 1.5),
+    ("registry-pull", "test_pull_ovlcore", "test_pull_docker", 0.5),
+    ("registry-pull", "test_pull_ovlcore", "test_pull_podman", 1 / 1.5),
+]
+
+#: Peak memory (bench_registry.py): (test, the largest acceptable peak RSS in bytes, from extra_info).
+MEMORY_TARGETS = [
+    ("test_peak_rss[push]", 150 << 20),
+    ("test_peak_rss[pull]", 150 << 20),
 ]
 
 
@@ -77,7 +87,23 @@ def main(path: str) -> int:
         print(f"  {group}: {ours} / {base} = {rm:.2f}x (mean), {rmed:.2f}x (median); target <= {limit:g}x: "
               f"{'met' if ok else 'MISSED'}")
     failed += scale(benches)
+    failed += memory(benches)
     return 1 if failed else 0
+
+
+def memory(benches: dict[str, dict]) -> int:
+    """Check each peak-RSS figure a benchmark recorded; returns the misses (a missing one counts)."""
+    failed = 0
+    for test, limit in MEMORY_TARGETS:
+        peak = benches.get(test, {}).get("extra_info", {}).get("peak_rss_bytes")
+        if peak is None:
+            print(f"  {test}: MISSING (no peak_rss_bytes in the report)")
+            failed += 1
+            continue
+        ok = peak < limit
+        failed += not ok
+        print(f"  {test}: peak RSS {peak / (1 << 20):.1f} MiB, target < {limit / (1 << 20):.0f} MiB: {'met' if ok else 'MISSED'}")
+    return failed
 
 
 def scale(benches: dict[str, dict]) -> int:

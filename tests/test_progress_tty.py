@@ -3,15 +3,10 @@ silent when stderr is a pipe. Checked under tmux (a real terminal emulator) and 
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
-import select
 import shutil
-import struct
 import subprocess
 import tarfile
-import termios
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +16,7 @@ import pytest
 from support.cli import OVLCORE_CMD, OVLCORE_SH, run_cli
 from support.images import BASE_ENTRIES
 from support.tars import tar
+from support.terminal import run_on_pty, terminal_env
 
 HAVE_TMUX = shutil.which("tmux") is not None
 
@@ -64,61 +60,10 @@ def slow_tar_cmd() -> str:
     return f"{shlex.quote(sys.executable)} -c {shlex.quote(SLOW_PRODUCER)}"
 
 
-def _env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if k not in ("OVLCORE_ROOT", "OVLCORE_PRIVILEGE", "NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "CI")}
-    e["TERM"] = "xterm-256color"
-    e["COLUMNS"] = "120"
-    e["LINES"] = "30"
-    return e
-
-
-def _on_pty(cmd: list[str], *, stdout_to_pipe: bool = True, timeout: float = 120) -> tuple[bytes, bytes, int, float]:
-    """Run ``cmd`` with stderr (and stdout unless ``stdout_to_pipe``) on a fresh pty; returns
-    (everything written to the terminal, stdout if piped, exit status, duration)."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE if stdout_to_pipe else slave,
-        stderr=slave,
-        env=_env(),
-        close_fds=True,
-    )
-    os.close(slave)
-    term = bytearray()
-    out = bytearray()
-    fds = [master] + ([proc.stdout.fileno()] if proc.stdout else [])
-    deadline = start + timeout
-    while fds and time.monotonic() < deadline:
-        r, _, _ = select.select(fds, [], [], 0.1)
-        for fd in r:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:  # EIO: the pty's other side is closed
-                chunk = b""
-            if not chunk:
-                fds.remove(fd)
-            elif fd == master:
-                term += chunk
-            else:
-                out += chunk
-        if proc.poll() is not None and not r:
-            break
-    rc = proc.wait(timeout=10)
-    duration = time.monotonic() - start
-    os.close(master)
-    if proc.stdout:
-        out += proc.stdout.read()
-        proc.stdout.close()
-    return bytes(term), bytes(out), rc, duration
-
-
-def test_import_progress_on_pty(tmp_path: Path, big_tar: Path) -> None:
+def test_import_progressrun_on_pty(tmp_path: Path, big_tar: Path) -> None:
     root = tmp_path / "store"
     try:
-        term, out, rc, duration = _on_pty([*OVLCORE_CMD, "--root", str(root), "import", str(big_tar), "big:1"])
+        term, out, rc, duration = run_on_pty([*OVLCORE_CMD, "--root", str(root), "import", str(big_tar), "big:1"])
         assert rc == 0, term.decode(errors="replace")
         assert out.decode().startswith("sha256:")
         if duration < 0.6:
@@ -131,10 +76,10 @@ def test_import_progress_on_pty(tmp_path: Path, big_tar: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_slow_stdin_import_progress_on_pty(tmp_path: Path) -> None:
+def test_slow_stdin_import_progressrun_on_pty(tmp_path: Path) -> None:
     """The same with a deterministic duration: the archive arrives slowly through stdin."""
     root = tmp_path / "store"
-    term, out, rc, duration = _on_pty(["sh", "-c", f"{slow_tar_cmd()} | {OVLCORE_SH} --root {root} import - slow:1"])
+    term, out, rc, duration = run_on_pty(["sh", "-c", f"{slow_tar_cmd()} | {OVLCORE_SH} --root {root} import - slow:1"])
     assert rc == 0, term.decode(errors="replace")
     assert duration > 1.0
     assert out.decode().startswith("sha256:")
@@ -146,7 +91,7 @@ def test_slow_stdin_import_progress_on_pty(tmp_path: Path) -> None:
 def test_slow_stdin_import_silent_when_stderr_is_a_pipe(tmp_path: Path) -> None:
     root = tmp_path / "store"
     start = time.monotonic()
-    p = subprocess.run(["sh", "-c", f"{slow_tar_cmd()} | {OVLCORE_SH} --root {root} import - slow:1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), timeout=120)
+    p = subprocess.run(["sh", "-c", f"{slow_tar_cmd()} | {OVLCORE_SH} --root {root} import - slow:1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=terminal_env(), timeout=120)
     assert time.monotonic() - start > 1.0
     assert p.returncode == 0, p.stderr
     assert p.stderr == b""
@@ -156,7 +101,7 @@ def test_slow_stdin_import_silent_when_stderr_is_a_pipe(tmp_path: Path) -> None:
 def test_file_import_silent_when_stderr_is_a_pipe(tmp_path: Path, big_tar: Path) -> None:
     root = tmp_path / "store"
     try:
-        p = subprocess.run([*OVLCORE_CMD, "--root", str(root), "import", str(big_tar), "big:1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), timeout=120)
+        p = subprocess.run([*OVLCORE_CMD, "--root", str(root), "import", str(big_tar), "big:1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=terminal_env(), timeout=120)
         assert p.returncode == 0, p.stderr
         assert p.stderr == b""
         assert p.stdout.decode().startswith("sha256:") and len(p.stdout.decode().split()) == 1
@@ -164,11 +109,11 @@ def test_file_import_silent_when_stderr_is_a_pipe(tmp_path: Path, big_tar: Path)
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_quick_command_shows_no_progress_on_pty(tmp_path: Path) -> None:
+def test_quick_command_shows_no_progressrun_on_pty(tmp_path: Path) -> None:
     """Only operations that run longer than a moment show a bar."""
     small = tmp_path / "small.tar"
     small.write_bytes(tar(*BASE_ENTRIES))
-    term, out, rc, duration = _on_pty([*OVLCORE_CMD, "--root", str(tmp_path / "store"), "import", str(small), "small:1"])
+    term, out, rc, duration = run_on_pty([*OVLCORE_CMD, "--root", str(tmp_path / "store"), "import", str(small), "small:1"])
     assert rc == 0
     assert duration < 5
     text = term.decode(errors="replace")
@@ -187,13 +132,13 @@ def test_cp_progress_on_pty_and_not_in_pipe(tmp_path: Path) -> None:
     for i in range(3000):  # many small files: the copy takes over a second, progress advances file by file
         (src / f"f{i:05}").write_bytes(block)
     try:
-        term, out, rc, duration = _on_pty([*OVLCORE_CMD, "--root", str(root), "cp", str(src), "c:/tmp/"])
+        term, out, rc, duration = run_on_pty([*OVLCORE_CMD, "--root", str(root), "cp", str(src), "c:/tmp/"])
         assert rc == 0, term
         if duration < 0.8:
             pytest.skip(f"the copy took only {duration:.2f}s on this machine: too short for a bar")
         text = term.decode(errors="replace")
         assert "Copying" in text and any(g in text for g in BAR_GLYPHS), text[:2000]
-        p = subprocess.run([*OVLCORE_CMD, "--root", str(root), "cp", str(src), "c:/tmp/again"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+        p = subprocess.run([*OVLCORE_CMD, "--root", str(root), "cp", str(src), "c:/tmp/again"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=terminal_env())
         assert p.returncode == 0 and p.stderr == b"" and p.stdout == b""
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -205,7 +150,7 @@ def test_archive_never_written_to_a_terminal(tmp_path: Path) -> None:
     root = tmp_path / "store"
     assert run_cli("import", str(small), "b:1", root=root).returncode == 0
     assert run_cli("create", "--name", "c", "b:1", root=root).returncode == 0
-    term, _, rc, _ = _on_pty([*OVLCORE_CMD, "--root", str(root), "export", "c"], stdout_to_pipe=False)
+    term, _, rc, _ = run_on_pty([*OVLCORE_CMD, "--root", str(root), "export", "c"], stdout_to_pipe=False)
     assert rc == 1
     text = term.decode(errors="replace")
     assert "terminal" in text and "Traceback" not in text
@@ -222,7 +167,7 @@ class Tmux:
         self.tmp = tmp_path
 
     def __call__(self, *args: str, check: bool = True) -> str:
-        p = subprocess.run(["tmux", "-L", self.sock, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        p = subprocess.run(["tmux", "-L", self.sock, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=terminal_env())
         if check:
             assert p.returncode == 0, p.stderr
         return p.stdout

@@ -11,9 +11,18 @@
 * :mod:`support.diffs` ``docker diff`` computed from two merged trees
 * :mod:`support.layer_apply` independent appliers of OCI layer tars (an in-memory model, GNU tar)
 * :mod:`support.kernel` kernel overlayfs mounts (the reference oracle)
+* :mod:`support.docker` the Docker engine oracle: found or skipped, its objects cleaned up, a busybox rootfs
 * :mod:`support.operations` random file-system operations for the differential tests
 * :mod:`support.cli` running the installed ``ovlcore`` command
+* :mod:`support.terminal` running a command on a pseudo-terminal (progress bars)
 * :mod:`support.workload` the stress test's worker process
+* :mod:`support.certs` a test CA, server certificates, ``certs.d`` directories, ES256 JWTs
+* :mod:`support.loopback` threaded HTTP(S) servers on loopback with a request log; free ports
+* :mod:`support.token_server` a distribution token server (per-user scopes)
+* :mod:`support.registry` Debian's ``docker-registry`` started in a mode: plain, Basic over TLS, token
+* :mod:`support.fault_registry` a distribution API server that misbehaves on purpose
+* :mod:`support.oci` registry-side images: blobs, manifests, indexes, OCI layouts
+* :mod:`support.credentials` the client's credential files, isolated per test
 
 Everything generates its data in code. ``tests/`` itself is the import root: pytest puts it on ``sys.path``
 (``rootdir/conftest.py``), and child processes get it through :data:`support.TESTS_DIR`.

@@ -11,12 +11,13 @@ from .privilege import privilege_env, require
 from .trees import snapshot
 
 
-def open_store(root: Path, privilege: str | None = None) -> ovlcore.Store:
+def open_store(root: Path, privilege: str | None = None, **kw: Any) -> ovlcore.Store:
     """A store at ``root`` created with the given metadata convention (``None``: the user's own);
-    skips the test when that convention needs root. ``OVLCORE_PRIVILEGE`` is left as it was."""
+    skips the test when that convention needs root. ``OVLCORE_PRIVILEGE`` is left as it was. ``kw``
+    goes to ``ovlcore.Store`` (``registry=``)."""
     require(privilege)
     with privilege_env(privilege):
-        store = ovlcore.Store(root)
+        store = ovlcore.Store(root, **kw)
     if privilege is not None:
         assert store.privilege == privilege
     return store
