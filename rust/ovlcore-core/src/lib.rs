@@ -13,7 +13,7 @@
 //! - `layer`: layer tar → layer directory (`import`, `extract`), and back (`export`, `tarsplit`,
 //!   `stream`). `union`: the merged view. `rw`: writes, copy-up, diff, commit, shared inodes.
 //! - `cp`, `put_archive`: copying between a view and the host. `archive`: image archives' members in
-//!   and out. `mount`: kernel overlay and bind mounts.
+//!   and out. `mount`: kernel overlay and bind mounts. `fuse`: the view served as a FUSE file system.
 
 mod archive;
 mod attrs;
@@ -22,6 +22,7 @@ mod cp;
 mod digest;
 mod error;
 mod format;
+mod fuse;
 mod layer;
 mod mount;
 mod overlap;
@@ -54,5 +55,6 @@ pub use archive::{Archive, ArchiveWriter, LayerImport, Member, WriteProgress};
 pub use overlap::{copy, OverlappedWriter};
 
 // The host.
+pub use fuse::{fuse_serve, FuseOptions};
 pub use mount::{bind_mount_in, mount_overlay, unmount};
 pub use sys::{remove_tree, sync_fs};
