@@ -154,14 +154,6 @@ def _serve(spec: FuseSpec, ready_fd: int | None) -> None:
     """Build the view and serve it (returns when unmounted). Writes the marker while mounted."""
     if spec.scratch is not None:
         os.makedirs(spec.scratch, exist_ok=True)
-    view = _ovlcore.View(
-        spec.lower,
-        spec.upper,
-        scratch=spec.scratch,
-        shared=spec.shared,
-        privilege=spec.privilege,
-        mounts=spec.mounts,
-    )
     # The kernel already applied the caller's umask to the modes it sends.
     os.umask(0)
     os.chdir("/")
@@ -170,8 +162,14 @@ def _serve(spec: FuseSpec, ready_fd: int | None) -> None:
     try:
         if marker is not None:
             marker.write_text(spec.mountpoint)
-        view.fuse_serve(
+        _ovlcore.fuse_serve(
+            spec.lower,
+            spec.upper,
             spec.mountpoint,
+            scratch=spec.scratch,
+            shared=spec.shared,
+            privilege=spec.privilege,
+            mounts=spec.mounts,
             ready_fd=ready_fd,
             fsname=spec.fsname,
             subtype="ovlcore-fuse",
@@ -289,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``ovlcore-fuse``: mount layer directories like fuse-overlayfs; returns once the mount is live."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) == 3 and args[0] == "--daemon":
-        return _daemon_main(int(args[1]), args[2])
+        # Exit at once when unmounted: whoever unmounted may unmount the layers' file systems next.
+        os._exit(_daemon_main(int(args[1]), args[2]))
     if args in (["-h"], ["--help"]):
         print("usage: ovlcore-fuse -o lowerdir=L1:L2[,upperdir=U,workdir=W][,opts] MOUNTPOINT")
         return 0

@@ -5,7 +5,7 @@ use std::os::fd::IntoRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ovlcore_core::{copy_in, copy_out, dir_usage, fuse_serve, put_archive, CopyOptions, FuseOptions, Kind, LayerTar, Lower, Meta, MountPoint, Owner, Privilege, Upper, View as CoreView};
+use ovlcore_core::{copy_in, copy_out, dir_usage, put_archive, CopyOptions, Kind, LayerTar, Lower, Meta, MountPoint, Owner, Privilege, Upper, View as CoreView};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -366,34 +366,6 @@ impl View {
         let view = self.inner.clone();
         let tar = py.detach(|| LayerTar::subtree(view, &path)).py()?;
         TarStream::new(tar, None)
-    }
-
-    /// Serve this view as a FUSE file system at `mountpoint` until it is unmounted. Once the mount is
-    /// live, `ready_fd` (if given, still the caller's) gets one line `ok`.
-    #[pyo3(signature = (mountpoint, *, ready_fd=None, fsname="ovlcore".to_string(), subtype="ovlcore".to_string(), allow_other=false, threads=4))]
-    #[allow(clippy::too_many_arguments)]
-    fn fuse_serve(
-        &self,
-        py: Python<'_>,
-        mountpoint: PathBuf,
-        ready_fd: Option<i32>,
-        fsname: String,
-        subtype: String,
-        allow_other: bool,
-        threads: usize,
-    ) -> PyResult<()> {
-        let opts = FuseOptions { fsname, subtype, allow_other, threads };
-        let view = self.inner.clone();
-        py.detach(|| {
-            fuse_serve(view, &mountpoint, &opts, || {
-                if let Some(fd) = ready_fd {
-                    // SAFETY: the caller keeps the descriptor open for the whole call.
-                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                    let _ = rustix::io::write(fd, b"ok\n");
-                }
-            })
-        })
-        .py()
     }
 
     /// Extract a tar (path or binary file object; plain, gzip or zstd) into the existing directory `path`.
