@@ -298,7 +298,11 @@ class Container:
             try:
                 yield target
             finally:
-                fusemount.unmount(target)
+                try:
+                    fusemount.unmount(target)
+                except OSError:
+                    # Still busy (a file left open) or its daemon is gone: detach it.
+                    fusemount.unmount(target, lazy=True)
                 self._wait_unmarked()
             return
         with self._mount_kernel(target) as where:

@@ -60,13 +60,14 @@ class FuseSpec:
         return cls(**d)
 
 
-def _split_escaped(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` where it is not escaped with a backslash (as fuse-overlayfs reads its options)."""
+def _split_escaped(text: str, sep: str, *, unescape: bool = True) -> list[str]:
+    """Split on ``sep`` where it is not escaped with a backslash (as fuse-overlayfs reads its options);
+    without ``unescape`` the escapes stay for a later split."""
     out, cur, i = [], [], 0
     while i < len(text):
         c = text[i]
         if c == "\\" and i + 1 < len(text):
-            cur.append(text[i + 1])
+            cur.append(text[i + 1] if unescape else text[i : i + 2])
             i += 2
             continue
         if c == sep:
@@ -93,11 +94,11 @@ def parse_command_line(argv: Sequence[str]) -> tuple[FuseSpec, bool]:
         if a == "-o":
             if i + 1 >= len(args):
                 raise ValueError("-o needs options")
-            opts += _split_escaped(args[i + 1], ",")
+            opts += _split_escaped(args[i + 1], ",", unescape=False)
             i += 2
             continue
         if a.startswith("-o") and len(a) > 2:
-            opts += _split_escaped(a[2:], ",")
+            opts += _split_escaped(a[2:], ",", unescape=False)
         elif a in ("-f", "-d", "--debug"):
             foreground = True
         elif a in ("-s",):
@@ -124,9 +125,9 @@ def parse_command_line(argv: Sequence[str]) -> tuple[FuseSpec, bool]:
         if key == "lowerdir":
             lower = [os.path.realpath(p) for p in _split_escaped(value, ":") if p]
         elif key == "upperdir":
-            upper = os.path.realpath(value)
+            upper = os.path.realpath(_split_escaped(value, ",")[0])
         elif key == "workdir":
-            work = os.path.realpath(value)
+            work = os.path.realpath(_split_escaped(value, ",")[0])
         elif key == "ro":
             read_only = True
         elif key in ("allow_other", "allow_root"):

@@ -184,7 +184,10 @@ class Image:
         try:
             yield Path(spec.mountpoint)
         finally:
-            fusemount.unmount(spec.mountpoint)
+            try:
+                fusemount.unmount(spec.mountpoint)
+            except OSError:
+                fusemount.unmount(spec.mountpoint, lazy=True)
             if made:
                 with contextlib.suppress(OSError):
                     target.rmdir()
