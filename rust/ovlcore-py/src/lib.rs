@@ -71,7 +71,7 @@ fn chain_id(parent: Option<&str>, diff_id: &str) -> String {
 /// every layer descriptor is closed when it returns. Once the mount is live, `ready_fd` (if given, still
 /// the caller's) gets one line `ok`.
 #[pyfunction]
-#[pyo3(signature = (lower, upper, mountpoint, *, scratch=None, shared=None, privilege="root", mounts=Vec::new(), ready_fd=None, fsname="ovlcore".to_string(), subtype="ovlcore".to_string(), allow_other=false, threads=4))]
+#[pyo3(signature = (lower, upper, mountpoint, *, scratch=None, shared=None, privilege="root", mounts=Vec::new(), ready_fd=None, fsname="ovlcore", subtype="ovlcore", allow_other=false, threads=4))]
 #[allow(clippy::too_many_arguments)]
 fn fuse_serve(
     py: Python<'_>,
@@ -83,8 +83,8 @@ fn fuse_serve(
     privilege: &str,
     mounts: Vec<(PathBuf, PathBuf, bool)>,
     ready_fd: Option<i32>,
-    fsname: String,
-    subtype: String,
+    fsname: &str,
+    subtype: &str,
     allow_other: bool,
     threads: usize,
 ) -> PyResult<()> {
@@ -92,7 +92,7 @@ fn fuse_serve(
     if upper.is_some() && scratch.is_none() {
         return Err(pyo3::exceptions::PyValueError::new_err("a writable layer needs a scratch directory"));
     }
-    let opts = ovlcore_core::FuseOptions { fsname, subtype, allow_other, threads };
+    let opts = ovlcore_core::FuseOptions { fsname: fsname.into(), subtype: subtype.into(), allow_other, threads };
     py.detach(|| {
         let lower = std::sync::Arc::new(ovlcore_core::Lower::open(&lower, privilege)?);
         let mut points = Vec::with_capacity(mounts.len());
