@@ -416,3 +416,19 @@ def test_upper_stays_a_kernel_layer(store: ovlcore.Store, tmp_path: Path) -> Non
         assert compare_trees(seen, host_tree(k), times=True, names=("fuse", "kernel")) == []
     # No directory of the layer carries both an opaque xattr and a .wh..wh..opq entry.
     assert not [n for _, _, files in os.walk(ctr.upper) for n in files if n.startswith(".wh.")]
+
+
+def test_unix_socket_on_the_mount(mnt: Path) -> None:
+    import socket
+
+    path = str(mnt / "srv" / "sock")
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind(path)
+        srv.listen(1)
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+        with socket.socket(socket.AF_UNIX) as cl:
+            cl.connect(path)
+            conn, _ = srv.accept()
+            with conn:
+                cl.sendall(b"ping")
+                assert conn.recv(4) == b"ping"

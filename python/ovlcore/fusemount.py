@@ -278,9 +278,9 @@ def unmount(path: str | os.PathLike[str], *, lazy: bool = False) -> None:
 def clear_stale(path: str | os.PathLike[str]) -> None:
     """A mount whose daemon died answers ENOTCONN: detach it so the path can be mounted again."""
     try:
-        os.stat(path)
+        os.statvfs(path)  # always asks the daemon (a stat may be answered from the kernel's cache)
     except OSError as e:
-        if e.errno == errno.ENOTCONN:
+        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED):
             unmount(path, lazy=True)
 
 

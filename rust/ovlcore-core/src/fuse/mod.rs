@@ -27,7 +27,7 @@ use rustix::fs::{OFlags, Timespec, Timestamps};
 use crate::attrs::{Attrs, Kind, Meta, Privilege};
 use crate::error::{Error, Result};
 use crate::format::OVERRIDE_XATTR;
-use crate::union::{Found, View};
+use crate::union::{Dir, Found, Resolved, View};
 use inodes::{Inodes, ROOT};
 
 const NAME_MAX: usize = 255;
@@ -61,7 +61,8 @@ pub fn fuse_serve(view: Arc<View>, mountpoint: &Path, opts: &FuseOptions, ready:
     let root_daemon = rustix::process::geteuid().is_root();
     let mut mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype(opts.subtype.clone()),
+        // mount(2) (as root) takes the subtype as a kernel option; fusermount3 as its own.
+        if root_daemon { MountOption::CUSTOM(format!("subtype={}", opts.subtype)) } else { MountOption::Subtype(opts.subtype.clone()) },
         if view.upper.is_some() { MountOption::RW } else { MountOption::RO },
     ];
     // As root the kernel checks permissions against the owners and modes shown; unprivileged, the
@@ -97,6 +98,11 @@ struct Fuse {
     next_fh: AtomicU64,
     /// The daemon runs as root: new entries take the caller's owner.
     root_daemon: bool,
+    /// Entered directories by inode, valid while `generation` is unchanged: lookups, `getattr` and
+    /// listings then cost one step instead of a walk from the root. Every change bumps the generation
+    /// (a copy-up or an opaque marker changes what a directory is made of).
+    dirs: Mutex<HashMap<u64, (u64, PathBuf, Dir)>>,
+    generation: AtomicU64,
 }
 
 fn errno_of(e: &Error) -> Errno {
@@ -188,7 +194,56 @@ fn timespec(t: Option<TimeOrNow>) -> Timespec {
 
 impl Fuse {
     fn new(view: Arc<View>, root_daemon: bool) -> Fuse {
-        Fuse { view, inodes: Inodes::new(), handles: Mutex::new(HashMap::new()), next_fh: AtomicU64::new(1), root_daemon }
+        Fuse {
+            view,
+            inodes: Inodes::new(),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            root_daemon,
+            dirs: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Something changed: every cached directory is looked up again.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The entered directory of a directory inode (cached while nothing changes).
+    fn dir_of(&self, ino: u64) -> std::result::Result<(PathBuf, Dir), Errno> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        if let Some((g, p, d)) = self.dirs.lock().unwrap().get(&ino) {
+            if *g == generation {
+                return Ok((p.clone(), d.clone()));
+            }
+        }
+        let path = self.inodes.path(ino).ok_or(Errno::ENOENT)?;
+        let r = self.view.resolve(&path, false).map_err(|e| errno_of(&e))?;
+        let d = self.view.enter(&r).map_err(|e| errno_of(&e))?;
+        let mut dirs = self.dirs.lock().unwrap();
+        if dirs.len() > 100_000 {
+            dirs.clear();
+        }
+        dirs.insert(ino, (generation, r.path.clone(), d.clone()));
+        Ok((r.path, d))
+    }
+
+    /// `name` in the directory inode `parent`, resolved (not following a final symlink).
+    fn resolve_in(&self, parent: u64, name: &OsStr) -> std::result::Result<Resolved, Errno> {
+        let (dir_path, dir) = self.dir_of(parent)?;
+        self.view.resolve_child(&dir, &dir_path, name).map_err(|e| errno_of(&e))
+    }
+
+    /// An existing path, resolved through its parent's cached directory when possible.
+    fn resolve_path(&self, path: &Path) -> std::result::Result<Resolved, Errno> {
+        match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => {
+                let pino = self.inodes.ino(parent);
+                self.resolve_in(pino, name)
+            }
+            _ => self.view.resolve(path, false).map_err(|e| errno_of(&e)),
+        }
     }
 
     fn path(&self, ino: INodeNo) -> std::result::Result<PathBuf, Errno> {
@@ -213,7 +268,7 @@ impl Fuse {
 
     /// Metadata and cache lifetime of the entry at `path` (not following a final symlink).
     fn stat_path(&self, path: &Path) -> std::result::Result<(Meta, Duration), Errno> {
-        let r = self.view.resolve(path, false).map_err(|e| errno_of(&e))?;
+        let r = self.resolve_path(path)?;
         if !r.found.exists() {
             return Err(Errno::ENOENT);
         }
@@ -309,17 +364,17 @@ impl Fuse {
             let f = self.view.open_found(&r, oflags - OFlags::NOFOLLOW).map_err(|e| errno_of(&e))?;
             (f, lower)
         } else {
-            (self.view.open_write(&path, oflags | OFlags::NOFOLLOW, 0).map_err(|e| errno_of(&e))?, false)
+            let fd = self.view.open_write(&path, oflags | OFlags::NOFOLLOW, 0);
+            self.changed();
+            (fd.map_err(|e| errno_of(&e))?, false)
         };
         let fh = self.add_handle(Handle::File { ino: ino.0, file: Arc::new(File::from(fd)) });
         Ok((fh, if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }))
     }
 
     fn list(&self, ino: INodeNo) -> std::result::Result<Listing, Errno> {
-        let path = self.path(ino)?;
-        let r = self.view.resolve(&path, false).map_err(|e| errno_of(&e))?;
-        let dir = self.view.enter(&r).map_err(|e| errno_of(&e))?;
-        let names = self.view.list_dir(&dir, &r.path).map_err(|e| errno_of(&e))?;
+        let (path, dir) = self.dir_of(ino.0)?;
+        let names = self.view.list_dir(&dir, &path).map_err(|e| errno_of(&e))?;
         let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
         let mut out = vec![(OsString::from("."), Kind::Dir, path.clone()), (OsString::from(".."), Kind::Dir, parent)];
         out.extend(names.into_iter().map(|(n, k)| {
@@ -425,6 +480,7 @@ impl Filesystem for Fuse {
             }
             Ok(())
         })();
+        self.changed();
         match res.and_then(|_| self.getattr_ino(ino.0, fh)) {
             Ok((a, ttl)) => reply.attr(&ttl, &a),
             Err(e) => reply.error(e),
@@ -451,6 +507,7 @@ impl Filesystem for Fuse {
             self.own(req, &p)?;
             Ok(p)
         })();
+        self.changed();
         match res {
             Ok(p) => self.entry(&p, reply),
             Err(e) => reply.error(e),
@@ -464,6 +521,7 @@ impl Filesystem for Fuse {
             self.own(req, &p)?;
             Ok(p)
         })();
+        self.changed();
         match res {
             Ok(p) => self.entry(&p, reply),
             Err(e) => reply.error(e),
@@ -477,6 +535,7 @@ impl Filesystem for Fuse {
             self.inodes.detach(&p);
             Ok(())
         })();
+        self.changed();
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -490,6 +549,7 @@ impl Filesystem for Fuse {
             self.inodes.detach(&p);
             Ok(())
         })();
+        self.changed();
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -503,6 +563,7 @@ impl Filesystem for Fuse {
             self.own(req, &p)?;
             Ok(p)
         })();
+        self.changed();
         match res {
             Ok(p) => self.entry(&p, reply),
             Err(e) => reply.error(e),
@@ -536,6 +597,7 @@ impl Filesystem for Fuse {
             self.inodes.rename(&src, &dst);
             Ok(())
         })();
+        self.changed();
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -549,6 +611,7 @@ impl Filesystem for Fuse {
             self.view.link(&src, &dst).map_err(|e| errno_of(&e))?;
             Ok(dst)
         })();
+        self.changed();
         match res {
             Ok(p) => self.entry(&p, reply),
             Err(e) => reply.error(e),
@@ -658,7 +721,9 @@ impl Filesystem for Fuse {
         match self.list(ino) {
             Ok(entries) => {
                 let fh = self.add_handle(Handle::Dir { entries: Arc::new(entries) });
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+                // Every change comes through this mount, and the kernel drops a directory's cached
+                // listing when one does: it may keep listings across opens.
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
             }
             Err(e) => reply.error(e),
         }
@@ -735,6 +800,7 @@ impl Filesystem for Fuse {
             let attr = CString::new(name.as_bytes()).map_err(|_| Errno::from_i32(libc::EINVAL))?;
             self.view.setxattr(&p, &attr, value, flags, false).map_err(|e| errno_of(&e))
         })();
+        self.changed();
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -770,6 +836,7 @@ impl Filesystem for Fuse {
             let attr = CString::new(name.as_bytes()).map_err(|_| Errno::from_i32(libc::EINVAL))?;
             self.view.removexattr(&p, &attr, false).map_err(|e| errno_of(&e))
         })();
+        self.changed();
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -795,6 +862,7 @@ impl Filesystem for Fuse {
             let fh = self.add_handle(Handle::File { ino, file: Arc::new(File::from(fd)) });
             Ok((p, fh))
         })();
+        self.changed();
         match res {
             Ok((p, fh)) => match self.stat_path(&p) {
                 Ok((m, ttl)) => {
