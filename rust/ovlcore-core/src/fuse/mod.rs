@@ -88,7 +88,8 @@ type Listing = Vec<(OsString, Kind, PathBuf)>;
 
 enum Handle {
     File { ino: u64, file: Arc<File> },
-    Dir { entries: Arc<Listing> },
+    /// Listed on the first `readdir` (the kernel often answers from its cached listing instead).
+    Dir { ino: u64, entries: Arc<std::sync::OnceLock<Listing>> },
 }
 
 struct Fuse {
@@ -359,7 +360,7 @@ impl Fuse {
         let oflags = OFlags::from_bits_retain(flags as u32) - OFlags::CREATE - OFlags::EXCL - OFlags::NOCTTY;
         let acc = flags & libc::O_ACCMODE;
         let (fd, keep): (OwnedFd, bool) = if acc == libc::O_RDONLY && flags & libc::O_TRUNC == 0 {
-            let r = self.view.resolve(&path, false).map_err(|e| errno_of(&e))?.require().map_err(|e| errno_of(&e))?;
+            let r = self.resolve_path(&path)?.require().map_err(|e| errno_of(&e))?;
             let lower = matches!(r.found, Found::Lower { .. });
             let f = self.view.open_found(&r, oflags - OFlags::NOFOLLOW).map_err(|e| errno_of(&e))?;
             (f, lower)
@@ -384,11 +385,16 @@ impl Fuse {
         Ok(out)
     }
 
-    fn dir_entries(&self, fh: FileHandle) -> std::result::Result<Arc<Listing>, Errno> {
-        match self.handles.lock().unwrap().get(&fh.0) {
-            Some(Handle::Dir { entries }) => Ok(entries.clone()),
-            _ => Err(Errno::from_i32(libc::EBADF)),
+    fn dir_entries(&self, fh: FileHandle) -> std::result::Result<Arc<std::sync::OnceLock<Listing>>, Errno> {
+        let (ino, cell) = match self.handles.lock().unwrap().get(&fh.0) {
+            Some(Handle::Dir { ino, entries }) => (*ino, entries.clone()),
+            _ => return Err(Errno::from_i32(libc::EBADF)),
+        };
+        if cell.get().is_none() {
+            let listing = self.list(INodeNo(ino))?;
+            let _ = cell.set(listing);
         }
+        Ok(cell)
     }
 }
 
@@ -695,7 +701,7 @@ impl Filesystem for Fuse {
     fn release(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -703,7 +709,6 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         self.handles.lock().unwrap().remove(&fh.0);
-        let _ = ino;
         reply.ok();
     }
 
@@ -718,9 +723,9 @@ impl Filesystem for Fuse {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.list(ino) {
-            Ok(entries) => {
-                let fh = self.add_handle(Handle::Dir { entries: Arc::new(entries) });
+        match self.dir_of(ino.0) {
+            Ok(_) => {
+                let fh = self.add_handle(Handle::Dir { ino: ino.0, entries: Arc::new(std::sync::OnceLock::new()) });
                 // Every change comes through this mount, and the kernel drops a directory's cached
                 // listing when one does: it may keep listings across opens.
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
@@ -732,7 +737,7 @@ impl Filesystem for Fuse {
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         match self.dir_entries(fh) {
             Ok(entries) => {
-                for (i, (name, kind, path)) in entries.iter().enumerate().skip(offset as usize) {
+                for (i, (name, kind, path)) in entries.get().expect("listed").iter().enumerate().skip(offset as usize) {
                     let ino = if i < 2 { 0 } else { self.inodes.ino(path) };
                     // `.` and `..` carry no useful number here: the kernel fills in its own.
                     let ino = if ino == 0 { ROOT } else { ino };
@@ -749,7 +754,7 @@ impl Filesystem for Fuse {
     fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         match self.dir_entries(fh) {
             Ok(entries) => {
-                for (i, (name, _kind, path)) in entries.iter().enumerate().skip(offset as usize) {
+                for (i, (name, _kind, path)) in entries.get().expect("listed").iter().enumerate().skip(offset as usize) {
                     let Ok((m, ttl)) = self.stat_path(path) else { continue };
                     let ino = self.inodes.ino(path);
                     if reply.add(INodeNo(ino), (i + 1) as u64, name, &ttl, &attr_of(ino, &m), Generation(0)) {
@@ -855,7 +860,6 @@ impl Filesystem for Fuse {
             let p = self.child(parent, name)?;
             let oflags = OFlags::from_bits_retain(flags as u32) | OFlags::CREATE | OFlags::NOFOLLOW;
             let oflags = oflags - OFlags::NOCTTY;
-            // A file created write-only must still be readable by us (the kernel may read to fill pages).
             let fd = self.view.open_write(&p, oflags, mode & 0o7777).map_err(|e| errno_of(&e))?;
             self.own(req, &p)?;
             let ino = self.inodes.ino(&p);
