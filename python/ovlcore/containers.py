@@ -143,7 +143,7 @@ class Container:
 
     @property
     def mounted_at(self) -> str | None:
-        """Where the kernel has the container mounted (by any process), or ``None``."""
+        """Where the container is mounted (kernel or FUSE, by any process), or ``None``."""
         try:
             return self._dirs.marker.read_text().strip()
         except FileNotFoundError:
@@ -186,9 +186,9 @@ class Container:
         return ContainerFS(self._view(), writable=self._storage.writable, owner=f"container {self.name}", guard=self._guard)
 
     def _guard(self) -> None:
-        """Before a write: refuse it while the kernel has the container mounted (another process may have
-        mounted it: one stat per write tells), and let recovery know this process may leave copy-ups
-        in progress in the scratch directory."""
+        """Before a write: refuse it while the container is mounted, by the kernel or FUSE (another
+        process may have mounted it: one stat per write tells), and let recovery know this process may
+        leave copy-ups in progress in the scratch directory."""
         if not self._storage.writable:
             raise PermissionError(errno.EROFS, f"{os.strerror(errno.EROFS)} (the store is open read-only)", str(self.dir))
         where = self.mounted_at
