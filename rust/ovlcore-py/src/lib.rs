@@ -94,17 +94,19 @@ fn fuse_serve(
     }
     let opts = ovlcore_core::FuseOptions { fsname: fsname.into(), subtype: subtype.into(), allow_other, threads };
     py.detach(|| {
-        let lower = std::sync::Arc::new(ovlcore_core::Lower::open(&lower, privilege)?);
-        let mut points = Vec::with_capacity(mounts.len());
-        for (target, source, ro) in &mounts {
-            points.push(ovlcore_core::MountPoint::new(target, source, *ro)?);
-        }
-        let upper = match (&upper, &scratch) {
-            (Some(u), Some(s)) => Some(ovlcore_core::Upper::open(u, s, shared.as_deref())?),
-            _ => None,
+        let make_view = || {
+            let lower = std::sync::Arc::new(ovlcore_core::Lower::open(&lower, privilege)?);
+            let mut points = Vec::with_capacity(mounts.len());
+            for (target, source, ro) in &mounts {
+                points.push(ovlcore_core::MountPoint::new(target, source, *ro)?);
+            }
+            let upper = match (&upper, &scratch) {
+                (Some(u), Some(s)) => Some(ovlcore_core::Upper::open(u, s, shared.as_deref())?),
+                _ => None,
+            };
+            ovlcore_core::View::new(lower, upper, points)
         };
-        let view = std::sync::Arc::new(ovlcore_core::View::new(lower, upper, points)?);
-        ovlcore_core::fuse_serve(view, &mountpoint, &opts, || {
+        ovlcore_core::fuse_serve(make_view, &mountpoint, &opts, || {
             if let Some(fd) = ready_fd {
                 // SAFETY: the caller keeps the descriptor open for the whole call.
                 let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };

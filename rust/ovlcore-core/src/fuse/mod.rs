@@ -55,10 +55,31 @@ impl Default for FuseOptions {
     }
 }
 
-/// Mount `view` at `mountpoint` and serve it until it is unmounted (`umount`, `fusermount3 -u`).
-/// `ready` runs once the mount is live.
-pub fn fuse_serve(view: Arc<View>, mountpoint: &Path, opts: &FuseOptions, ready: impl FnOnce()) -> Result<()> {
+/// Mount the view `make_view` builds at `mountpoint` and serve it until it is unmounted (`umount`,
+/// `fusermount3 -u`). `ready` runs once the mount is live.
+///
+/// As root the mount is made first and the view (every layer directory it opens) is built in a mount
+/// namespace of the daemon's own: the layers' file systems are then never busy on the host because of
+/// the daemon (whoever unmounts the FUSE mount may unmount a layer's file system right after, before
+/// this process has exited).
+pub fn fuse_serve(make_view: impl Fn() -> Result<View>, mountpoint: &Path, opts: &FuseOptions, ready: impl FnOnce()) -> Result<()> {
     let root_daemon = rustix::process::geteuid().is_root();
+    let at = |e: std::io::Error| Error::from(e).at(mountpoint.as_os_str());
+    let mut config = Config::default();
+    config.acl = if opts.allow_other || root_daemon { SessionACL::All } else { SessionACL::Owner };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = opts.threads > 1;
+    if root_daemon {
+        // Fail before mounting: a mount left behind by a failure here could not be reached again.
+        drop(make_view()?);
+        if let Some(fd) = mount_isolated(mountpoint, opts)? {
+            let view = Arc::new(make_view()?);
+            let session = fuser::Session::from_fd(Fuse::new(view, true), fd, config.acl, config.clone()).map_err(at)?;
+            ready();
+            return session.run().map_err(at);
+        }
+    }
+    let view = Arc::new(make_view()?);
     let mut mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
         // mount(2) (as root) takes the subtype as a kernel option; fusermount3 as its own.
@@ -72,15 +93,38 @@ pub fn fuse_serve(view: Arc<View>, mountpoint: &Path, opts: &FuseOptions, ready:
         mount_options.push(MountOption::Dev);
         mount_options.push(MountOption::Suid);
     }
-    let mut config = Config::default();
     config.mount_options = mount_options;
-    config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
-    config.n_threads = Some(opts.threads.max(1));
-    config.clone_fd = opts.threads > 1;
-    let fs = Fuse::new(view, root_daemon);
-    let session = fuser::Session::new(fs, mountpoint, &config).map_err(|e| Error::from(e).at(mountpoint.as_os_str()))?;
+    let session = fuser::Session::new(Fuse::new(view, root_daemon), mountpoint, &config).map_err(at)?;
     ready();
-    session.run().map_err(|e| Error::from(e).at(mountpoint.as_os_str()))
+    session.run().map_err(at)
+}
+
+/// As root: mount FUSE at `mountpoint` with mount(2), then move this process into a mount namespace of
+/// its own where that mount is detached (so only the host's copy keeps the connection alive, and its
+/// unmount ends the session). Returns the `/dev/fuse` descriptor of the mount.
+fn mount_isolated(mountpoint: &Path, opts: &FuseOptions) -> Result<Option<OwnedFd>> {
+    use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+    use std::os::fd::AsRawFd;
+    let at = |e: rustix::io::Errno| Error::from(e).at(mountpoint.as_os_str());
+    let fd = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, rustix::fs::Mode::empty()).map_err(|e| Error::from(e).at("/dev/fuse"))?;
+    let st = rustix::fs::stat(mountpoint).map_err(at)?;
+    let data = format!(
+        "fd={},rootmode={:o},user_id=0,group_id=0,allow_other,default_permissions",
+        fd.as_raw_fd(),
+        st.st_mode & libc::S_IFMT
+    );
+    let data = CString::new(data).expect("no NUL");
+    let fstype = format!("fuse.{}", opts.subtype);
+    rustix::mount::mount(opts.fsname.as_str(), mountpoint, fstype.as_str(), MountFlags::empty(), data.as_c_str()).map_err(at)?;
+    // SAFETY: only the mount namespace (and with it this thread's fs context) is unshared, before any
+    // other thread of the session exists; no descriptor table changes.
+    let isolated = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
+        .and_then(|_| rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC))
+        .and_then(|_| rustix::mount::unmount(mountpoint, UnmountFlags::DETACH));
+    // Without a namespace the mount is served from here all the same (the layers then stay busy
+    // until this process exits).
+    let _ = isolated;
+    Ok(Some(fd))
 }
 
 /// A directory's entries (name, type, path) as of `opendir`, `.` and `..` first.
