@@ -432,3 +432,14 @@ def test_unix_socket_on_the_mount(mnt: Path) -> None:
             with conn:
                 cl.sendall(b"ping")
                 assert conn.recv(4) == b"ping"
+
+
+def test_volumes_are_routed_by_the_view(any_store: ovlcore.Store, tmp_path: Path) -> None:
+    require_fuse()
+    c = any_store.containers.create(import_image(any_store), mounts=[ovlcore.Mount("/data", "vol")])
+    with c.mount(tmp_path / "m", driver="fuse") as p:
+        assert (p / "data" / "seed.txt").read_text() == "seed from the image\n"  # filled from the image
+        (p / "data" / "in-volume").write_text("v\n")
+    assert (any_store.volumes.get("vol").mountpoint / "in-volume").read_text() == "v\n"
+    assert c.fs.read_text("/data/in-volume") == "v\n"
+    assert not (c.upper / "data" / "in-volume").exists()
