@@ -333,7 +333,8 @@ class Container:
             marker=str(d.marker),
             fsname=f"ovlcore:{self.name}",
         )
-        fusemount.start(spec)
+        # The daemon copies up in the scratch directory too: recovery cleans up after it if it dies.
+        self._storage.use_scratch(self.id, fusemount.start(spec))
         self._view_cache = None  # the daemon's view is the one that writes now
         return Path(spec.mountpoint)
 

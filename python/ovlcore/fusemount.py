@@ -194,8 +194,9 @@ def _daemon_main(ready_fd: int, spec_json: str) -> int:
     return 0
 
 
-def start(spec: FuseSpec, timeout: float = 60.0) -> None:
-    """Start a daemon serving ``spec`` and return once the mount is live (raise ``OSError`` if it fails)."""
+def start(spec: FuseSpec, timeout: float = 60.0) -> int:
+    """Start a daemon serving ``spec`` and return its pid once the mount is live (raise ``OSError`` if
+    it fails)."""
     r, w = os.pipe()
     try:
         proc = subprocess.Popen(
@@ -228,7 +229,7 @@ def start(spec: FuseSpec, timeout: float = 60.0) -> None:
         os.close(r)
     text = line.decode(errors="replace").strip()
     if text == "ok":
-        return
+        return proc.pid
     proc.wait(timeout=10)
     msg = text[len("error ") :] if text.startswith("error ") else f"the FUSE daemon exited ({proc.returncode})"
     raise OSError(errno.EIO, f"cannot FUSE-mount {spec.mountpoint}: {msg}")
