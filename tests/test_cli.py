@@ -783,7 +783,7 @@ def test_mount_unprivileged_is_a_clear_error(tmp_path: Path, base_tar: Path) -> 
     root = tmp_path / "s"
     assert run_cli("import", str(base_tar), "base:1", root=root).returncode == 0
     assert run_cli("create", "--name", "m", "base:1", root=root).returncode == 0
-    p = run_cli("mount", "m", "--", "true", root=root)
+    p = run_cli("mount", "--driver", "kernel", "m", "--", "true", root=root)
     err = p.stderr.decode()
     assert p.returncode == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "root" in err or "privilege" in err

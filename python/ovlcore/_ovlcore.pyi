@@ -17,6 +17,7 @@ __all__ = [
     "chain_id",
     "dir_usage",
     "erase_credentials",
+    "fuse_serve",
     "import_layer",
     "layer_tar",
     "mount_overlay",
@@ -174,6 +175,21 @@ def chain_id(parent: str | None, diff_id: str) -> str: ...
 def mount_overlay(lower: Sequence[_Path], upper: _Path, work: _Path, target: _Path, *, userxattr: bool = False) -> None: ...
 def bind_mount_in(root: _Path, target: _Path, source: _Path, *, read_only: bool = False) -> list[str]: ...
 def unmount(target: _Path, *, lazy: bool = False) -> None: ...
+def fuse_serve(
+    lower: Sequence[_Path],
+    upper: _Path | None,
+    mountpoint: _Path,
+    *,
+    scratch: _Path | None = None,
+    shared: _Path | None = None,
+    privilege: str = "root",
+    mounts: Sequence[tuple[_Path, _Path, bool]] = ...,
+    ready_fd: int | None = None,
+    fsname: str = "ovlcore",
+    subtype: str = "ovlcore",
+    allow_other: bool = False,
+    threads: int = 4,
+) -> None: ...
 def dir_usage(path: _Path) -> int: ...
 
 # ----- registries -----

@@ -608,21 +608,55 @@ def _cp_total(store: Store, src: str) -> int | None:
     return total or None  # a glob, or nothing to measure: a bar without a total
 
 
+def _mount_args(args: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """``[PATH] [-- CMD...]``; without ``--`` a lone argument naming a directory path is PATH, anything
+    else is a command (as before PATH existed)."""
+    if "--" in args:
+        i = args.index("--")
+        before, after = args[:i], list(args[i + 1 :])
+        if len(before) > 1:
+            raise click.UsageError("at most one PATH before --")
+        return (before[0] if before else None), after
+    if len(args) == 1 and ("/" in args[0] or os.path.isdir(args[0])):
+        return args[0], []
+    return None, list(args)
+
+
 @cli.command("mount", context_settings={"allow_interspersed_args": False})
+@click.option("--driver", type=click.Choice(["auto", "kernel", "fuse"]), default="auto", show_default=True,
+              help="kernel overlayfs (needs root) or FUSE; auto: kernel when privileged")
 @click.argument("container")
-@click.argument("command", nargs=-1)
+@click.argument("args", nargs=-1)
 @pass_ctx
-def mount_cmd(c: Ctx, container: str, command: tuple[str, ...]) -> None:
-    """Mount a container's merged file system and run COMMAND (default: a shell) in it; unmounts after."""
+def mount_cmd(c: Ctx, driver: str, container: str, args: tuple[str, ...]) -> None:
+    """Mount a container's merged file system: CONTAINER [PATH] [-- CMD...]. With CMD, run it in the
+    mount and unmount after; without, stay mounted (through FUSE) until `ovlcore umount PATH`."""
     import subprocess
 
-    command = _after_dashes(command)
+    path, command = _mount_args(args)
     ctr = c.store.containers.get(container)
-    with ctr.mount() as where:
+    if not command and driver != "kernel":
+        where = ctr.mount_fuse(path)
+        click.echo(str(where))
+        return
+    with ctr.mount(path, driver=driver) as where:
         click.echo(f"{ctr.name} mounted at {where}", err=True)
-        cmd = list(command) or [os.environ.get("SHELL", "/bin/sh")]
+        cmd = command or [os.environ.get("SHELL", "/bin/sh")]
         rc = subprocess.call(cmd, cwd=where)
     sys.exit(rc)
+
+
+@cli.command("umount")
+@click.argument("path")
+def umount_cmd(path: str) -> None:
+    """Unmount what `ovlcore mount` left mounted at PATH (also a mount whose daemon died)."""
+    from . import fusemount
+
+    try:
+        fusemount.unmount(path)
+    except OSError:
+        # A mount whose daemon is gone cannot be unmounted normally: detach it.
+        fusemount.unmount(path, lazy=True)
 
 
 # ----- volumes -----

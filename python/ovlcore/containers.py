@@ -17,13 +17,14 @@ import os
 import posixpath
 import secrets
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
-from . import _ovlcore
+from . import _ovlcore, fusemount
 from ._config import apply_changes, child_config
 from ._store import Storage
 from ._store.files import replacing
@@ -142,7 +143,7 @@ class Container:
 
     @property
     def mounted_at(self) -> str | None:
-        """Where the kernel has the container mounted (by any process), or ``None``."""
+        """Where the container is mounted (kernel or FUSE, by any process), or ``None``."""
         try:
             return self._dirs.marker.read_text().strip()
         except FileNotFoundError:
@@ -185,9 +186,9 @@ class Container:
         return ContainerFS(self._view(), writable=self._storage.writable, owner=f"container {self.name}", guard=self._guard)
 
     def _guard(self) -> None:
-        """Before a write: refuse it while the kernel has the container mounted (another process may have
-        mounted it: one stat per write tells), and let recovery know this process may leave copy-ups
-        in progress in the scratch directory."""
+        """Before a write: refuse it while the container is mounted, by the kernel or FUSE (another
+        process may have mounted it: one stat per write tells), and let recovery know this process may
+        leave copy-ups in progress in the scratch directory."""
         if not self._storage.writable:
             raise PermissionError(errno.EROFS, f"{os.strerror(errno.EROFS)} (the store is open read-only)", str(self.dir))
         where = self.mounted_at
@@ -280,12 +281,80 @@ class Container:
     # ----- kernel mount -----
 
     @contextlib.contextmanager
-    def mount(self, path: str | os.PathLike[str] | None = None) -> Iterator[Path]:
-        """Mount the merged tree for real (kernel overlayfs over the stored layer directories) and yield
-        the host path; volumes and bind mounts are bind-mounted at their targets. Changes made there are
-        the container's changes. Needs the privilege to mount."""
+    def mount(self, path: str | os.PathLike[str] | None = None, *, driver: str = "auto") -> Iterator[Path]:
+        """Mount the merged tree for real and yield the host path; unmounted on exit. Changes made there
+        are the container's changes. ``driver``: ``"kernel"`` (overlayfs over the stored layer directories,
+        volumes bind-mounted at their targets; needs the privilege to mount), ``"fuse"`` (ovlcore's own
+        view served through FUSE, volumes routed by the view; no privilege needed) or ``"auto"`` (kernel
+        when privileged, else FUSE). While mounted, writes through :attr:`fs` are refused."""
+        if driver not in ("auto", "kernel", "fuse"):
+            raise ValueError(f"unknown mount driver {driver!r} (auto, kernel or fuse)")
+        if driver == "auto":
+            driver = "kernel" if os.geteuid() == 0 else "fuse"
         d = self._dirs
         target = Path(path) if path is not None else d.merged
+        if driver == "fuse":
+            target = self.mount_fuse(target)
+            try:
+                yield target
+            finally:
+                try:
+                    fusemount.unmount(target)
+                except OSError:
+                    # Still busy (a file left open) or its daemon is gone: detach it.
+                    fusemount.unmount(target, lazy=True)
+                self._wait_unmarked()
+            return
+        with self._mount_kernel(target) as where:
+            yield where
+
+    def mount_fuse(self, path: str | os.PathLike[str] | None = None) -> Path:
+        """Mount the container through FUSE and leave it mounted (served by a daemon that exits when
+        the mount goes away: ``umount``/``fusermount3 -u``). Returns the mount point."""
+        if not self._storage.writable:
+            raise PermissionError(errno.EROFS, f"{os.strerror(errno.EROFS)} (the store is open read-only)", str(self.dir))
+        d = self._dirs
+        target = Path(path) if path is not None else d.merged
+        fusemount.clear_stale(target)
+        self._clear_stale_marker()
+        if self.mounted_at is not None:
+            raise OSError(errno.EBUSY, f"container {self.name} is already mounted at {self.mounted_at}", str(target))
+        target.mkdir(parents=True, exist_ok=True)
+        image = self.image
+        self._storage.use_scratch(self.id)
+        spec = fusemount.FuseSpec(
+            mountpoint=str(target.resolve()),
+            lower=image.stack_paths(),
+            upper=str(d.upper),
+            scratch=str(d.scratch),
+            shared=str(d.shared),
+            privilege=self._storage.privilege,
+            mounts=self._mount_points(),
+            marker=str(d.marker),
+            fsname=f"ovlcore:{self.name}",
+        )
+        # The daemon copies up in the scratch directory too: recovery cleans up after it if it dies.
+        self._storage.use_scratch(self.id, fusemount.start(spec))
+        self._view_cache = None  # the daemon's view is the one that writes now
+        return Path(spec.mountpoint)
+
+    def _clear_stale_marker(self) -> None:
+        """A marker left by a daemon that was killed (nothing mounted there any more) goes away."""
+        where = self.mounted_at
+        if where is not None and not fusemount.is_mounted(where):
+            with contextlib.suppress(FileNotFoundError):
+                self._dirs.marker.unlink()
+
+    def _wait_unmarked(self, timeout: float = 10.0) -> None:
+        """After unmounting, the daemon removes the marker as it exits."""
+        deadline = time.monotonic() + timeout
+        while self._dirs.marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._clear_stale_marker()
+
+    @contextlib.contextmanager
+    def _mount_kernel(self, target: Path) -> Iterator[Path]:
+        d = self._dirs
         target.mkdir(parents=True, exist_ok=True)
         view = self._view()
         self._storage.use_scratch(self.id)
@@ -296,8 +365,8 @@ class Container:
         except PermissionError as e:
             raise PermissionError(
                 errno.EPERM,
-                "mounting a container needs the privilege to mount (run as root); "
-                "the userspace view (container.fs) needs none",
+                "mounting a container with the kernel driver needs the privilege to mount (run as root); "
+                "driver='fuse' and the userspace view (container.fs) need none",
                 str(target),
             ) from e
         scaffolding: builtins.list[str] = []

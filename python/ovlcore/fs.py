@@ -101,7 +101,7 @@ class ContainerFS:
 
     def check_writable(self, path: str = "/") -> None:
         """Raise unless writing is allowed now: ``PermissionError`` (EROFS) for an image, ``OSError``
-        (EBUSY) while the container is mounted by the kernel."""
+        (EBUSY) while the container is mounted (kernel or FUSE: write through the mount)."""
         if not self._writable:
             raise PermissionError(errno.EROFS, f"Read-only file system ({self._owner})", path)
         if self._guard is not None:

@@ -7,15 +7,18 @@ its layers and what only this store knows (the parent image a commit started fro
 from __future__ import annotations
 
 import builtins
+import contextlib
 
 import json
 import os
-from collections.abc import Callable, Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import IO, Any, Protocol, Union
 
-from . import _ovlcore
+from . import _ovlcore, fusemount
 from ._config import apply_changes, child_config
 from ._store import Publisher, Storage, Transaction
 from ._store.records import ImageRecord, Query
@@ -175,6 +178,32 @@ class Image:
         if self._fs is None:
             self._fs = ContainerFS.of_layers(self.stack_paths(), self._storage.privilege, owner=f"image {self.short_id}")
         return self._fs
+
+    @contextlib.contextmanager
+    def mount(self, path: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+        """Mount the image's merged tree read-only through FUSE (no privilege needed) and yield the host
+        path (a new temporary directory when ``path`` is ``None``); unmounted on exit."""
+        made = path is None
+        target = Path(tempfile.mkdtemp(prefix=f"ovlcore-{self.short_id}-")) if path is None else Path(path)
+        fusemount.clear_stale(target)
+        target.mkdir(parents=True, exist_ok=True)
+        spec = fusemount.FuseSpec(
+            mountpoint=str(target.resolve()),
+            lower=self.stack_paths(),
+            privilege=self._storage.privilege,
+            fsname=f"ovlcore:{self.short_id}",
+        )
+        fusemount.start(spec)
+        try:
+            yield Path(spec.mountpoint)
+        finally:
+            try:
+                fusemount.unmount(spec.mountpoint)
+            except OSError:
+                fusemount.unmount(spec.mountpoint, lazy=True)
+            if made:
+                with contextlib.suppress(OSError):
+                    target.rmdir()
 
     def history(self) -> builtins.list[HistoryEntry]:
         """``docker history``: one entry per build step, newest first, with the id of the local image each

@@ -156,10 +156,11 @@ class Storage:
             raise PermissionError(errno.EROFS, os.strerror(errno.EROFS) + " (the store is open read-only)", str(self.root))
         return Transaction(self)
 
-    def use_scratch(self, container_id: str) -> None:
-        """Record that this process may leave copy-ups in progress in the container's scratch directory,
-        so that recovery finds them if it dies (once per process and container)."""
-        key = (container_id, os.getpid())
+    def use_scratch(self, container_id: str, pid: int | None = None) -> None:
+        """Record that this process (or the process ``pid``, e.g. a FUSE daemon it started) may leave
+        copy-ups in progress in the container's scratch directory, so that recovery finds them if it
+        dies (once per process and container)."""
+        key = (container_id, os.getpid() if pid is None else pid)
         if key in self._scratch_users or not self.writable:
             return
         if not self.records.scratch_user(*key):

@@ -14,7 +14,8 @@
 //!   `stream`). `union`: the merged view. `rw`: writes, copy-up, diff, commit, shared inodes.
 //! - `cp`, `put_archive`: copying between a view and the host. `archive`: image archives' members in
 //!   and out. `mount`: kernel overlay and bind mounts. `registry`: pull, push and login over the OCI
-//!   distribution API (references, transport, auth, credentials, manifests).
+//!   distribution API (references, transport, auth, credentials, manifests). `fuse`: the view served
+//!   as a FUSE file system.
 
 mod archive;
 mod attrs;
@@ -23,6 +24,7 @@ mod cp;
 mod digest;
 mod error;
 mod format;
+mod fuse;
 mod layer;
 mod mount;
 mod overlap;
@@ -62,5 +64,6 @@ pub use registry::{
 };
 
 // The host.
+pub use fuse::{fuse_serve, FuseOptions};
 pub use mount::{bind_mount_in, mount_overlay, unmount};
 pub use sys::{remove_tree, sync_fs};

@@ -67,6 +67,57 @@ fn chain_id(parent: Option<&str>, diff_id: &str) -> String {
     ovlcore_core::chain_id(parent, diff_id)
 }
 
+/// Serve layer directories (top first) and an optional writable layer as a FUSE file system at
+/// `mountpoint` until it is unmounted. The view is private to this call (not the shared stack cache), so
+/// every layer descriptor is closed when it returns. Once the mount is live, `ready_fd` (if given, still
+/// the caller's) gets one line `ok`.
+#[pyfunction]
+#[pyo3(signature = (lower, upper, mountpoint, *, scratch=None, shared=None, privilege="root", mounts=Vec::new(), ready_fd=None, fsname="ovlcore", subtype="ovlcore", allow_other=false, threads=4))]
+#[allow(clippy::too_many_arguments)]
+fn fuse_serve(
+    py: Python<'_>,
+    lower: Vec<PathBuf>,
+    upper: Option<PathBuf>,
+    mountpoint: PathBuf,
+    scratch: Option<PathBuf>,
+    shared: Option<PathBuf>,
+    privilege: &str,
+    mounts: Vec<(PathBuf, PathBuf, bool)>,
+    ready_fd: Option<i32>,
+    fsname: &str,
+    subtype: &str,
+    allow_other: bool,
+    threads: usize,
+) -> PyResult<()> {
+    let privilege = view::parse_privilege(privilege)?;
+    if upper.is_some() && scratch.is_none() {
+        return Err(pyo3::exceptions::PyValueError::new_err("a writable layer needs a scratch directory"));
+    }
+    let opts = ovlcore_core::FuseOptions { fsname: fsname.into(), subtype: subtype.into(), allow_other, threads };
+    py.detach(|| {
+        let make_view = || {
+            let lower = std::sync::Arc::new(ovlcore_core::Lower::open(&lower, privilege)?);
+            let mut points = Vec::with_capacity(mounts.len());
+            for (target, source, ro) in &mounts {
+                points.push(ovlcore_core::MountPoint::new(target, source, *ro)?);
+            }
+            let upper = match (&upper, &scratch) {
+                (Some(u), Some(s)) => Some(ovlcore_core::Upper::open(u, s, shared.as_deref())?),
+                _ => None,
+            };
+            ovlcore_core::View::new(lower, upper, points)
+        };
+        ovlcore_core::fuse_serve(make_view, &mountpoint, &opts, || {
+            if let Some(fd) = ready_fd {
+                // SAFETY: the caller keeps the descriptor open for the whole call.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                let _ = rustix::io::write(fd, b"ok\n");
+            }
+        })
+    })
+    .py()
+}
+
 #[pymodule]
 fn _ovlcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -80,6 +131,7 @@ fn _ovlcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mount_overlay, m)?)?;
     m.add_function(wrap_pyfunction!(bind_mount_in, m)?)?;
     m.add_function(wrap_pyfunction!(unmount, m)?)?;
+    m.add_function(wrap_pyfunction!(fuse_serve, m)?)?;
     m.add_function(wrap_pyfunction!(dir_usage, m)?)?;
     m.add_function(wrap_pyfunction!(chain_id, m)?)?;
     m.add_class::<archive::Archive>()?;

@@ -685,19 +685,22 @@ impl View {
         Ok(())
     }
 
-    /// Make a FIFO (and, as root, a device node) at a free path.
+    /// Make a FIFO or socket (and, as root, a device node) at a free path.
     pub fn mknod(&self, path: &Path, kind: Kind, mode: u32, rdev: u64) -> Result<()> {
         let r = self.resolve(path, false)?;
         let ft = match kind {
             Kind::Fifo => FileType::Fifo,
             Kind::Char => FileType::CharacterDevice,
             Kind::Block => FileType::BlockDevice,
+            // A socket bound by a program on a mount of the view.
+            Kind::Socket => FileType::Socket,
             _ => return Err(Error::os(libc::EINVAL, path.as_os_str())),
         };
         if ft == FileType::CharacterDevice && rdev == 0 {
             return Err(Error::os(libc::EPERM, path.as_os_str()));
         }
-        let rootless = self.privilege == Privilege::Rootless && r.mount().is_none();
+        // Anyone may make a socket node: it stays one, also in a rootless store.
+        let rootless = self.privilege == Privilege::Rootless && r.mount().is_none() && kind != Kind::Socket;
         self.create_at(&r, &|dir, name| {
             if rootless {
                 // Kept as the convention says: an empty file whose override names the real type.

@@ -301,6 +301,14 @@ impl View {
         Ok(found)
     }
 
+    /// What `name` is in the entered directory `dir`, whose canonical container path is `dir_path`
+    /// (a final symlink is not followed): one lookup instead of a walk from the root.
+    pub fn resolve_child(&self, dir: &Dir, dir_path: &Path, name: &OsStr) -> Result<Resolved> {
+        let path = dir_path.join(name);
+        let found = self.lookup(dir, &path, name)?;
+        Ok(Resolved { path, parent: Some(dir.clone()), name: name.to_os_string(), found })
+    }
+
     /// Whether a mount target lies strictly below `path`.
     pub fn holds_mount(&self, path: &Path) -> bool {
         self.mounts.iter().any(|m| m.target != path && m.target.starts_with(path))

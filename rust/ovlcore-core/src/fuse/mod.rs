@@ -1,0 +1,948 @@
+//! A FUSE file system over the union view: every operation is one of the view's own (resolve, read,
+//! copy-up, whiteouts, opaque directories, rename, links, xattrs), so what a program sees through the
+//! mount is what `ContainerFS` sees and the writable layer stays a kernel-format layer.
+//!
+//! The view is path based; [`inodes`] maps the kernel's inode numbers to paths. Open files and
+//! directories live in handle tables (a file unlinked while open keeps working, with `nlink` 0).
+
+mod inodes;
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+use rustix::fs::{OFlags, Timespec, Timestamps};
+
+use crate::attrs::{Attrs, Kind, Meta, Privilege};
+use crate::error::{Error, Result};
+use crate::format::OVERRIDE_XATTR;
+use crate::union::{Dir, Found, Resolved, View};
+use inodes::{Inodes, ROOT};
+
+const NAME_MAX: usize = 255;
+/// Image layers never change: the kernel may keep what it learnt about their entries.
+const LOWER_TTL: Duration = Duration::from_secs(3600);
+/// Entries of the writable layer change only through this mount, but stay modest for safety.
+const UPPER_TTL: Duration = Duration::from_secs(1);
+
+/// How to serve a mount.
+#[derive(Clone, Debug)]
+pub struct FuseOptions {
+    /// Shown as the mount's source (`/proc/mounts`).
+    pub fsname: String,
+    /// The type after `fuse.` in `/proc/mounts`.
+    pub subtype: String,
+    /// Let every user in (as root: the kernel then checks permissions from the attributes shown).
+    pub allow_other: bool,
+    /// Worker threads (each with its own cloned `/dev/fuse` descriptor).
+    pub threads: usize,
+}
+
+impl Default for FuseOptions {
+    fn default() -> Self {
+        FuseOptions { fsname: "ovlcore".into(), subtype: "ovlcore".into(), allow_other: false, threads: 4 }
+    }
+}
+
+/// Mount the view `make_view` builds at `mountpoint` and serve it until it is unmounted (`umount`,
+/// `fusermount3 -u`). `ready` runs once the mount is live.
+///
+/// As root the mount is made first and the view (every layer directory it opens) is built in a mount
+/// namespace of the daemon's own: the layers' file systems are then never busy on the host because of
+/// the daemon (whoever unmounts the FUSE mount may unmount a layer's file system right after, before
+/// this process has exited).
+pub fn fuse_serve(make_view: impl Fn() -> Result<View>, mountpoint: &Path, opts: &FuseOptions, ready: impl FnOnce()) -> Result<()> {
+    let root_daemon = rustix::process::geteuid().is_root();
+    let at = |e: std::io::Error| Error::from(e).at(mountpoint.as_os_str());
+    let mut config = Config::default();
+    config.acl = if opts.allow_other || root_daemon { SessionACL::All } else { SessionACL::Owner };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = opts.threads > 1;
+    if root_daemon {
+        // Fail before mounting: a mount left behind by a failure here could not be reached again.
+        drop(make_view()?);
+        if let Some(fd) = mount_isolated(mountpoint, opts)? {
+            let view = Arc::new(make_view()?);
+            let session = fuser::Session::from_fd(Fuse::new(view, true), fd, config.acl, config.clone()).map_err(at)?;
+            ready();
+            return session.run().map_err(at);
+        }
+    }
+    let view = Arc::new(make_view()?);
+    let mut mount_options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        // mount(2) (as root) takes the subtype as a kernel option; fusermount3 as its own.
+        if root_daemon { MountOption::CUSTOM(format!("subtype={}", opts.subtype)) } else { MountOption::Subtype(opts.subtype.clone()) },
+        if view.upper.is_some() { MountOption::RW } else { MountOption::RO },
+    ];
+    // As root the kernel checks permissions against the owners and modes shown; unprivileged, the
+    // user is the container's root (uid 0 in the mount) and may do what the layer's files allow.
+    if root_daemon {
+        mount_options.push(MountOption::DefaultPermissions);
+        mount_options.push(MountOption::Dev);
+        mount_options.push(MountOption::Suid);
+    }
+    config.mount_options = mount_options;
+    let session = fuser::Session::new(Fuse::new(view, root_daemon), mountpoint, &config).map_err(at)?;
+    ready();
+    session.run().map_err(at)
+}
+
+/// As root: mount FUSE at `mountpoint` with mount(2), then move this process into a mount namespace of
+/// its own where that mount is detached (so only the host's copy keeps the connection alive, and its
+/// unmount ends the session). Returns the `/dev/fuse` descriptor of the mount.
+fn mount_isolated(mountpoint: &Path, opts: &FuseOptions) -> Result<Option<OwnedFd>> {
+    use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+    use std::os::fd::AsRawFd;
+    let at = |e: rustix::io::Errno| Error::from(e).at(mountpoint.as_os_str());
+    let fd = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, rustix::fs::Mode::empty()).map_err(|e| Error::from(e).at("/dev/fuse"))?;
+    let st = rustix::fs::stat(mountpoint).map_err(at)?;
+    let data = format!(
+        "fd={},rootmode={:o},user_id=0,group_id=0,allow_other,default_permissions",
+        fd.as_raw_fd(),
+        st.st_mode & libc::S_IFMT
+    );
+    let data = CString::new(data).expect("no NUL");
+    let fstype = format!("fuse.{}", opts.subtype);
+    rustix::mount::mount(opts.fsname.as_str(), mountpoint, fstype.as_str(), MountFlags::empty(), data.as_c_str()).map_err(at)?;
+    // SAFETY: only the mount namespace (and with it this thread's fs context) is unshared, before any
+    // other thread of the session exists; no descriptor table changes.
+    let isolated = unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
+        .and_then(|_| rustix::mount::mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC))
+        .and_then(|_| rustix::mount::unmount(mountpoint, UnmountFlags::DETACH));
+    // Without a namespace the mount is served from here all the same (the layers then stay busy
+    // until this process exits).
+    let _ = isolated;
+    Ok(Some(fd))
+}
+
+/// A directory's entries (name, type, path) as of `opendir`, `.` and `..` first.
+type Listing = Vec<(OsString, Kind, PathBuf)>;
+
+enum Handle {
+    File { ino: u64, file: Arc<File> },
+    /// Listed on the first `readdir` (the kernel often answers from its cached listing instead).
+    Dir { ino: u64, entries: Arc<std::sync::OnceLock<Listing>> },
+}
+
+struct Fuse {
+    view: Arc<View>,
+    inodes: Inodes,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    /// The daemon runs as root: new entries take the caller's owner.
+    root_daemon: bool,
+    /// Entered directories by inode, valid while `generation` is unchanged: lookups, `getattr` and
+    /// listings then cost one step instead of a walk from the root. Every change bumps the generation
+    /// (a copy-up or an opaque marker changes what a directory is made of).
+    dirs: Mutex<HashMap<u64, (u64, PathBuf, Dir)>>,
+    generation: AtomicU64,
+}
+
+fn errno_of(e: &Error) -> Errno {
+    Errno::from_i32(e.raw_errno().unwrap_or(libc::EIO))
+}
+
+fn rerr(e: rustix::io::Errno) -> Errno {
+    Errno::from_i32(e.raw_os_error())
+}
+
+fn to_time(t: (i64, u32)) -> SystemTime {
+    if t.0 >= 0 {
+        UNIX_EPOCH + Duration::new(t.0 as u64, t.1)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.0.unsigned_abs()) + Duration::from_nanos(t.1 as u64)
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::Char => FileType::CharDevice,
+        Kind::Block => FileType::BlockDevice,
+    }
+}
+
+/// The kernel's `new_encode_dev`, which FUSE attributes carry.
+fn encode_dev(dev: u64) -> u32 {
+    let (ma, mi) = (crate::attrs::major(dev), crate::attrs::minor(dev));
+    (mi & 0xff) | (ma << 8) | ((mi & !0xff) << 12)
+}
+
+fn decode_dev(dev: u32) -> u64 {
+    let ma = (dev & 0xfff00) >> 8;
+    let mi = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    crate::attrs::makedev(ma, mi)
+}
+
+fn attr_of(ino: u64, m: &Meta) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: m.size,
+        blocks: m.blocks,
+        atime: to_time(m.atime),
+        mtime: to_time(m.mtime),
+        ctime: to_time(m.ctime),
+        crtime: to_time(m.ctime),
+        kind: file_type(m.kind()),
+        perm: (m.mode & 0o7777) as u16,
+        nlink: m.nlink as u32,
+        uid: m.uid,
+        gid: m.gid,
+        rdev: encode_dev(m.rdev),
+        blksize: m.blksize as u32,
+        flags: 0,
+    }
+}
+
+fn check_name(name: &OsStr) -> std::result::Result<(), Errno> {
+    if name.len() > NAME_MAX {
+        Err(Errno::from_i32(libc::ENAMETOOLONG))
+    } else {
+        Ok(())
+    }
+}
+
+fn timespec(t: Option<TimeOrNow>) -> Timespec {
+    match t {
+        None => Timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT as _ },
+        Some(TimeOrNow::Now) => Timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW as _ },
+        Some(TimeOrNow::SpecificTime(st)) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos() as _ },
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut n) = (-(d.as_secs() as i64), d.subsec_nanos() as i64);
+                if n > 0 {
+                    s -= 1;
+                    n = 1_000_000_000 - n;
+                }
+                Timespec { tv_sec: s, tv_nsec: n as _ }
+            }
+        },
+    }
+}
+
+impl Fuse {
+    fn new(view: Arc<View>, root_daemon: bool) -> Fuse {
+        Fuse {
+            view,
+            inodes: Inodes::new(),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            root_daemon,
+            dirs: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Something changed: every cached directory is looked up again.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The entered directory of a directory inode (cached while nothing changes).
+    fn dir_of(&self, ino: u64) -> std::result::Result<(PathBuf, Dir), Errno> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        if let Some((g, p, d)) = self.dirs.lock().unwrap().get(&ino) {
+            if *g == generation {
+                return Ok((p.clone(), d.clone()));
+            }
+        }
+        let path = self.inodes.path(ino).ok_or(Errno::ENOENT)?;
+        let r = self.view.resolve(&path, false).map_err(|e| errno_of(&e))?;
+        let d = self.view.enter(&r).map_err(|e| errno_of(&e))?;
+        let mut dirs = self.dirs.lock().unwrap();
+        if dirs.len() > 100_000 {
+            dirs.clear();
+        }
+        dirs.insert(ino, (generation, r.path.clone(), d.clone()));
+        Ok((r.path, d))
+    }
+
+    /// `name` in the directory inode `parent`, resolved (not following a final symlink).
+    fn resolve_in(&self, parent: u64, name: &OsStr) -> std::result::Result<Resolved, Errno> {
+        let (dir_path, dir) = self.dir_of(parent)?;
+        self.view.resolve_child(&dir, &dir_path, name).map_err(|e| errno_of(&e))
+    }
+
+    /// An existing path, resolved through its parent's cached directory when possible.
+    fn resolve_path(&self, path: &Path) -> std::result::Result<Resolved, Errno> {
+        match (path.parent(), path.file_name()) {
+            (Some(parent), Some(name)) => {
+                let pino = self.inodes.ino(parent);
+                self.resolve_in(pino, name)
+            }
+            _ => self.view.resolve(path, false).map_err(|e| errno_of(&e)),
+        }
+    }
+
+    fn path(&self, ino: INodeNo) -> std::result::Result<PathBuf, Errno> {
+        self.inodes.path(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> std::result::Result<PathBuf, Errno> {
+        check_name(name)?;
+        if name.as_bytes().contains(&b'/') || name == "." || name == ".." {
+            return Err(Errno::from_i32(libc::EINVAL));
+        }
+        Ok(self.path(parent)?.join(name))
+    }
+
+    fn ttl(&self, found: &Found) -> Duration {
+        match found {
+            Found::Lower { .. } => LOWER_TTL,
+            _ if self.view.upper.is_none() => LOWER_TTL,
+            _ => UPPER_TTL,
+        }
+    }
+
+    /// Metadata and cache lifetime of the entry at `path` (not following a final symlink).
+    fn stat_path(&self, path: &Path) -> std::result::Result<(Meta, Duration), Errno> {
+        let r = self.resolve_path(path)?;
+        if !r.found.exists() {
+            return Err(Errno::ENOENT);
+        }
+        let m = self.view.meta(&r).map_err(|e| errno_of(&e))?;
+        Ok((m, self.ttl(&r.found)))
+    }
+
+    fn entry(&self, path: &Path, reply: ReplyEntry) {
+        match self.stat_path(path) {
+            Ok((m, ttl)) => {
+                let ino = self.inodes.ino(path);
+                reply.entry(&ttl, &attr_of(ino, &m), Generation(0));
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    /// Metadata from an open descriptor (for a file that may have lost its name).
+    fn stat_fd(&self, ino: u64, file: &File) -> std::result::Result<Meta, Errno> {
+        let raw = Meta::from_stat(&rustix::fs::fstat(file).map_err(rerr)?);
+        let over = if self.view.privilege == Privilege::Rootless {
+            let mut buf = vec![0u8; 256];
+            match rustix::fs::fgetxattr(file, OVERRIDE_XATTR, &mut buf) {
+                Ok(n) => Attrs::from_override(&buf[..n], raw.kind()),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let mut m = raw.logical(self.view.privilege, over);
+        if self.inodes.unlinked(ino) {
+            m.nlink = 0;
+        }
+        Ok(m)
+    }
+
+    fn file(&self, fh: FileHandle) -> std::result::Result<Arc<File>, Errno> {
+        match self.handles.lock().unwrap().get(&fh.0) {
+            Some(Handle::File { file, .. }) => Ok(file.clone()),
+            _ => Err(Errno::from_i32(libc::EBADF)),
+        }
+    }
+
+    fn any_open(&self, ino: u64) -> Option<Arc<File>> {
+        self.handles.lock().unwrap().values().find_map(|h| match h {
+            Handle::File { ino: i, file } if *i == ino => Some(file.clone()),
+            _ => None,
+        })
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, h);
+        fh
+    }
+
+    fn getattr_ino(&self, ino: u64, fh: Option<FileHandle>) -> std::result::Result<(FileAttr, Duration), Errno> {
+        if let Some(fh) = fh {
+            if let Ok(file) = self.file(fh) {
+                return Ok((attr_of(ino, &self.stat_fd(ino, &file)?), UPPER_TTL));
+            }
+        }
+        match self.inodes.path(ino) {
+            Some(p) => {
+                let (m, ttl) = self.stat_path(&p)?;
+                Ok((attr_of(ino, &m), ttl))
+            }
+            None => match self.any_open(ino) {
+                Some(f) => Ok((attr_of(ino, &self.stat_fd(ino, &f)?), UPPER_TTL)),
+                None => Err(Errno::ENOENT),
+            },
+        }
+    }
+
+    /// As root, a new entry belongs to the caller (and to a setgid parent's group), as on any file system.
+    fn own(&self, req: &Request, path: &Path) -> std::result::Result<(), Errno> {
+        if !self.root_daemon || self.view.privilege != Privilege::Root || (req.uid() == 0 && req.gid() == 0) {
+            return Ok(());
+        }
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        let pm = self.view.stat(parent, false).map_err(|e| errno_of(&e))?;
+        let gid = if pm.mode & libc::S_ISGID != 0 { pm.gid } else { req.gid() };
+        self.view.chown(path, Some(req.uid()), Some(gid), false).map_err(|e| errno_of(&e))
+    }
+
+    fn open_file(&self, ino: INodeNo, flags: i32) -> std::result::Result<(u64, FopenFlags), Errno> {
+        let path = self.path(ino)?;
+        let oflags = OFlags::from_bits_retain(flags as u32) - OFlags::CREATE - OFlags::EXCL - OFlags::NOCTTY;
+        let acc = flags & libc::O_ACCMODE;
+        let (fd, keep): (OwnedFd, bool) = if acc == libc::O_RDONLY && flags & libc::O_TRUNC == 0 {
+            let r = self.resolve_path(&path)?.require().map_err(|e| errno_of(&e))?;
+            let lower = matches!(r.found, Found::Lower { .. });
+            let f = self.view.open_found(&r, oflags - OFlags::NOFOLLOW).map_err(|e| errno_of(&e))?;
+            (f, lower)
+        } else {
+            let fd = self.view.open_write(&path, oflags | OFlags::NOFOLLOW, 0);
+            self.changed();
+            (fd.map_err(|e| errno_of(&e))?, false)
+        };
+        let fh = self.add_handle(Handle::File { ino: ino.0, file: Arc::new(File::from(fd)) });
+        Ok((fh, if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }))
+    }
+
+    fn list(&self, ino: INodeNo) -> std::result::Result<Listing, Errno> {
+        let (path, dir) = self.dir_of(ino.0)?;
+        let names = self.view.list_dir(&dir, &path).map_err(|e| errno_of(&e))?;
+        let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let mut out = vec![(OsString::from("."), Kind::Dir, path.clone()), (OsString::from(".."), Kind::Dir, parent)];
+        out.extend(names.into_iter().map(|(n, k)| {
+            let p = path.join(&n);
+            (n, k, p)
+        }));
+        Ok(out)
+    }
+
+    fn dir_entries(&self, fh: FileHandle) -> std::result::Result<Arc<std::sync::OnceLock<Listing>>, Errno> {
+        let (ino, cell) = match self.handles.lock().unwrap().get(&fh.0) {
+            Some(Handle::Dir { ino, entries }) => (*ino, entries.clone()),
+            _ => return Err(Errno::from_i32(libc::EBADF)),
+        };
+        if cell.get().is_none() {
+            let listing = self.list(INodeNo(ino))?;
+            let _ = cell.set(listing);
+        }
+        Ok(cell)
+    }
+}
+
+type R<T> = std::result::Result<T, Errno>;
+
+impl Filesystem for Fuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Only what this adaptor implements; each one only if the kernel offers it.
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_EXPORT_SUPPORT,
+        ] {
+            let _ = config.add_capabilities(cap);
+        }
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.child(parent, name) {
+            Ok(p) => self.entry(&p, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.inodes.forget(ino.0);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.getattr_ino(ino.0, fh) {
+            Ok((a, ttl)) => reply.attr(&ttl, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let res: R<()> = (|| {
+            let path = self.inodes.path(ino.0);
+            let v = &self.view;
+            let e = |e: Error| errno_of(&e);
+            if let Some(size) = size {
+                match (fh.and_then(|h| self.file(h).ok()), &path) {
+                    (Some(f), _) if rustix::fs::fcntl_getfl(&f).map(|fl| fl.contains(OFlags::WRONLY) || fl.contains(OFlags::RDWR)).unwrap_or(false) => {
+                        rustix::fs::ftruncate(&f, size).map_err(rerr)?
+                    }
+                    (_, Some(p)) => v.truncate(p, size).map_err(e)?,
+                    (_, None) => return Err(Errno::ENOENT),
+                }
+            }
+            let Some(path) = path else {
+                return if mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some() {
+                    Err(Errno::ENOENT)
+                } else {
+                    Ok(())
+                };
+            };
+            if uid.is_some() || gid.is_some() {
+                v.chown(&path, uid, gid, false).map_err(e)?;
+            }
+            if let Some(mode) = mode {
+                v.chmod(&path, mode, false).map_err(e)?;
+            }
+            if atime.is_some() || mtime.is_some() {
+                let ts = Timestamps { last_access: timespec(atime), last_modification: timespec(mtime) };
+                v.utime(&path, Some(ts), false).map_err(e)?;
+            }
+            Ok(())
+        })();
+        self.changed();
+        match res.and_then(|_| self.getattr_ino(ino.0, fh)) {
+            Ok((a, ttl)) => reply.attr(&ttl, &a),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.path(ino).and_then(|p| self.view.readlink(&p).map_err(|e| errno_of(&e))) {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        let res: R<PathBuf> = (|| {
+            let p = self.child(parent, name)?;
+            let kind = Kind::from_mode(mode);
+            let e = |e: Error| errno_of(&e);
+            if kind == Kind::File {
+                drop(self.view.open_write(&p, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, mode & 0o7777).map_err(e)?);
+            } else {
+                self.view.mknod(&p, kind, mode & 0o7777, decode_dev(rdev)).map_err(e)?;
+            }
+            self.own(req, &p)?;
+            Ok(p)
+        })();
+        self.changed();
+        match res {
+            Ok(p) => self.entry(&p, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let res: R<PathBuf> = (|| {
+            let p = self.child(parent, name)?;
+            self.view.mkdir(&p, mode & 0o7777).map_err(|e| errno_of(&e))?;
+            self.own(req, &p)?;
+            Ok(p)
+        })();
+        self.changed();
+        match res {
+            Ok(p) => self.entry(&p, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let res: R<()> = (|| {
+            let p = self.child(parent, name)?;
+            self.view.remove(&p).map_err(|e| errno_of(&e))?;
+            self.inodes.detach(&p);
+            Ok(())
+        })();
+        self.changed();
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let res: R<()> = (|| {
+            let p = self.child(parent, name)?;
+            self.view.rmdir(&p).map_err(|e| errno_of(&e))?;
+            self.inodes.detach(&p);
+            Ok(())
+        })();
+        self.changed();
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let res: R<PathBuf> = (|| {
+            let p = self.child(parent, link_name)?;
+            self.view.symlink(target.as_os_str(), &p).map_err(|e| errno_of(&e))?;
+            self.own(req, &p)?;
+            Ok(p)
+        })();
+        self.changed();
+        match res {
+            Ok(p) => self.entry(&p, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let res: R<()> = (|| {
+            let src = self.child(parent, name)?;
+            let dst = self.child(newparent, newname)?;
+            let bits = flags.bits();
+            if bits & !(libc::RENAME_NOREPLACE) != 0 {
+                return Err(Errno::from_i32(libc::EINVAL));
+            }
+            if bits & libc::RENAME_NOREPLACE != 0 {
+                let r = self.view.resolve(&dst, false).map_err(|e| errno_of(&e))?;
+                if r.found.exists() {
+                    return Err(Errno::from_i32(libc::EEXIST));
+                }
+            }
+            self.view.rename(&src, &dst).map_err(|e| errno_of(&e))?;
+            self.inodes.rename(&src, &dst);
+            Ok(())
+        })();
+        self.changed();
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let res: R<PathBuf> = (|| {
+            let src = self.path(ino)?;
+            let dst = self.child(newparent, newname)?;
+            self.view.link(&src, &dst).map_err(|e| errno_of(&e))?;
+            Ok(dst)
+        })();
+        self.changed();
+        match res {
+            Ok(p) => self.entry(&p, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.open_file(ino, flags.0) {
+            Ok((fh, f)) => reply.opened(FileHandle(fh), f),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let res: R<Vec<u8>> = (|| {
+            let f = self.file(fh)?;
+            let mut buf = vec![0u8; size as usize];
+            let mut done = 0;
+            while done < buf.len() {
+                match rustix::io::pread(&*f, &mut buf[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(rerr(e)),
+                }
+            }
+            buf.truncate(done);
+            Ok(buf)
+        })();
+        match res {
+            Ok(b) => reply.data(&b),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let res: R<usize> = (|| {
+            let f = self.file(fh)?;
+            let mut done = 0;
+            while done < data.len() {
+                match rustix::io::pwrite(&*f, &data[done..], offset + done as u64) {
+                    Ok(n) => done += n,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) if done == 0 => return Err(rerr(e)),
+                    Err(_) => break,
+                }
+            }
+            Ok(done)
+        })();
+        match res {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let res = self.file(fh).and_then(|f| {
+            if datasync { rustix::fs::fdatasync(&*f) } else { rustix::fs::fsync(&*f) }.map_err(rerr)
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.dir_of(ino.0) {
+            Ok(_) => {
+                let fh = self.add_handle(Handle::Dir { ino: ino.0, entries: Arc::new(std::sync::OnceLock::new()) });
+                // Every change comes through this mount, and the kernel drops a directory's cached
+                // listing when one does: it may keep listings across opens.
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.dir_entries(fh) {
+            Ok(entries) => {
+                for (i, (name, kind, path)) in entries.get().expect("listed").iter().enumerate().skip(offset as usize) {
+                    let ino = if i < 2 { 0 } else { self.inodes.ino(path) };
+                    // `.` and `..` carry no useful number here: the kernel fills in its own.
+                    let ino = if ino == 0 { ROOT } else { ino };
+                    if reply.add(INodeNo(ino), (i + 1) as u64, file_type(*kind), name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        match self.dir_entries(fh) {
+            Ok(entries) => {
+                for (i, (name, _kind, path)) in entries.get().expect("listed").iter().enumerate().skip(offset as usize) {
+                    let Ok((m, ttl)) = self.stat_path(path) else { continue };
+                    let ino = self.inodes.ino(path);
+                    if reply.add(INodeNo(ino), (i + 1) as u64, name, &ttl, &attr_of(ino, &m), Generation(0)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.handles.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let fd = match &self.view.upper {
+            Some(u) => rustix::fs::fstatvfs(&*u.fd),
+            None => match self.view.lower.layers.first() {
+                Some(l) => rustix::fs::fstatvfs(&l.fd),
+                None => rustix::fs::statvfs("/"),
+            },
+        };
+        match fd {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                NAME_MAX as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(rerr(e)),
+        }
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let res: R<()> = (|| {
+            let p = self.path(ino)?;
+            let attr = CString::new(name.as_bytes()).map_err(|_| Errno::from_i32(libc::EINVAL))?;
+            self.view.setxattr(&p, &attr, value, flags, false).map_err(|e| errno_of(&e))
+        })();
+        self.changed();
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let res: R<Vec<u8>> = (|| {
+            let p = self.path(ino)?;
+            let attr = CString::new(name.as_bytes()).map_err(|_| Errno::from_i32(libc::EINVAL))?;
+            self.view.getxattr(&p, &attr, false).map_err(|e| errno_of(&e))?.ok_or(Errno::from_i32(libc::ENODATA))
+        })();
+        xattr_reply(res, size, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let res: R<Vec<u8>> = (|| {
+            let p = self.path(ino)?;
+            let names = self.view.listxattr(&p, false).map_err(|e| errno_of(&e))?;
+            let mut out = Vec::new();
+            for n in names {
+                out.extend_from_slice(&n);
+                out.push(0);
+            }
+            Ok(out)
+        })();
+        xattr_reply(res, size, reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let res: R<()> = (|| {
+            let p = self.path(ino)?;
+            let attr = CString::new(name.as_bytes()).map_err(|_| Errno::from_i32(libc::EINVAL))?;
+            self.view.removexattr(&p, &attr, false).map_err(|e| errno_of(&e))
+        })();
+        self.changed();
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        match self.getattr_ino(ino.0, None) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+        let res: R<(PathBuf, u64)> = (|| {
+            let p = self.child(parent, name)?;
+            let oflags = OFlags::from_bits_retain(flags as u32) | OFlags::CREATE | OFlags::NOFOLLOW;
+            let oflags = oflags - OFlags::NOCTTY;
+            let fd = self.view.open_write(&p, oflags, mode & 0o7777).map_err(|e| errno_of(&e))?;
+            self.own(req, &p)?;
+            let ino = self.inodes.ino(&p);
+            let fh = self.add_handle(Handle::File { ino, file: Arc::new(File::from(fd)) });
+            Ok((p, fh))
+        })();
+        self.changed();
+        match res {
+            Ok((p, fh)) => match self.stat_path(&p) {
+                Ok((m, ttl)) => {
+                    let ino = self.inodes.ino(&p);
+                    reply.created(&ttl, &attr_of(ino, &m), Generation(0), FileHandle(fh), FopenFlags::empty());
+                }
+                Err(e) => {
+                    self.handles.lock().unwrap().remove(&fh);
+                    reply.error(e)
+                }
+            },
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let res = self.file(fh).and_then(|f| {
+            rustix::fs::fallocate(&*f, rustix::fs::FallocateFlags::from_bits_retain(mode as u32), offset, length).map_err(rerr)
+        });
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+fn xattr_reply(res: R<Vec<u8>>, size: u32, reply: ReplyXattr) {
+    match res {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(e),
+    }
+}
+

@@ -1,0 +1,76 @@
+"""The kernel-oracle operation sequences of ``test_writes_vs_kernel``, run through the FUSE mount.
+
+The same random sequences are applied with the ``os`` module to a kernel overlay mount and to the
+container mounted with ``driver="fuse"``: same errno after every step (the one known exception, EXDEV
+for a directory from the image layers, handled as there), same merged trees, same writable-layer
+markers; at the end the layer the FUSE mount left is mounted by the kernel and must show the same tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+from support.fuse import force_unmount, require_fuse
+from support.layout import upper_markers
+from support.operations import apply_host, host_move_dir
+from support.trees import host_tree
+from test_writes_vs_kernel import PHASES, KEnv, KernelDifferential, compare_merged, compare_uppers, errname
+from test_writes_vs_kernel import kenv as kenv  # noqa: F401  (the fixture)
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(600)]
+
+
+class FuseDifferential(KernelDifferential):
+    def __init__(self, kenv: KEnv) -> None:
+        super().__init__(kenv)
+        self.stack = contextlib.ExitStack()
+        self.fuse_dir = self.dir / "fuse"
+        try:
+            self.f = str(self.stack.enter_context(self.c.mount(self.fuse_dir, driver="fuse")))
+        except BaseException:
+            self.failed = True
+            self.teardown()
+            raise
+
+    def _compare_op(self, op: tuple[Any, ...]) -> None:
+        kerr = apply_host(self.m, op)
+        ferr = apply_host(self.f, op)
+        if op[0] == "rename" and kerr == errno.EXDEV:
+            src, dst = op[1], op[2]
+            d = self.m + dst
+            if os.path.isdir(d) and not os.path.islink(d) and os.listdir(d):
+                assert ferr == errno.ENOTEMPTY, f"{op}: kernel EXDEV (non-empty destination), fuse {errname(ferr)}"
+            else:
+                assert ferr is None, f"{op}: fuse {errname(ferr)} where a directory move should work"
+                host_move_dir(self.m, src, dst)
+            return
+        assert ferr == kerr, f"{op}: kernel {errname(kerr)}, fuse {errname(ferr)}"
+
+    def _same_trees(self) -> None:
+        problems = compare_merged(host_tree(self.f), host_tree(self.merged), self.t0)
+        assert problems == [], "merged trees differ (fuse vs kernel):\n" + "\n".join(problems)
+        problems = compare_uppers(upper_markers(self.c.upper), upper_markers(self.upper), self.k.image_tree)
+        assert problems == [], "writable layers differ:\n" + "\n".join(problems)
+
+    def teardown(self) -> None:
+        try:
+            self.stack.close()
+        finally:
+            force_unmount(str(self.fuse_dir))
+            super().teardown()
+
+
+def test_fuse_differential(kenv: KEnv) -> None:  # noqa: F811
+    require_fuse()
+    run_state_machine_as_test(
+        lambda: FuseDifferential(kenv),
+        settings=settings(max_examples=15, stateful_step_count=25, deadline=None, phases=PHASES,
+                          suppress_health_check=list(HealthCheck)),
+    )
