@@ -61,6 +61,7 @@ class RegistryWorkload:
     docker: str | None = None  # why the Docker baselines skip (None: they run)
     docker_refs: list[str] = field(default_factory=list)
     rounds_made: Iterator[int] = field(default_factory=count)
+    podman_stores: list[list[str]] = field(default_factory=list)  # podman argv of each pull round
 
     def ref(self, what: str) -> str:
         return self.registry.ref(f"bench/{what}:1")
@@ -103,6 +104,10 @@ def workload(small: bool, module_dir: Path, rootfs_tar: Any) -> Iterator[Registr
             yield w
         finally:
             reg.stop()
+            for podman in w.podman_stores if w is not None else []:  # podman removes what it made, then the rest goes
+                subprocess.run([*podman, "rmi", "-a", "-f"], capture_output=True)
+                shutil.rmtree(podman[2], ignore_errors=True)
+                shutil.rmtree(podman[4], ignore_errors=True)
             if w is not None and w.docker is None:
                 subprocess.run(["docker", "rmi", "-f", *w.docker_refs], capture_output=True)
 
@@ -314,10 +319,10 @@ def test_pull(benchmark: Any, workload: RegistryWorkload, pushed: str, pull_run:
             ids = sh(*podman, "images", "--no-trunc", "--format", "{{.ID}}").stdout.split()
             assert workload.image.id.removeprefix("sha256:") in [i.removeprefix("sha256:") for i in ids]
     finally:
-        if podman:  # podman removes what it made (nothing is mounted after a pull), then the rest goes
-            subprocess.run([*podman, "rmi", "-a", "-f"], capture_output=True)
-            shutil.rmtree(podman[2], ignore_errors=True)
-            shutil.rmtree(podman[4], ignore_errors=True)
+        # Removed at the end of the module, not now: ext4 makes files created within minutes of a mass
+        # deletion slow (see README, method notes), which would fall on the next contender.
+        if podman:
+            workload.podman_stores.append(podman)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -325,7 +330,7 @@ def test_pull(benchmark: Any, workload: RegistryWorkload, pushed: str, pull_run:
 # ----------------------------------------------------------------------------------------------------
 
 PEAK = """
-import resource, sys
+import sys
 import ovlcore
 root, what, ref = sys.argv[1:4]
 store = ovlcore.Store(root)
@@ -333,7 +338,9 @@ if what.startswith("push"):
     store.images.push("registry-bench:1", ref, compression="zstd" if what == "push-zstd" else "gzip")
 else:
     store.images.pull(ref)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+# VmHWM: the peak RSS of this process's own address space. Not getrusage's ru_maxrss: Linux carries the
+# parent's high-water mark across a vfork + exec (Python's subprocess), so it reported the pytest process.
+print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")))
 """
 
 
