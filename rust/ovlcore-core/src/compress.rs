@@ -315,6 +315,25 @@ mod tests {
     }
 
     #[test]
+    fn gzip_bytes_do_not_depend_on_the_number_of_threads() {
+        // A pushed blob's digest must be the same on every machine (a second push finds it).
+        let data: Vec<u8> = (0..(5 << 20) as u32 + 777).map(|i| (i % 241) as u8 ^ (i >> 12) as u8).collect();
+        let with = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut out = Vec::new();
+                Compressor::new(&data[..], Compression::Gzip).unwrap().read_to_end(&mut out).unwrap();
+                out
+            })
+        };
+        let one = with(1);
+        assert_eq!(one, with(3));
+        let mut back = Vec::new();
+        decompressed(&one[..]).unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
     fn unsupported_compressions_are_named() {
         assert!(Compression::detect(b"BZh91AY").unwrap_err().to_string().contains("bzip2"));
         assert!(Compression::parse(Some("lz4")).is_err());
