@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from support.tars import D, F, tar
 
 DATA_DIR = Path(os.environ.get("OVLCORE_BENCH_DATA", "/tmp/ovlcore-bench-data"))
@@ -427,3 +429,14 @@ def docker_running() -> str | None:
     if r.returncode != 0:
         return f"Docker engine not running: {(r.stderr or r.stdout).strip().splitlines()[-1:] or r.returncode}"
     return None
+
+
+def small_mode(config: pytest.Config) -> bool:
+    """Tiny inputs when benchmarks are not measured (the CI smoke run) or when asked for."""
+    env = os.environ.get("OVLCORE_BENCH_SMALL", "")
+    if env not in ("", "0"):
+        return True
+    try:
+        return bool(config.getoption("benchmark_disable"))
+    except ValueError:  # pytest-benchmark not installed: nothing is measured anyway
+        return True

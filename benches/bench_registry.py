@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 import ovlcore
-from _support import MIB, docker_running
+from _support import MIB, docker_running, small_mode
 from support.registry import Registry, start_registry
 
 #: files of 4 KiB in the extra layer, size of its big file
@@ -61,6 +61,7 @@ class RegistryWorkload:
     docker: str | None = None  # why the Docker baselines skip (None: they run)
     docker_refs: list[str] = field(default_factory=list)
     rounds_made: Iterator[int] = field(default_factory=count)
+    podman_stores: list[list[str]] = field(default_factory=list)  # podman argv of each pull round
 
     def ref(self, what: str) -> str:
         return self.registry.ref(f"bench/{what}:1")
@@ -103,6 +104,10 @@ def workload(small: bool, module_dir: Path, rootfs_tar: Any) -> Iterator[Registr
             yield w
         finally:
             reg.stop()
+            for podman in w.podman_stores if w is not None else []:  # podman removes what it made, then the rest goes
+                subprocess.run([*podman, "rmi", "-a", "-f"], capture_output=True)
+                shutil.rmtree(podman[2], ignore_errors=True)
+                shutil.rmtree(podman[4], ignore_errors=True)
             if w is not None and w.docker is None:
                 subprocess.run(["docker", "rmi", "-f", *w.docker_refs], capture_output=True)
 
@@ -155,51 +160,69 @@ def wiped(w: RegistryWorkload) -> Any:
 # ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.benchmark(group="registry-push")
-def test_push_ovlcore(benchmark: Any, workload: RegistryWorkload) -> None:
-    ref = workload.ref("ovlcore")
-    benchmark.extra_info.update(role="ours", what="images.push (docker format, gzip)")
-    digests: list[str] = []
-    benchmark.pedantic(lambda: digests.append(workload.store.images.push(workload.tag, ref)),
-                       setup=wiped(workload), rounds=rounds(workload), iterations=1)
-    assert workload.manifest_digest(ref) == digests[-1]
+#: push contenders, in the order of the first round (each later round starts one further on)
+PUSHERS = ("ovlcore", "docker", "skopeo", "skopeo-oci")
+PULLERS = ("ovlcore", "docker", "podman")
 
 
-@pytest.mark.benchmark(group="registry-push")
-def test_push_docker(benchmark: Any, workload: RegistryWorkload) -> None:
-    need(workload, "docker")
-    ref = workload.ref("docker")
-    benchmark.extra_info.update(role="baseline", what="docker push")
-    benchmark.pedantic(lambda: sh("docker", "push", "-q", ref), setup=wiped(workload), rounds=rounds(workload), iterations=1)
-    workload.manifest_digest(ref)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """One test item per (round, contender), round-major and rotated: every contender runs once per round,
+    so noise from other jobs on the machine (and any drift over the run) falls on all sides alike. Each
+    item is one timed call; ``compare.py`` takes each contender's median over its items
+    (``extra_info["series"]``)."""
+    n = 1 if small_mode(metafunc.config) else int(os.environ.get("OVLCORE_BENCH_REGISTRY_ROUNDS", "5"))
+    for arg, names in (("push_run", PUSHERS), ("pull_run", PULLERS)):
+        if arg in metafunc.fixturenames:
+            runs = [(r, names[(r + i) % len(names)]) for r in range(n) for i in range(len(names))]
+            metafunc.parametrize(arg, runs, ids=[f"{who}-r{r}" for r, who in runs])
 
 
-@pytest.mark.benchmark(group="registry-push")
-def test_push_skopeo(benchmark: Any, workload: RegistryWorkload) -> None:
-    need(workload, "skopeo")
-    ref = workload.ref("skopeo")
-    benchmark.extra_info.update(role="baseline", what="skopeo copy docker-archive: docker://")
-    benchmark.pedantic(
-        lambda: sh("skopeo", "copy", "-q", "--dest-tls-verify=false", f"docker-archive:{workload.archive}", f"docker://{ref}"),
-        setup=wiped(workload), rounds=rounds(workload), iterations=1)
-    workload.manifest_digest(ref)
-
-
-@pytest.mark.benchmark(group="registry-push")
-def test_push_skopeo_oci(benchmark: Any, workload: RegistryWorkload) -> None:
-    need(workload, "skopeo")
-    layout = workload.work / "oci-layout"
+def oci_layout(w: RegistryWorkload) -> Path:
+    layout = w.work / "oci-layout"
     if not layout.exists():
         layout.mkdir()
-        tar = workload.work / "oci.tar"
-        workload.store.images.save(workload.tag, tar, format="oci")
+        tar = w.work / "oci.tar"
+        w.store.images.save(w.tag, tar, format="oci")
         sh("tar", "-xf", str(tar), "-C", str(layout))
         tar.unlink()
-    ref = workload.ref("skopeo-oci")
-    benchmark.extra_info.update(role="info", what="skopeo copy oci: docker:// (layers compressed by skopeo)")
-    benchmark.pedantic(lambda: sh("skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}", f"docker://{ref}"),
-                       setup=wiped(workload), rounds=rounds(workload), iterations=1)
-    workload.manifest_digest(ref)
+    return layout
+
+
+#: push contender -> (role, what, the tool it needs or None, the call pushing to a reference)
+PUSH: dict[str, tuple[str, str, str | None, Any]] = {
+    "ovlcore": ("ours", "images.push (docker format, gzip)", None, lambda w, ref: w.store.images.push(w.tag, ref)),
+    "docker": ("baseline", "docker push", "docker", lambda w, ref: sh("docker", "push", "-q", ref)),
+    "skopeo": ("baseline", "skopeo copy docker-archive: docker://", "skopeo",
+               lambda w, ref: sh("skopeo", "copy", "-q", "--dest-tls-verify=false", f"docker-archive:{w.archive}", f"docker://{ref}")),
+    "skopeo-oci": ("info", "skopeo copy oci: docker:// (layers compressed by skopeo)", "skopeo",
+                   lambda w, ref: sh("skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{oci_layout(w)}", f"docker://{ref}")),
+}
+
+
+@pytest.mark.benchmark(group="registry-push")
+def test_push(benchmark: Any, workload: RegistryWorkload, push_run: tuple[int, str]) -> None:
+    rnd, who = push_run
+    role, what, tool, call = PUSH[who]
+    if tool:
+        need(workload, tool)
+    if who == "skopeo-oci":
+        oci_layout(workload)  # made once, outside the timed call
+    ref = workload.ref(who)
+    benchmark.extra_info.update(role=role, what=what, series=f"test_push_{who.replace('-', '_')}", round=rnd)
+    out: list[Any] = []
+    marks: list[int] = []
+
+    def setup() -> None:
+        wiped(workload)()
+        marks.append(len(workload.registry.access_log()))
+
+    benchmark.pedantic(lambda: out.append(call(workload, ref)), setup=setup, rounds=1, iterations=1)
+    digest = workload.manifest_digest(ref)
+    if who == "ovlcore":
+        assert digest == out[-1]
+    # every layer and the config were uploaded whole (completed with a digest), none skipped or mounted
+    done = [u for u in workload.blob_uploads_since(marks[-1]) if u.startswith("PUT ") and "digest=" in u]
+    assert len(done) == len(workload.image.diff_ids) + 1, done
 
 
 @pytest.mark.benchmark(group="registry-push-again")
@@ -236,56 +259,70 @@ def pushed(workload: RegistryWorkload) -> str:
     return ref
 
 
+def podman_argv(w: RegistryWorkload) -> list[str]:
+    """A podman command line on a store of its own (a new --root each round: nothing to reuse)."""
+    # podman refuses a runroot longer than 50 characters: that one lives directly under /tmp
+    run = tempfile.mkdtemp(prefix="ovlpod-", dir="/tmp")
+    return ["podman", "--root", str(w.fresh_dir("podman")), "--runroot", run, "--storage-driver", "overlay"]
+
+
+def docker_forget(w: RegistryWorkload) -> None:
+    """Remove the image and so its layers from Docker (no container uses them), and check it is gone."""
+    subprocess.run(["docker", "rmi", "-f", w.image.id], capture_output=True)
+    left = subprocess.run(["docker", "image", "inspect", w.image.id], capture_output=True)
+    assert left.returncode != 0, "docker rmi left the image"
+    for diff_id in w.image.diff_ids:  # no layer of the image left in Docker's layer store either
+        layerdb = Path("/var/lib/docker/image/overlay2/layerdb/sha256")
+        if layerdb.is_dir():
+            assert not any((d / "diff").read_text() == diff_id for d in layerdb.iterdir() if (d / "diff").exists()), \
+                f"Docker still has layer {diff_id}"
+
+
 @pytest.mark.benchmark(group="registry-pull")
-def test_pull_ovlcore(benchmark: Any, workload: RegistryWorkload, pushed: str) -> None:
-    benchmark.extra_info.update(role="ours", what="images.pull into an empty store")
-    made: list[ovlcore.Image] = []
-
-    def setup() -> tuple[tuple[ovlcore.Store], dict[str, Any]]:
-        os.sync()
-        return (ovlcore.Store(workload.fresh_dir("pull-ovlcore")),), {}
-
-    benchmark.pedantic(lambda s: made.append(s.images.pull(pushed)), setup=setup, rounds=rounds(workload), iterations=1)
-    assert (made[-1].id, made[-1].diff_ids) == (workload.image.id, workload.image.diff_ids)
-
-
-@pytest.mark.benchmark(group="registry-pull")
-def test_pull_docker(benchmark: Any, workload: RegistryWorkload, pushed: str) -> None:
-    need(workload, "docker")
-    benchmark.extra_info.update(role="baseline", what="docker pull after docker rmi")
+def test_pull(benchmark: Any, workload: RegistryWorkload, pushed: str, pull_run: tuple[int, str]) -> None:
+    rnd, who = pull_run
+    if who != "ovlcore":
+        need(workload, who)
+    role = "ours" if who == "ovlcore" else "baseline"
+    what = {"ovlcore": "images.pull into an empty store", "docker": "docker pull after docker rmi (image and layers)",
+            "podman": "podman pull (a new --root/--runroot each round)"}[who]
+    benchmark.extra_info.update(role=role, what=what, series=f"test_pull_{who}", round=rnd)
+    made: list[Any] = []
+    podman: list[str] = []
 
     def setup() -> None:
-        subprocess.run(["docker", "rmi", "-f", workload.image.id], capture_output=True)
+        if who == "ovlcore":
+            made.append(ovlcore.Store(workload.fresh_dir("pull-ovlcore")))
+        elif who == "docker":
+            docker_forget(workload)
+        else:
+            podman.extend(podman_argv(workload))
         os.sync()
 
-    benchmark.pedantic(lambda: sh("docker", "pull", "-q", pushed), setup=setup, rounds=rounds(workload), iterations=1)
-    workload.docker_refs.append(pushed)
-    inspect = json.loads(sh("docker", "image", "inspect", pushed).stdout)[0]
-    assert inspect["Id"] == workload.image.id
-
-
-@pytest.mark.benchmark(group="registry-pull")
-def test_pull_podman(benchmark: Any, workload: RegistryWorkload, pushed: str) -> None:
-    need(workload, "podman")
-    benchmark.extra_info.update(role="baseline", what="podman pull (own --root/--runroot)")
-    stores: list[list[str]] = []
-
-    def setup() -> None:
-        # podman refuses a runroot longer than 50 characters: that one lives directly under /tmp
-        run = tempfile.mkdtemp(prefix="ovlpod-", dir="/tmp")
-        stores.append(["podman", "--root", str(workload.fresh_dir("podman")), "--runroot", run, "--storage-driver", "overlay"])
-        os.sync()
+    def run() -> None:
+        if who == "ovlcore":
+            made.append(made[-1].images.pull(pushed))
+        elif who == "docker":
+            sh("docker", "pull", "-q", pushed)
+        else:
+            sh(*podman, "pull", "-q", "--tls-verify=false", pushed)
 
     try:
-        benchmark.pedantic(lambda: sh(*stores[-1], "pull", "-q", "--tls-verify=false", pushed), setup=setup,
-                           rounds=rounds(workload), iterations=1)
-        ids = sh(*stores[-1], "images", "--no-trunc", "--format", "{{.ID}}").stdout.split()
-        assert workload.image.id.removeprefix("sha256:") in [i.removeprefix("sha256:") for i in ids]
+        benchmark.pedantic(run, setup=setup, rounds=1, iterations=1)
+        if who == "ovlcore":
+            assert (made[-1].id, made[-1].diff_ids) == (workload.image.id, workload.image.diff_ids)
+        elif who == "docker":
+            if pushed not in workload.docker_refs:
+                workload.docker_refs.append(pushed)
+            assert json.loads(sh("docker", "image", "inspect", pushed).stdout)[0]["Id"] == workload.image.id
+        else:
+            ids = sh(*podman, "images", "--no-trunc", "--format", "{{.ID}}").stdout.split()
+            assert workload.image.id.removeprefix("sha256:") in [i.removeprefix("sha256:") for i in ids]
     finally:
-        for podman in stores:  # podman removes what it made (nothing is mounted after a pull), then the rest goes
-            subprocess.run([*podman, "rmi", "-a", "-f"], capture_output=True)
-            shutil.rmtree(podman[2], ignore_errors=True)
-            shutil.rmtree(podman[4], ignore_errors=True)
+        # Removed at the end of the module, not now: ext4 makes files created within minutes of a mass
+        # deletion slow (see README, method notes), which would fall on the next contender.
+        if podman:
+            workload.podman_stores.append(podman)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -293,23 +330,25 @@ def test_pull_podman(benchmark: Any, workload: RegistryWorkload, pushed: str) ->
 # ----------------------------------------------------------------------------------------------------
 
 PEAK = """
-import resource, sys
+import sys
 import ovlcore
 root, what, ref = sys.argv[1:4]
 store = ovlcore.Store(root)
-if what == "push":
-    store.images.push("registry-bench:1", ref)
+if what.startswith("push"):
+    store.images.push("registry-bench:1", ref, compression="zstd" if what == "push-zstd" else "gzip")
 else:
     store.images.pull(ref)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+# VmHWM: the peak RSS of this process's own address space. Not getrusage's ru_maxrss: Linux carries the
+# parent's high-water mark across a vfork + exec (Python's subprocess), so it reported the pytest process.
+print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")))
 """
 
 
 @pytest.mark.benchmark(group="registry-memory")
-@pytest.mark.parametrize("what", ["push", "pull"])
+@pytest.mark.parametrize("what", ["push", "push-zstd", "pull"])
 def test_peak_rss(benchmark: Any, workload: RegistryWorkload, pushed: str, what: str) -> None:
     benchmark.extra_info.update(role="info", what=f"peak RSS of a process doing images.{what}")
-    if what == "push":
+    if what.startswith("push"):
         workload.registry.restart(wipe=True)
         root, ref = workload.work / "store", workload.ref("rss")
     else:

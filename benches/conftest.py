@@ -43,6 +43,7 @@ from _support import (  # noqa: E402
     cached_rootfs,
     make_listdir_stack,
     make_stat_stack,
+    small_mode,
 )
 
 
@@ -52,17 +53,6 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Mod
     if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
-
-
-def small_mode(config: pytest.Config) -> bool:
-    """Tiny inputs when benchmarks are not measured (the CI smoke run) or when asked for."""
-    env = os.environ.get("OVLCORE_BENCH_SMALL", "")
-    if env not in ("", "0"):
-        return True
-    try:
-        return bool(config.getoption("benchmark_disable"))
-    except ValueError:  # pytest-benchmark not installed: nothing is measured anyway
-        return True
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -125,22 +125,34 @@ impl<W: Write> Write for Encoder<W> {
 }
 
 /// A reader handing out the compressed form of what it reads from `inner`: produced as it is read, in
-/// bounded memory. gzip is made in parallel, as independent gzip members of fixed-size chunks (valid gzip,
-/// as pigz --independent makes it; the bytes depend only on the input); zstd uses its own worker threads.
+/// bounded memory. gzip is made in parallel on rayon's shared pool (one pool for all the layers being
+/// compressed, so never more threads than cores), as independent gzip members of fixed-size pieces
+/// (valid gzip, as pigz --independent makes it; the bytes depend only on the input); zstd uses its own
+/// worker threads. Buffers are kept and reused from one stretch to the next: allocating them anew on
+/// short-lived threads left each thread's malloc arena holding tens of MB.
 pub struct Compressor<R> {
     inner: R,
     kind: Compression,
     zstd: Option<Encoder<Vec<u8>>>,
+    /// gzip: the input of each parallel task and the members it made
+    ins: Vec<Vec<u8>>,
+    outs: Vec<Vec<u8>>,
+    input: Vec<u8>,
     out: Vec<u8>,
     pos: usize,
     done: bool,
 }
 
-/// Input per gzip worker, in members of `GZIP_PIECE` bytes: big enough that splitting costs almost
-/// nothing in size (deflate's window is 32 KiB anyway).
-const GZIP_CHUNK: usize = 4 << 20;
+/// Input per parallel gzip task, in members of `GZIP_PIECE` bytes (a multiple of it, so the members and
+/// the bytes do not depend on the number of threads): big enough that splitting costs almost nothing in
+/// size (deflate's window is 32 KiB anyway).
+const GZIP_CHUNK: usize = 1 << 20;
 const GZIP_PIECE: usize = 128 << 10;
 const GZIP_SAMPLE: usize = 16 << 10;
+/// zstd input per write, and the size of its multi-threaded jobs (its default at level 3 is 8 MiB per
+/// job, several jobs buffered per worker: over 100 MB for two layers at once).
+const ZSTD_INPUT: usize = 1 << 20;
+const ZSTD_JOB: u32 = 1 << 20;
 
 /// The level for one member: stored when a sample of it does not compress (random or already
 /// compressed data, where deflate spends its time for nothing), else fast. Depends only on the bytes.
@@ -156,26 +168,47 @@ fn gzip_level(piece: &[u8]) -> flate2::Compression {
     }
 }
 
+/// gzip members of `chunk`, one per `GZIP_PIECE`, into `out` (cleared first).
+fn gzip_members(chunk: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    out.clear();
+    for piece in chunk.chunks(GZIP_PIECE) {
+        let mut e = flate2::write::GzEncoder::new(std::mem::take(out), gzip_level(piece));
+        e.write_all(piece)?;
+        *out = e.finish()?;
+    }
+    Ok(())
+}
+
+/// Fill `buf` with up to `len` bytes of `r` (less only at its end), reusing its allocation.
+fn fill<R: Read>(r: &mut R, buf: &mut Vec<u8>, len: usize) -> io::Result<usize> {
+    buf.resize(len, 0);
+    let mut filled = 0;
+    while filled < len {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(filled)
+}
+
 impl<R: Read> Compressor<R> {
     pub fn new(inner: R, kind: Compression) -> Result<Self> {
-        let zstd = if kind == Compression::Zstd { Some(Encoder::new(Vec::new(), kind)?) } else { None };
-        Ok(Compressor { inner, kind, zstd, out: Vec::new(), pos: 0, done: false })
-    }
-
-    /// Read up to `len` bytes (less only at the end).
-    fn read_chunk(&mut self, len: usize) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        let mut filled = 0;
-        while filled < len {
-            match self.inner.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        let zstd = if kind == Compression::Zstd {
+            let mut e = Encoder::new(Vec::new(), kind)?;
+            if let Encoder::Zstd(z) = &mut e {
+                if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) > 1 {
+                    z.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
+                }
             }
-        }
-        buf.truncate(filled);
-        Ok(buf)
+            Some(e)
+        } else {
+            None
+        };
+        Ok(Compressor { inner, kind, zstd, ins: Vec::new(), outs: Vec::new(), input: Vec::new(), out: Vec::new(), pos: 0, done: false })
     }
 
     /// Compress the next stretch of input into `self.out`.
@@ -184,56 +217,42 @@ impl<R: Read> Compressor<R> {
         self.pos = 0;
         match self.kind {
             Compression::None => {
-                self.out = self.read_chunk(1 << 20)?;
-                self.done = self.out.is_empty();
+                self.done = fill(&mut self.inner, &mut self.out, 1 << 20)? == 0;
             }
             Compression::Gzip => {
-                let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-                let mut chunks = Vec::with_capacity(workers);
-                for _ in 0..workers {
-                    let c = self.read_chunk(GZIP_CHUNK)?;
-                    let last = c.len() < GZIP_CHUNK;
-                    if !c.is_empty() {
-                        chunks.push(c);
-                    }
-                    if last {
+                use rayon::prelude::*;
+                let tasks = rayon::current_num_threads().max(1);
+                self.ins.resize_with(tasks, Vec::new);
+                self.outs.resize_with(tasks, Vec::new);
+                let mut n = 0;
+                for buf in self.ins.iter_mut() {
+                    let got = fill(&mut self.inner, buf, GZIP_CHUNK)?;
+                    n += (got > 0) as usize;
+                    if got < GZIP_CHUNK {
                         break;
                     }
                 }
-                if chunks.is_empty() {
+                if n == 0 {
                     self.done = true;
                     return Ok(());
                 }
-                let members: Vec<io::Result<Vec<u8>>> = std::thread::scope(|s| {
-                    let handles: Vec<_> = chunks
-                        .iter()
-                        .map(|c| {
-                            s.spawn(move || {
-                                let mut out = Vec::with_capacity(c.len() / 2);
-                                for piece in c.chunks(GZIP_PIECE) {
-                                    let mut e = flate2::write::GzEncoder::new(out, gzip_level(piece));
-                                    e.write_all(piece)?;
-                                    out = e.finish()?;
-                                }
-                                Ok(out)
-                            })
-                        })
-                        .collect();
-                    handles.into_iter().map(|h| h.join().expect("gzip worker panicked")).collect()
-                });
-                for m in members {
-                    self.out.extend_from_slice(&m?);
+                let made: Vec<io::Result<()>> =
+                    self.ins[..n].par_iter().zip(self.outs[..n].par_iter_mut()).map(|(c, out)| gzip_members(c, out)).collect();
+                for (r, m) in made.into_iter().zip(&self.outs[..n]) {
+                    r?;
+                    self.out.extend_from_slice(m);
                 }
             }
             Compression::Zstd => {
-                let chunk = self.read_chunk(1 << 20)?;
+                let got = fill(&mut self.inner, &mut self.input, ZSTD_INPUT)?;
                 let enc = self.zstd.as_mut().expect("made for zstd");
-                if chunk.is_empty() {
+                if got == 0 {
                     self.out = self.zstd.take().expect("made for zstd").finish()?;
                     self.done = true;
                 } else {
-                    enc.write_all(&chunk)?;
-                    self.out = std::mem::take(enc.get_mut());
+                    enc.write_all(&self.input)?;
+                    // The encoder's output buffer and ours trade places: neither is allocated again.
+                    std::mem::swap(&mut self.out, enc.get_mut());
                 }
             }
         }
@@ -293,6 +312,25 @@ mod tests {
             decompressed(&a[..]).unwrap().read_to_end(&mut out).unwrap();
             assert_eq!(out, data, "{c:?}");
         }
+    }
+
+    #[test]
+    fn gzip_bytes_do_not_depend_on_the_number_of_threads() {
+        // A pushed blob's digest must be the same on every machine (a second push finds it).
+        let data: Vec<u8> = (0..(5 << 20) as u32 + 777).map(|i| (i % 241) as u8 ^ (i >> 12) as u8).collect();
+        let with = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mut out = Vec::new();
+                Compressor::new(&data[..], Compression::Gzip).unwrap().read_to_end(&mut out).unwrap();
+                out
+            })
+        };
+        let one = with(1);
+        assert_eq!(one, with(3));
+        let mut back = Vec::new();
+        decompressed(&one[..]).unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
     }
 
     #[test]

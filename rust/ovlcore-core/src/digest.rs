@@ -59,8 +59,9 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Bytes handed to the hashing thread at a time.
-const BATCH: usize = 4 << 20;
+/// Bytes handed to the hashing thread at a time (up to four batches live per hasher: one per layer
+/// being pushed, so a larger batch costs memory for no speed).
+const BATCH: usize = 1 << 20;
 
 /// A sha256 computed on its own thread from batches of copied bytes (at most a few batches in flight).
 /// sha256 is the slowest part of producing a plain layer tar: this way it costs one copy.

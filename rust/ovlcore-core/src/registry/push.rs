@@ -126,7 +126,7 @@ impl Read for Ahead {
 
 /// Read `src` to its end on a helper thread, `f` consuming the bytes meanwhile; returns `f`'s result.
 fn read_ahead<R: Read + Send, T>(src: &mut R, f: impl FnOnce(&mut Ahead) -> T) -> T {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(2);
     std::thread::scope(|s| {
         s.spawn(move || loop {
             let mut buf = vec![0u8; 1 << 20];
