@@ -3,6 +3,10 @@
 //! A path keeps its number for the mount's life (so a copy-up, which changes the real inode, changes
 //! nothing the kernel sees); a rename moves the numbers of the entry and everything below it; an entry
 //! unlinked while open keeps its number, detached from any path.
+//!
+//! Names of one underlying file (hard links) share one number, as on the kernel's overlay: a
+//! non-directory with more than one link is also known by its backing `(dev, ino)`, and a new name
+//! resolving to a known backing inode joins that number.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,14 +14,57 @@ use std::sync::Mutex;
 
 pub const ROOT: u64 = 1;
 
+/// A backing file: `(st_dev, st_ino)` in the layer a name resolves to.
+pub type Key = (u64, u64);
+
 struct Node {
-    path: Option<PathBuf>,
+    /// Every name of the inode, the first one serving its attributes; empty once all are unlinked.
+    paths: Vec<PathBuf>,
+    key: Option<Key>,
 }
 
 struct Table {
     nodes: HashMap<u64, Node>,
     by_path: HashMap<PathBuf, u64>,
+    by_key: HashMap<Key, u64>,
     next: u64,
+}
+
+impl Table {
+    fn new_node(&mut self, path: &Path, key: Option<Key>) -> u64 {
+        let i = self.next;
+        self.next += 1;
+        self.nodes.insert(i, Node { paths: vec![path.to_path_buf()], key });
+        self.by_path.insert(path.to_path_buf(), i);
+        if let Some(k) = key {
+            self.by_key.insert(k, i);
+        }
+        i
+    }
+
+    /// Add `path` as another name of `ino` (whatever `path` named before is gone).
+    fn alias(&mut self, ino: u64, path: &Path) {
+        self.unname(path);
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.paths.push(path.to_path_buf());
+            self.by_path.insert(path.to_path_buf(), ino);
+        }
+    }
+
+    fn unname(&mut self, path: &Path) {
+        if let Some(i) = self.by_path.remove(path) {
+            if let Some(n) = self.nodes.get_mut(&i) {
+                n.paths.retain(|p| p != path);
+            }
+        }
+    }
+
+    /// The live node a backing file is known by (a node whose names are all gone and that no open
+    /// file holds may have had its backing inode number reused).
+    fn keyed(&self, key: Key) -> Option<u64> {
+        let i = *self.by_key.get(&key)?;
+        self.nodes.get(&i).filter(|n| !n.paths.is_empty()).map(|_| i)
+    }
 }
 
 pub struct Inodes {
@@ -27,33 +74,94 @@ pub struct Inodes {
 impl Inodes {
     pub fn new() -> Inodes {
         let mut nodes = HashMap::new();
-        nodes.insert(ROOT, Node { path: Some(PathBuf::from("/")) });
+        nodes.insert(ROOT, Node { paths: vec![PathBuf::from("/")], key: None });
         let mut by_path = HashMap::new();
         by_path.insert(PathBuf::from("/"), ROOT);
-        Inodes { t: Mutex::new(Table { nodes, by_path, next: ROOT + 1 }) }
+        Inodes { t: Mutex::new(Table { nodes, by_path, by_key: HashMap::new(), next: ROOT + 1 }) }
     }
 
     /// The path of an inode; `None` once it was unlinked (or never known).
     pub fn path(&self, ino: u64) -> Option<PathBuf> {
-        self.t.lock().unwrap().nodes.get(&ino).and_then(|n| n.path.clone())
+        self.t.lock().unwrap().nodes.get(&ino).and_then(|n| n.paths.first().cloned())
     }
 
     /// Whether the inode was known and has lost its path (unlinked while the kernel still holds it).
     pub fn unlinked(&self, ino: u64) -> bool {
-        matches!(self.t.lock().unwrap().nodes.get(&ino), Some(Node { path: None }))
+        self.t.lock().unwrap().nodes.get(&ino).is_some_and(|n| n.paths.is_empty())
     }
 
     /// The number of a path, assigned on first sight.
     pub fn ino(&self, path: &Path) -> u64 {
+        self.ino_keyed(path, None)
+    }
+
+    /// The number of a path already seen, if any.
+    pub fn known(&self, path: &Path) -> Option<u64> {
+        self.t.lock().unwrap().by_path.get(path).copied()
+    }
+
+    /// The number of a path whose backing file is `key` (a hard-linked non-directory): a path keeps
+    /// the number it has (stable across copy-up), a new one joins the number of its backing file.
+    pub fn ino_keyed(&self, path: &Path, key: Option<Key>) -> u64 {
         let mut t = self.t.lock().unwrap();
         if let Some(&i) = t.by_path.get(path) {
+            // The kernel looks a name of a shared inode up before each use (its entries are not
+            // cached), and an operation on the inode (open, link) names no path: serve the name
+            // looked up last.
+            if let Some(n) = t.nodes.get_mut(&i) {
+                if let Some(at) = n.paths.iter().position(|p| p == path).filter(|&at| at > 0) {
+                    let p = n.paths.remove(at);
+                    n.paths.insert(0, p);
+                }
+            }
+            if let Some(k) = key {
+                if t.keyed(k).is_none() {
+                    t.by_key.insert(k, i);
+                    if let Some(n) = t.nodes.get_mut(&i) {
+                        n.key = Some(k);
+                    }
+                }
+            }
             return i;
         }
-        let i = t.next;
-        t.next += 1;
-        t.nodes.insert(i, Node { path: Some(path.to_path_buf()) });
-        t.by_path.insert(path.to_path_buf(), i);
-        i
+        if let Some(i) = key.and_then(|k| t.keyed(k)) {
+            t.alias(i, path);
+            return i;
+        }
+        t.new_node(path, key)
+    }
+
+    /// `path` is a new hard link to `ino` (backing file `key`).
+    pub fn link(&self, ino: u64, path: &Path, key: Key) {
+        let mut t = self.t.lock().unwrap();
+        if !t.nodes.contains_key(&ino) {
+            return;
+        }
+        t.alias(ino, path);
+        t.by_key.insert(key, ino);
+        if let Some(n) = t.nodes.get_mut(&ino) {
+            n.key = Some(key);
+        }
+    }
+
+    /// Every name of an inode, the first one serving it.
+    pub fn names(&self, ino: u64) -> Vec<PathBuf> {
+        self.t.lock().unwrap().nodes.get(&ino).map(|n| n.paths.clone()).unwrap_or_default()
+    }
+
+    /// The names of `ino` now resolve to `key` but for `apart`, which no longer share its file (a
+    /// copy-up broke the hard link): they leave the inode and get a number of their own on their next
+    /// lookup, shared by the names still on their old backing file.
+    pub fn split(&self, ino: u64, key: Key, apart: &[PathBuf]) {
+        let mut t = self.t.lock().unwrap();
+        for p in apart {
+            t.unname(p);
+        }
+        t.by_key.retain(|k, i| *i != ino || *k == key);
+        t.by_key.insert(key, ino);
+        if let Some(n) = t.nodes.get_mut(&ino) {
+            n.key = Some(key);
+        }
     }
 
     /// The path (and everything below it) is gone: its numbers keep serving open files only.
@@ -61,11 +169,7 @@ impl Inodes {
         let mut t = self.t.lock().unwrap();
         let gone: Vec<PathBuf> = t.by_path.keys().filter(|p| p.starts_with(path)).cloned().collect();
         for p in gone {
-            if let Some(i) = t.by_path.remove(&p) {
-                if let Some(n) = t.nodes.get_mut(&i) {
-                    n.path = None;
-                }
-            }
+            t.unname(&p);
         }
     }
 
@@ -82,7 +186,9 @@ impl Inodes {
             let rest = p.strip_prefix(src).expect("filtered by prefix");
             let np = if rest.as_os_str().is_empty() { dst.to_path_buf() } else { dst.join(rest) };
             if let Some(n) = t.nodes.get_mut(&i) {
-                n.path = Some(np.clone());
+                for q in n.paths.iter_mut().filter(|q| **q == p) {
+                    *q = np.clone();
+                }
             }
             t.by_path.insert(np, i);
         }
@@ -91,8 +197,12 @@ impl Inodes {
     /// The kernel dropped an inode that no longer has a path: forget it.
     pub fn forget(&self, ino: u64) {
         let mut t = self.t.lock().unwrap();
-        if matches!(t.nodes.get(&ino), Some(Node { path: None })) {
-            t.nodes.remove(&ino);
+        if t.nodes.get(&ino).is_some_and(|n| n.paths.is_empty()) {
+            if let Some(k) = t.nodes.remove(&ino).and_then(|n| n.key) {
+                if t.by_key.get(&k) == Some(&ino) {
+                    t.by_key.remove(&k);
+                }
+            }
         }
     }
 }
@@ -115,5 +225,42 @@ mod tests {
         t.detach(Path::new("/c"));
         assert!(t.unlinked(ab));
         assert_eq!(t.path(ab), None);
+    }
+
+    #[test]
+    fn hard_links_share_a_number_until_every_name_is_gone() {
+        let t = Inodes::new();
+        let k = (7, 42);
+        let a = t.ino_keyed(Path::new("/a"), Some(k));
+        let b = t.ino_keyed(Path::new("/d/b"), Some(k));
+        assert_eq!(a, b);
+        assert_ne!(t.ino_keyed(Path::new("/c"), Some((7, 43))), a);
+        // A name keeps its number when its backing file changes (copy-up).
+        assert_eq!(t.ino_keyed(Path::new("/a"), Some((8, 1))), a);
+        t.rename(Path::new("/d"), Path::new("/e"));
+        assert_eq!(t.known(Path::new("/e/b")), Some(a));
+        assert_eq!(t.ino_keyed(Path::new("/e/b"), None), a);
+        assert_eq!(t.path(a).unwrap(), Path::new("/e/b"));
+        assert_eq!(t.ino_keyed(Path::new("/a"), None), a);
+        t.detach(Path::new("/a"));
+        assert!(!t.unlinked(a));
+        assert_eq!(t.path(a).unwrap(), Path::new("/e/b"));
+        let l = t.ino(Path::new("/l"));
+        t.link(a, Path::new("/f"), (8, 2));
+        assert_eq!(t.ino_keyed(Path::new("/g"), Some((8, 2))), a);
+        assert_ne!(l, a);
+        t.split(a, (8, 2), &[PathBuf::from("/e/b")]);
+        assert_eq!(t.known(Path::new("/e/b")), None);
+        let b2 = t.ino_keyed(Path::new("/e/b"), Some(k));
+        assert_ne!(b2, a);
+        assert_eq!(t.ino_keyed(Path::new("/e/b2"), Some(k)), b2);
+        t.detach(Path::new("/e"));
+        t.detach(Path::new("/f"));
+        t.detach(Path::new("/g"));
+        assert!(t.unlinked(a));
+        // A number nothing names any more is not handed to a reused backing inode.
+        assert_ne!(t.ino_keyed(Path::new("/h"), Some(k)), a);
+        t.forget(a);
+        assert_eq!(t.path(a), None);
     }
 }

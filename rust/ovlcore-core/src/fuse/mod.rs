@@ -210,6 +210,11 @@ fn attr_of(ino: u64, m: &Meta) -> FileAttr {
     }
 }
 
+/// The backing file a name shares with other names (a hard-linked non-directory), if any.
+fn link_key(m: &Meta) -> Option<inodes::Key> {
+    (m.kind() != Kind::Dir && m.nlink > 1).then_some((m.dev, m.ino))
+}
+
 fn check_name(name: &OsStr) -> std::result::Result<(), Errno> {
     if name.len() > NAME_MAX {
         Err(Errno::from_i32(libc::ENAMETOOLONG))
@@ -324,8 +329,8 @@ impl Fuse {
     fn entry(&self, path: &Path, reply: ReplyEntry) {
         match self.stat_path(path) {
             Ok((m, ttl)) => {
-                let ino = self.inodes.ino(path);
-                reply.entry(&ttl, &attr_of(ino, &m), Generation(0));
+                let ino = self.inodes.ino_keyed(path, link_key(&m));
+                reply.entry(&self.entry_ttl(ino, &m, ttl), &attr_of(ino, &m), Generation(0));
             }
             Err(e) => reply.error(e),
         }
@@ -379,7 +384,7 @@ impl Fuse {
         match self.inodes.path(ino) {
             Some(p) => {
                 let (m, ttl) = self.stat_path(&p)?;
-                Ok((attr_of(ino, &m), ttl))
+                Ok((attr_of(ino, &m), self.entry_ttl(ino, &m, ttl)))
             }
             None => match self.any_open(ino) {
                 Some(f) => Ok((attr_of(ino, &self.stat_fd(ino, &f)?), UPPER_TTL)),
@@ -411,6 +416,7 @@ impl Fuse {
         } else {
             let fd = self.view.open_write(&path, oflags | OFlags::NOFOLLOW, 0);
             self.changed();
+            self.regroup(ino.0);
             (fd.map_err(|e| errno_of(&e))?, false)
         };
         let fh = self.add_handle(Handle::File { ino: ino.0, file: Arc::new(File::from(fd)) });
@@ -427,6 +433,42 @@ impl Fuse {
             (n, k, p)
         }));
         Ok(out)
+    }
+
+    /// After a change that may have copied up one name of a hard-linked inode: names no longer on the
+    /// first name's file (the copy-up broke the link, as on the kernel's overlay) leave the inode, so
+    /// they keep showing their own content and count.
+    fn regroup(&self, ino: u64) {
+        let names = self.inodes.names(ino);
+        if names.len() < 2 {
+            return;
+        }
+        let backing = |p: &Path| self.stat_path(p).ok().map(|(m, _)| (m.dev, m.ino));
+        let Some(first) = backing(&names[0]) else { return };
+        let apart: Vec<PathBuf> = names[1..].iter().filter(|p| backing(p) != Some(first)).cloned().collect();
+        if !apart.is_empty() {
+            self.inodes.split(ino, first, &apart);
+        }
+    }
+
+    /// How long the kernel may keep an entry: not at all for a hard-linked file (a copy-up of one name
+    /// may split the names apart, which the kernel must see on its next lookup; counts change through
+    /// any name).
+    fn entry_ttl(&self, ino: u64, m: &Meta, ttl: Duration) -> Duration {
+        if link_key(m).is_some() || self.inodes.names(ino).len() > 1 { Duration::ZERO } else { ttl }
+    }
+
+    /// The number of a listed entry: a non-directory seen for the first time may be another name of a
+    /// known file, which only its metadata tells.
+    fn listed_ino(&self, kind: Kind, path: &Path) -> u64 {
+        if kind == Kind::Dir {
+            return self.inodes.ino(path);
+        }
+        if let Some(i) = self.inodes.known(path) {
+            return i;
+        }
+        let key = self.stat_path(path).ok().and_then(|(m, _)| link_key(&m));
+        self.inodes.ino_keyed(path, key)
     }
 
     fn dir_entries(&self, fh: FileHandle) -> std::result::Result<Arc<std::sync::OnceLock<Listing>>, Errno> {
@@ -531,6 +573,7 @@ impl Filesystem for Fuse {
             Ok(())
         })();
         self.changed();
+        self.regroup(ino.0);
         match res.and_then(|_| self.getattr_ino(ino.0, fh)) {
             Ok((a, ttl)) => reply.attr(&ttl, &a),
             Err(e) => reply.error(e),
@@ -662,8 +705,14 @@ impl Filesystem for Fuse {
             Ok(dst)
         })();
         self.changed();
-        match res {
-            Ok(p) => self.entry(&p, reply),
+        // The new name is the same inode: the kernel updates that inode's attributes (nlink) from
+        // this reply, so no name of it shows a stale count.
+        match res.and_then(|p| self.stat_path(&p).map(|(m, ttl)| (p, m, ttl))) {
+            Ok((p, m, ttl)) => {
+                self.inodes.link(ino.0, &p, (m.dev, m.ino));
+                self.regroup(ino.0);
+                reply.entry(&self.entry_ttl(ino.0, &m, ttl), &attr_of(ino.0, &m), Generation(0));
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -782,7 +831,7 @@ impl Filesystem for Fuse {
         match self.dir_entries(fh) {
             Ok(entries) => {
                 for (i, (name, kind, path)) in entries.get().expect("listed").iter().enumerate().skip(offset as usize) {
-                    let ino = if i < 2 { 0 } else { self.inodes.ino(path) };
+                    let ino = if i < 2 { 0 } else { self.listed_ino(*kind, path) };
                     // `.` and `..` carry no useful number here: the kernel fills in its own.
                     let ino = if ino == 0 { ROOT } else { ino };
                     if reply.add(INodeNo(ino), (i + 1) as u64, file_type(*kind), name) {
@@ -800,7 +849,8 @@ impl Filesystem for Fuse {
             Ok(entries) => {
                 for (i, (name, _kind, path)) in entries.get().expect("listed").iter().enumerate().skip(offset as usize) {
                     let Ok((m, ttl)) = self.stat_path(path) else { continue };
-                    let ino = self.inodes.ino(path);
+                    let ino = self.inodes.ino_keyed(path, link_key(&m));
+                    let ttl = self.entry_ttl(ino, &m, ttl);
                     if reply.add(INodeNo(ino), (i + 1) as u64, name, &ttl, &attr_of(ino, &m), Generation(0)) {
                         break;
                     }
@@ -850,6 +900,7 @@ impl Filesystem for Fuse {
             self.view.setxattr(&p, &attr, value, flags, false).map_err(|e| errno_of(&e))
         })();
         self.changed();
+        self.regroup(ino.0);
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -886,6 +937,7 @@ impl Filesystem for Fuse {
             self.view.removexattr(&p, &attr, false).map_err(|e| errno_of(&e))
         })();
         self.changed();
+        self.regroup(ino.0);
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
