@@ -108,11 +108,13 @@ def test_links_and_counts_as_the_kernel_overlay(lower: Path, tmp_path: Path) -> 
 def test_tar_stores_hard_links(lower: Path, tmp_path: Path) -> None:
     m = fuse_mount(tmp_path, lower)
     (m / "f").write_text("upper\n")
-    os.link(m / "f", m / "sub" / "g")
+    # (In the root: a link into ``sub`` copies ``sub`` up, which changes the root's times behind the
+    # kernel's cached attributes for up to a second, and tar then reports "file changed as we read it".)
+    os.link(m / "f", m / "g")
     subprocess.run(["tar", "-cf", str(tmp_path / "t.tar"), "."], cwd=m, check=True, timeout=60)
     with tarfile.open(tmp_path / "t.tar") as t:
         links = {i.name: i.linkname for i in t.getmembers() if i.islnk()}
     # One of each pair is stored as a file, the other as a link to it.
-    pairs = {frozenset({"./a", "./sub/b"}), frozenset({"./f", "./sub/g"})}
+    pairs = {frozenset({"./a", "./sub/b"}), frozenset({"./f", "./g"})}
     assert {frozenset({n, t}) for n, t in links.items() if frozenset({n, t}) in pairs} == pairs
     assert len([n for n in links if n in {"./c", "./c2", "./c3"}]) == 2
