@@ -144,6 +144,11 @@ impl Inodes {
         }
     }
 
+    /// Whether an inode has more than one name.
+    pub fn shared(&self, ino: u64) -> bool {
+        self.t.lock().unwrap().nodes.get(&ino).is_some_and(|n| n.paths.len() > 1)
+    }
+
     /// Every name of an inode, the first one serving it.
     pub fn names(&self, ino: u64) -> Vec<PathBuf> {
         self.t.lock().unwrap().nodes.get(&ino).map(|n| n.paths.clone()).unwrap_or_default()
@@ -234,7 +239,10 @@ mod tests {
         let a = t.ino_keyed(Path::new("/a"), Some(k));
         let b = t.ino_keyed(Path::new("/d/b"), Some(k));
         assert_eq!(a, b);
-        assert_ne!(t.ino_keyed(Path::new("/c"), Some((7, 43))), a);
+        assert!(t.shared(a));
+        let c = t.ino_keyed(Path::new("/c"), Some((7, 43)));
+        assert_ne!(c, a);
+        assert!(!t.shared(c));
         // A name keeps its number when its backing file changes (copy-up).
         assert_eq!(t.ino_keyed(Path::new("/a"), Some((8, 1))), a);
         t.rename(Path::new("/d"), Path::new("/e"));

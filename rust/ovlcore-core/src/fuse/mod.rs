@@ -455,7 +455,7 @@ impl Fuse {
     /// may split the names apart, which the kernel must see on its next lookup; counts change through
     /// any name).
     fn entry_ttl(&self, ino: u64, m: &Meta, ttl: Duration) -> Duration {
-        if link_key(m).is_some() || self.inodes.names(ino).len() > 1 { Duration::ZERO } else { ttl }
+        if link_key(m).is_some() || self.inodes.shared(ino) { Duration::ZERO } else { ttl }
     }
 
     /// The number of a listed entry: a non-directory seen for the first time may be another name of a
