@@ -118,3 +118,35 @@ def test_tar_stores_hard_links(lower: Path, tmp_path: Path) -> None:
     pairs = {frozenset({"./a", "./sub/b"}), frozenset({"./f", "./g"})}
     assert {frozenset({n, t}) for n, t in links.items() if frozenset({n, t}) in pairs} == pairs
     assert len([n for n in links if n in {"./c", "./c2", "./c3"}]) == 2
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda m: os.link(m / "d" / "e" / "f", m / "d" / "e" / "g"),
+        lambda m: (m / "d" / "e" / "new").write_text("n\n") and None,
+    ],
+    ids=["link", "create"],
+)
+def test_copy_up_of_directories_shows_fresh_attributes(tmp_path: Path, op: Callable[[Path], None]) -> None:
+    """A copy-up of lower directories changes their attributes: the kernel must not keep the old
+    ones (``tar`` would fail with "file changed as we read it")."""
+    require_fuse()
+    lo = tmp_path / "lower"
+    (lo / "d" / "e").mkdir(parents=True)
+    (lo / "d" / "e" / "f").write_text("f\n")
+    os.utime(lo / "d" / "e", (1_000_000, 1_000_000))
+    os.utime(lo / "d", (1_000_000, 1_000_000))
+    try:
+        mnt = fuse_mount(tmp_path, lo)
+        subprocess.run(["tar", "-cf", "/dev/null", "-C", str(mnt), "."], check=True, timeout=60)
+        before = {d: os.lstat(mnt / d) for d in ("d", "d/e")}
+        op(mnt)
+        r = subprocess.run(["tar", "-cf", "/dev/null", "-C", str(mnt), "."], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        for d in ("d", "d/e"):
+            seen, up = os.lstat(mnt / d), os.lstat(tmp_path / "fu" / d)
+            assert (seen.st_mtime_ns, seen.st_ctime_ns, seen.st_nlink) == (up.st_mtime_ns, up.st_ctime_ns, up.st_nlink), d
+        assert os.lstat(mnt / "d").st_ctime_ns != before["d"].st_ctime_ns
+    finally:
+        force_unmount(str(tmp_path / "fm"))

@@ -74,7 +74,9 @@ pub fn fuse_serve(make_view: impl Fn() -> Result<View>, mountpoint: &Path, opts:
         drop(make_view()?);
         if let Some(fd) = mount_isolated(mountpoint, opts)? {
             let view = Arc::new(make_view()?);
-            let session = fuser::Session::from_fd(Fuse::new(view, true), fd, config.acl, config.clone()).map_err(at)?;
+            let notifier = Arc::new(std::sync::OnceLock::new());
+            let session = fuser::Session::from_fd(Fuse::new(view, true, notifier.clone()), fd, config.acl, config.clone()).map_err(at)?;
+            let _ = notifier.set(session.notifier());
             ready();
             return session.run().map_err(at);
         }
@@ -94,7 +96,9 @@ pub fn fuse_serve(make_view: impl Fn() -> Result<View>, mountpoint: &Path, opts:
         mount_options.push(MountOption::Suid);
     }
     config.mount_options = mount_options;
-    let session = fuser::Session::new(Fuse::new(view, root_daemon), mountpoint, &config).map_err(at)?;
+    let notifier = Arc::new(std::sync::OnceLock::new());
+    let session = fuser::Session::new(Fuse::new(view, root_daemon, notifier.clone()), mountpoint, &config).map_err(at)?;
+    let _ = notifier.set(session.notifier());
     ready();
     session.run().map_err(at)
 }
@@ -148,6 +152,8 @@ struct Fuse {
     /// (a copy-up or an opaque marker changes what a directory is made of).
     dirs: Mutex<HashMap<u64, (u64, PathBuf, Dir)>>,
     generation: AtomicU64,
+    /// Set once the session exists: tells the kernel to drop attributes it caches.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 fn errno_of(e: &Error) -> Errno {
@@ -243,8 +249,9 @@ fn timespec(t: Option<TimeOrNow>) -> Timespec {
 }
 
 impl Fuse {
-    fn new(view: Arc<View>, root_daemon: bool) -> Fuse {
+    fn new(view: Arc<View>, root_daemon: bool, notifier: Arc<std::sync::OnceLock<fuser::Notifier>>) -> Fuse {
         Fuse {
+            notifier,
             view,
             inodes: Inodes::new(),
             handles: Mutex::new(HashMap::new()),
@@ -258,6 +265,23 @@ impl Fuse {
     /// Something changed: every cached directory is looked up again.
     fn changed(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A change at inode `ino` may have copied it and its parent directories up (new attributes,
+    /// whatever timeout the kernel was given for them, even an image layer's long one): the kernel
+    /// drops the attributes it holds for all of them. Only attributes (offset -1): no page or
+    /// directory lock is taken, so this is safe inside a request on the same inodes.
+    fn stale_up(&self, ino: u64) {
+        let Some(n) = self.notifier.get() else { return };
+        let Some(mut p) = self.inodes.path(ino) else { return };
+        loop {
+            if let Some(i) = self.inodes.known(&p) {
+                let _ = n.inval_inode(INodeNo(i), -1, 0);
+            }
+            if !p.pop() {
+                break;
+            }
+        }
     }
 
     /// The entered directory of a directory inode (cached while nothing changes).
@@ -416,6 +440,7 @@ impl Fuse {
         } else {
             let fd = self.view.open_write(&path, oflags | OFlags::NOFOLLOW, 0);
             self.changed();
+            self.stale_up(ino.0);
             self.regroup(ino.0);
             (fd.map_err(|e| errno_of(&e))?, false)
         };
@@ -573,6 +598,7 @@ impl Filesystem for Fuse {
             Ok(())
         })();
         self.changed();
+        self.stale_up(ino.0);
         self.regroup(ino.0);
         match res.and_then(|_| self.getattr_ino(ino.0, fh)) {
             Ok((a, ttl)) => reply.attr(&ttl, &a),
@@ -601,6 +627,7 @@ impl Filesystem for Fuse {
             Ok(p)
         })();
         self.changed();
+        self.stale_up(parent.0);
         match res {
             Ok(p) => self.entry(&p, reply),
             Err(e) => reply.error(e),
@@ -615,6 +642,7 @@ impl Filesystem for Fuse {
             Ok(p)
         })();
         self.changed();
+        self.stale_up(parent.0);
         match res {
             Ok(p) => self.entry(&p, reply),
             Err(e) => reply.error(e),
@@ -629,6 +657,7 @@ impl Filesystem for Fuse {
             Ok(())
         })();
         self.changed();
+        self.stale_up(parent.0);
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -643,6 +672,7 @@ impl Filesystem for Fuse {
             Ok(())
         })();
         self.changed();
+        self.stale_up(parent.0);
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -657,6 +687,7 @@ impl Filesystem for Fuse {
             Ok(p)
         })();
         self.changed();
+        self.stale_up(parent.0);
         match res {
             Ok(p) => self.entry(&p, reply),
             Err(e) => reply.error(e),
@@ -691,6 +722,8 @@ impl Filesystem for Fuse {
             Ok(())
         })();
         self.changed();
+        self.stale_up(parent.0);
+        self.stale_up(newparent.0);
         match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -705,6 +738,8 @@ impl Filesystem for Fuse {
             Ok(dst)
         })();
         self.changed();
+        self.stale_up(newparent.0);
+        self.stale_up(ino.0);
         // The new name is the same inode: the kernel updates that inode's attributes (nlink) from
         // this reply, so no name of it shows a stale count.
         match res.and_then(|p| self.stat_path(&p).map(|(m, ttl)| (p, m, ttl))) {
@@ -900,6 +935,7 @@ impl Filesystem for Fuse {
             self.view.setxattr(&p, &attr, value, flags, false).map_err(|e| errno_of(&e))
         })();
         self.changed();
+        self.stale_up(ino.0);
         self.regroup(ino.0);
         match res {
             Ok(()) => reply.ok(),
@@ -937,6 +973,7 @@ impl Filesystem for Fuse {
             self.view.removexattr(&p, &attr, false).map_err(|e| errno_of(&e))
         })();
         self.changed();
+        self.stale_up(ino.0);
         self.regroup(ino.0);
         match res {
             Ok(()) => reply.ok(),
@@ -963,6 +1000,7 @@ impl Filesystem for Fuse {
             Ok((p, fh))
         })();
         self.changed();
+        self.stale_up(parent.0);
         match res {
             Ok((p, fh)) => match self.stat_path(&p) {
                 Ok((m, ttl)) => {
