@@ -23,7 +23,7 @@ import pytest
 import ovlcore
 from ovlcore.fusemount import is_mounted, parse_command_line
 from support.cli import run_cli
-from support.fuse import HELPER, force_unmount, require_fuse
+from support.fuse import HELPER, bytes_read_by, daemon_pid, force_unmount, require_fuse
 from support.images import import_image
 from support.privilege import IS_ROOT
 from support.trees import compare_trees, fs_tree, host_tree
@@ -134,6 +134,61 @@ def test_helper_union_and_writes(layers: dict[str, Path]) -> None:
     run(["umount" if IS_ROOT else "fusermount3", *([] if IS_ROOT else ["-u"]), str(m)])
     wait_gone(m)
     assert (d["u"] / "b").exists() and (d["l1"] / "b").read_text() == "top\n"
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    release = os.uname().release.split("-")[0].split(".")
+    return (int(release[0]), int(release[1])) >= (major, minor)
+
+
+@pytest.mark.skipif(not IS_ROOT or not _kernel_at_least(6, 9), reason="FUSE passthrough needs root and Linux 6.9+")
+@pytest.mark.parametrize("passthrough", [True, False], ids=["passthrough", "daemon-reads"])
+def test_helper_passthrough_reads(layers: dict[str, Path], passthrough: bool) -> None:
+    """As root the kernel reads an image file itself: the daemon reads none of its bytes."""
+    d = layers
+    helper_mount(d, *([] if passthrough else ["nopassthrough"]))
+    pid = daemon_pid(str(d["m"]))
+    before = bytes_read_by(pid)
+    assert (d["m"] / "big").read_bytes() == (d["l2"] / "big").read_bytes()
+    read = bytes_read_by(pid) - before
+    size = (d["l2"] / "big").stat().st_size
+    assert read < size // 4 if passthrough else read >= size
+    # Writes too: an appended file is written by the kernel into the writable layer's copy.
+    with open(d["m"] / "a", "ab") as f:
+        f.write(b"x" * (1 << 20))
+    assert (d["u"] / "a").stat().st_size == len("hello from the top\n") + (1 << 20)
+
+
+@pytest.mark.skipif(not IS_ROOT or not _kernel_at_least(6, 9), reason="FUSE passthrough needs root and Linux 6.9+")
+def test_helper_passthrough_write_while_image_file_is_read(layers: dict[str, Path]) -> None:
+    """The kernel takes one backing file per inode: while an image file is open for reading through
+    passthrough, opening it for writing (a copy-up) answers ETXTBSY, as for a running program; once
+    closed it works. Without passthrough the write works while the file is read."""
+    d = layers
+    helper_mount(d)
+    m = d["m"]
+    with open(m / "a", "rb") as reader:
+        with pytest.raises(OSError) as e:
+            open(m / "a", "ab").close()
+        assert e.value.errno == errno.ETXTBSY
+        with pytest.raises(OSError) as e:
+            os.truncate(m / "a", 0)
+        assert e.value.errno == errno.ETXTBSY
+        # Metadata copy-ups go on; readers read the same bytes.
+        os.chmod(m / "a", 0o600)
+        with open(m / "a", "rb") as second:
+            assert second.read() == reader.read() == b"hello from the top\n"
+    assert (d["u"] / "a").read_bytes() == b"hello from the top\n"  # the chmod copied it up
+    with open(m / "a", "ab") as f:
+        f.write(b"more\n")
+    assert (m / "a").read_bytes() == b"hello from the top\nmore\n"
+    run(["umount", str(m)])
+    wait_gone(m)
+    helper_mount(d, "nopassthrough")
+    with open(m / "b", "rb"):
+        with open(m / "b", "ab") as f:
+            f.write(b"more\n")
+    assert (m / "b").read_bytes() == b"top\nmore\n"
 
 
 def test_helper_read_only_without_upper(layers: dict[str, Path]) -> None:

@@ -189,6 +189,8 @@ def fuse_serve(
     subtype: str = "ovlcore",
     allow_other: bool = False,
     threads: int = 4,
+    passthrough: bool = True,
+    writeback: bool = True,
 ) -> None: ...
 def dir_usage(path: _Path) -> int: ...
 

@@ -4,6 +4,11 @@ daemon that :meth:`Container.mount` and :meth:`Image.mount` start.
 The file system runs in its own process (the daemon), started with this interpreter and detached from
 the caller: the caller returns once the mount is live (the daemon says so on a pipe) and the daemon exits
 by itself when the mount goes away (``umount``, ``fusermount3 -u``).
+
+The kernel does the I/O of plain files itself where it can: as root (Linux 6.9+) by FUSE passthrough to
+the layer files (``-o nopassthrough`` turns it off: with it, an image file open for reading cannot be
+opened for writing until it is closed, ``ETXTBSY``), otherwise through its writeback cache
+(``-o nowriteback``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ class FuseSpec:
     marker: str | None = None
     fsname: str = "ovlcore"
     allow_other: bool = False
+    # The kernel's own I/O on plain files (as root, Linux 6.9+; an image file open for reading then
+    # cannot be opened for writing until closed: ETXTBSY), else its writeback cache.
+    passthrough: bool = True
+    writeback: bool = True
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -117,6 +126,7 @@ def parse_command_line(argv: Sequence[str]) -> tuple[FuseSpec, bool]:
     upper = work = None
     read_only = False
     allow_other = False
+    passthrough = writeback = True
     fsname = positional[0] if len(positional) == 2 else "ovlcore"
     for o in opts:
         if not o or o in _IGNORED:
@@ -134,6 +144,10 @@ def parse_command_line(argv: Sequence[str]) -> tuple[FuseSpec, bool]:
             allow_other = True
         elif key == "fsname":
             fsname = value
+        elif key == "nopassthrough":
+            passthrough = False
+        elif key == "nowriteback":
+            writeback = False
         else:
             print(f"ovlcore-fuse: ignoring option {o}", file=sys.stderr)
     if upper is not None and work is None:
@@ -146,7 +160,8 @@ def parse_command_line(argv: Sequence[str]) -> tuple[FuseSpec, bool]:
     if work is not None:
         scratch = os.path.join(work, "ovlcore-scratch")
     spec = FuseSpec(
-        mountpoint=os.path.abspath(mountpoint), lower=lower, upper=upper, scratch=scratch, fsname=fsname, allow_other=allow_other
+        mountpoint=os.path.abspath(mountpoint), lower=lower, upper=upper, scratch=scratch, fsname=fsname, allow_other=allow_other,
+        passthrough=passthrough, writeback=writeback,
     )
     return spec, foreground
 
@@ -176,6 +191,8 @@ def _serve(spec: FuseSpec, ready_fd: int | None) -> None:
             subtype="ovlcore-fuse",
             allow_other=spec.allow_other or root,
             threads=4,
+            passthrough=spec.passthrough,
+            writeback=spec.writeback,
         )
     finally:
         if marker is not None:
@@ -293,6 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os._exit(_daemon_main(int(args[1]), args[2]))
     if args in (["-h"], ["--help"]):
         print("usage: ovlcore-fuse -o lowerdir=L1:L2[,upperdir=U,workdir=W][,opts] MOUNTPOINT")
+        print("  opts: ro, allow_other, fsname=NAME, nopassthrough, nowriteback (and mount(8)'s, ignored)")
         return 0
     if args == ["--version"]:
         print("ovlcore-fuse 0.1")

@@ -33,3 +33,30 @@ def force_unmount(path: str) -> None:
             unmount(path)
         except OSError:
             unmount(path, lazy=True)
+
+
+def daemon_pid(mountpoint: str) -> int:
+    """The pid of the ovlcore FUSE daemon serving ``mountpoint`` (its command line names it)."""
+    import json
+    import os
+
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"--daemon" not in args or len(args) < 2:
+            continue
+        try:
+            if json.loads(args[-2]).get("mountpoint") == mountpoint:
+                return int(pid)
+        except ValueError:
+            continue
+    raise LookupError(f"no FUSE daemon serves {mountpoint}")
+
+
+def bytes_read_by(pid: int) -> int:
+    """What process ``pid`` has read through read(2)-like calls so far (``rchar``)."""
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))

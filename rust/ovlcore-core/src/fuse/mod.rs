@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
@@ -47,11 +47,23 @@ pub struct FuseOptions {
     pub allow_other: bool,
     /// Worker threads (each with its own cloned `/dev/fuse` descriptor).
     pub threads: usize,
+    /// Let the kernel read and write plain files itself where it can (root, Linux 6.9+). An image
+    /// layer's file open for reading is then not opened for writing (`ETXTBSY`) until it is closed.
+    pub passthrough: bool,
+    /// Otherwise let the kernel keep written pages and send them in large writes.
+    pub writeback: bool,
 }
 
 impl Default for FuseOptions {
     fn default() -> Self {
-        FuseOptions { fsname: "ovlcore".into(), subtype: "ovlcore".into(), allow_other: false, threads: 4 }
+        FuseOptions {
+            fsname: "ovlcore".into(),
+            subtype: "ovlcore".into(),
+            allow_other: false,
+            threads: 4,
+            passthrough: true,
+            writeback: true,
+        }
     }
 }
 
@@ -75,7 +87,7 @@ pub fn fuse_serve(make_view: impl Fn() -> Result<View>, mountpoint: &Path, opts:
         if let Some(fd) = mount_isolated(mountpoint, opts)? {
             let view = Arc::new(make_view()?);
             let notifier = Arc::new(std::sync::OnceLock::new());
-            let session = fuser::Session::from_fd(Fuse::new(view, true, notifier.clone()), fd, config.acl, config.clone()).map_err(at)?;
+            let session = fuser::Session::from_fd(Fuse::new(view, true, opts, notifier.clone()), fd, config.acl, config.clone()).map_err(at)?;
             let _ = notifier.set(session.notifier());
             ready();
             return session.run().map_err(at);
@@ -97,7 +109,7 @@ pub fn fuse_serve(make_view: impl Fn() -> Result<View>, mountpoint: &Path, opts:
     }
     config.mount_options = mount_options;
     let notifier = Arc::new(std::sync::OnceLock::new());
-    let session = fuser::Session::new(Fuse::new(view, root_daemon, notifier.clone()), mountpoint, &config).map_err(at)?;
+    let session = fuser::Session::new(Fuse::new(view, root_daemon, opts, notifier.clone()), mountpoint, &config).map_err(at)?;
     let _ = notifier.set(session.notifier());
     ready();
     session.run().map_err(at)
@@ -135,7 +147,8 @@ fn mount_isolated(mountpoint: &Path, opts: &FuseOptions) -> Result<Option<OwnedF
 type Listing = Vec<(OsString, Kind, PathBuf)>;
 
 enum Handle {
-    File { ino: u64, file: Arc<File> },
+    /// `backing`: the kernel reads and writes this file itself (passthrough); held until release.
+    File { ino: u64, file: Arc<File>, backing: Option<Arc<BackingId>> },
     /// Listed on the first `readdir` (the kernel often answers from its cached listing instead).
     Dir { ino: u64, entries: Arc<std::sync::OnceLock<Listing>> },
 }
@@ -154,6 +167,32 @@ struct Fuse {
     generation: AtomicU64,
     /// Set once the session exists: tells the kernel to drop attributes it caches.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// How the kernel does the I/O of open files, chosen at `init` from what is `wanted`
+    /// (passthrough, writeback) and what the kernel offers.
+    io: IoMode,
+    wanted: (bool, bool),
+    /// Open files served by passthrough, by inode: the kernel takes one backing file per inode.
+    backings: Mutex<HashMap<u64, Backing>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IoMode {
+    /// Every read and write comes to the daemon; the kernel writes through its page cache.
+    Cached,
+    /// The kernel keeps written pages and sends them later, in large writes (not with passthrough).
+    Writeback,
+    /// As root: the kernel reads and writes the backing files directly.
+    Passthrough,
+}
+
+/// The file the kernel reads and writes for one inode, while any of its open files is open.
+struct Backing {
+    id: std::sync::Weak<BackingId>,
+    /// (st_dev, st_ino) of the backing file.
+    key: inodes::Key,
+    /// It is an image layer's file: the inode may not be written (that would need another backing
+    /// file, the copy-up) until its readers close it.
+    lower: bool,
 }
 
 fn errno_of(e: &Error) -> Errno {
@@ -249,7 +288,7 @@ fn timespec(t: Option<TimeOrNow>) -> Timespec {
 }
 
 impl Fuse {
-    fn new(view: Arc<View>, root_daemon: bool, notifier: Arc<std::sync::OnceLock<fuser::Notifier>>) -> Fuse {
+    fn new(view: Arc<View>, root_daemon: bool, opts: &FuseOptions, notifier: Arc<std::sync::OnceLock<fuser::Notifier>>) -> Fuse {
         Fuse {
             notifier,
             view,
@@ -259,6 +298,66 @@ impl Fuse {
             root_daemon,
             dirs: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            io: IoMode::Cached,
+            wanted: (opts.passthrough && root_daemon, opts.writeback),
+            backings: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Before a change to the data of inode `ino` (a write open, a truncate): refused while an image
+    /// layer's file serves it by passthrough, as the copy-up would need a second backing file for one
+    /// inode, which the kernel does not take (it answers writes to a running program the same way).
+    fn check_writable(&self, ino: u64) -> std::result::Result<(), Errno> {
+        match self.backings.lock().unwrap().get(&ino) {
+            Some(b) if b.lower && b.id.strong_count() > 0 => Err(Errno::from_i32(libc::ETXTBSY)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The backing file for a new open of `ino` on `file`: the one its open files already use, else
+    /// a new one registered with `register`. `None`: served by the daemon (passthrough is off, the
+    /// file is not a plain file, or the kernel refused it, e.g. a layer on a stacked file system).
+    fn backing_for(
+        &self,
+        ino: u64,
+        file: &File,
+        lower: bool,
+        register: impl FnOnce(&File) -> std::io::Result<BackingId>,
+    ) -> std::result::Result<Option<Arc<BackingId>>, Errno> {
+        if self.io != IoMode::Passthrough {
+            return Ok(None);
+        }
+        let st = rustix::fs::fstat(file).map_err(rerr)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Ok(None);
+        }
+        let key = (st.st_dev, st.st_ino);
+        let mut backings = self.backings.lock().unwrap();
+        if let Some(b) = backings.get(&ino) {
+            if let Some(id) = b.id.upgrade() {
+                // A reader after a metadata-only copy-up reads the layer's file on: the same data.
+                return if b.key == key || b.lower { Ok(Some(id)) } else { Err(Errno::from_i32(libc::ETXTBSY)) };
+            }
+        }
+        match register(file) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                backings.insert(ino, Backing { id: Arc::downgrade(&id), key, lower });
+                Ok(Some(id))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Forget a released handle; its inode's backing file goes once its last open file does.
+    fn release_handle(&self, fh: u64) {
+        let removed = self.handles.lock().unwrap().remove(&fh);
+        if let Some(Handle::File { ino, backing: Some(id), .. }) = removed {
+            drop(id);
+            let mut backings = self.backings.lock().unwrap();
+            if backings.get(&ino).is_some_and(|b| b.id.strong_count() == 0) {
+                backings.remove(&ino);
+            }
         }
     }
 
@@ -388,7 +487,7 @@ impl Fuse {
 
     fn any_open(&self, ino: u64) -> Option<Arc<File>> {
         self.handles.lock().unwrap().values().find_map(|h| match h {
-            Handle::File { ino: i, file } if *i == ino => Some(file.clone()),
+            Handle::File { ino: i, file, .. } if *i == ino => Some(file.clone()),
             _ => None,
         })
     }
@@ -428,24 +527,48 @@ impl Fuse {
         self.view.chown(path, Some(req.uid()), Some(gid), false).map_err(|e| errno_of(&e))
     }
 
-    fn open_file(&self, ino: INodeNo, flags: i32) -> std::result::Result<(u64, FopenFlags), Errno> {
+    /// Open flags for the writable layer's file: with the writeback cache the kernel also reads
+    /// what it writes (whole pages) and keeps the file position of appends itself.
+    fn write_flags(&self, flags: OFlags) -> OFlags {
+        if self.io != IoMode::Writeback {
+            return flags;
+        }
+        let flags = flags - OFlags::APPEND;
+        if flags.contains(OFlags::WRONLY) { (flags - OFlags::WRONLY) | OFlags::RDWR } else { flags }
+    }
+
+    fn open_file(
+        &self,
+        ino: INodeNo,
+        flags: i32,
+        register: impl FnOnce(&File) -> std::io::Result<BackingId>,
+    ) -> std::result::Result<(u64, FopenFlags, Option<Arc<BackingId>>), Errno> {
         let path = self.path(ino)?;
         let oflags = OFlags::from_bits_retain(flags as u32) - OFlags::CREATE - OFlags::EXCL - OFlags::NOCTTY;
         let acc = flags & libc::O_ACCMODE;
-        let (fd, keep): (OwnedFd, bool) = if acc == libc::O_RDONLY && flags & libc::O_TRUNC == 0 {
+        let (fd, lower): (OwnedFd, bool) = if acc == libc::O_RDONLY && flags & libc::O_TRUNC == 0 {
             let r = self.resolve_path(&path)?.require().map_err(|e| errno_of(&e))?;
             let lower = matches!(r.found, Found::Lower { .. });
             let f = self.view.open_found(&r, oflags - OFlags::NOFOLLOW).map_err(|e| errno_of(&e))?;
             (f, lower)
         } else {
-            let fd = self.view.open_write(&path, oflags | OFlags::NOFOLLOW, 0);
+            self.check_writable(ino.0)?;
+            let mut fd = self.view.open_write(&path, self.write_flags(oflags) | OFlags::NOFOLLOW, 0);
+            if matches!(fd, Err(ref e) if e.raw_errno() == Some(libc::EACCES)) && self.io == IoMode::Writeback {
+                // A write-only file: the kernel then writes whole pages only.
+                fd = self.view.open_write(&path, (oflags - OFlags::APPEND) | OFlags::NOFOLLOW, 0);
+            }
             self.changed();
             self.stale_up(ino.0);
             self.regroup(ino.0);
             (fd.map_err(|e| errno_of(&e))?, false)
         };
-        let fh = self.add_handle(Handle::File { ino: ino.0, file: Arc::new(File::from(fd)) });
-        Ok((fh, if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }))
+        let file = File::from(fd);
+        let backing = self.backing_for(ino.0, &file, lower, register)?;
+        let fh = self.add_handle(Handle::File { ino: ino.0, file: Arc::new(file), backing: backing.clone() });
+        // Page-cache flags mean nothing to the kernel for a passthrough file (it refuses them).
+        let keep = lower && backing.is_none();
+        Ok((fh, if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }, backing))
     }
 
     fn list(&self, ino: INodeNo) -> std::result::Result<Listing, Errno> {
@@ -524,6 +647,15 @@ impl Filesystem for Fuse {
         ] {
             let _ = config.add_capabilities(cap);
         }
+        // Passthrough backing files must be on an unstacked file system (a layer on overlayfs is served
+        // by the daemon); the mount itself may then be stacked once (a lower layer of an overlay).
+        self.io = if self.wanted.0 && config.set_max_stack_depth(1).is_ok() && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
+            IoMode::Passthrough
+        } else if self.wanted.1 && config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE).is_ok() {
+            IoMode::Writeback
+        } else {
+            IoMode::Cached
+        };
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         Ok(())
@@ -574,15 +706,22 @@ impl Filesystem for Fuse {
                     (Some(f), _) if rustix::fs::fcntl_getfl(&f).map(|fl| fl.contains(OFlags::WRONLY) || fl.contains(OFlags::RDWR)).unwrap_or(false) => {
                         rustix::fs::ftruncate(&f, size).map_err(rerr)?
                     }
-                    (_, Some(p)) => v.truncate(p, size).map_err(e)?,
+                    (_, Some(p)) => {
+                        self.check_writable(ino.0)?;
+                        v.truncate(p, size).map_err(e)?
+                    }
                     (_, None) => return Err(Errno::ENOENT),
                 }
             }
+            let ts = Timestamps { last_access: timespec(atime), last_modification: timespec(mtime) };
             let Some(path) = path else {
-                return if mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some() {
-                    Err(Errno::ENOENT)
-                } else {
-                    Ok(())
+                // A file whose last name went, still open: the writeback cache sets its times on close.
+                if mode.is_some() || uid.is_some() || gid.is_some() {
+                    return Err(Errno::ENOENT);
+                }
+                return match fh.and_then(|h| self.file(h).ok()).or_else(|| self.any_open(ino.0)) {
+                    Some(f) if atime.is_some() || mtime.is_some() => rustix::fs::futimens(&*f, &ts).map_err(rerr),
+                    _ => Ok(()),
                 };
             };
             if uid.is_some() || gid.is_some() {
@@ -592,7 +731,6 @@ impl Filesystem for Fuse {
                 v.chmod(&path, mode, false).map_err(e)?;
             }
             if atime.is_some() || mtime.is_some() {
-                let ts = Timestamps { last_access: timespec(atime), last_modification: timespec(mtime) };
                 v.utime(&path, Some(ts), false).map_err(e)?;
             }
             Ok(())
@@ -753,8 +891,9 @@ impl Filesystem for Fuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.open_file(ino, flags.0) {
-            Ok((fh, f)) => reply.opened(FileHandle(fh), f),
+        match self.open_file(ino, flags.0, |f| reply.open_backing(f)) {
+            Ok((fh, f, Some(id))) => reply.opened_passthrough(FileHandle(fh), f, &id),
+            Ok((fh, f, None)) => reply.opened(FileHandle(fh), f),
             Err(e) => reply.error(e),
         }
     }
@@ -836,7 +975,7 @@ impl Filesystem for Fuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.lock().unwrap().remove(&fh.0);
+        self.release_handle(fh.0);
         reply.ok();
     }
 
@@ -989,26 +1128,32 @@ impl Filesystem for Fuse {
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
-        let res: R<(PathBuf, u64)> = (|| {
+        let res: R<(PathBuf, u64, Option<Arc<BackingId>>)> = (|| {
             let p = self.child(parent, name)?;
             let oflags = OFlags::from_bits_retain(flags as u32) | OFlags::CREATE | OFlags::NOFOLLOW;
-            let oflags = oflags - OFlags::NOCTTY;
+            let oflags = self.write_flags(oflags - OFlags::NOCTTY);
             let fd = self.view.open_write(&p, oflags, mode & 0o7777).map_err(|e| errno_of(&e))?;
             self.own(req, &p)?;
             let ino = self.inodes.ino(&p);
-            let fh = self.add_handle(Handle::File { ino, file: Arc::new(File::from(fd)) });
-            Ok((p, fh))
+            let file = File::from(fd);
+            let backing = self.backing_for(ino, &file, false, |f| reply.open_backing(f))?;
+            let fh = self.add_handle(Handle::File { ino, file: Arc::new(file), backing: backing.clone() });
+            Ok((p, fh, backing))
         })();
         self.changed();
         self.stale_up(parent.0);
         match res {
-            Ok((p, fh)) => match self.stat_path(&p) {
+            Ok((p, fh, backing)) => match self.stat_path(&p) {
                 Ok((m, ttl)) => {
                     let ino = self.inodes.ino(&p);
-                    reply.created(&ttl, &attr_of(ino, &m), Generation(0), FileHandle(fh), FopenFlags::empty());
+                    let (attr, fh) = (attr_of(ino, &m), FileHandle(fh));
+                    match backing {
+                        Some(id) => reply.created_passthrough(&ttl, &attr, Generation(0), fh, FopenFlags::empty(), &id),
+                        None => reply.created(&ttl, &attr, Generation(0), fh, FopenFlags::empty()),
+                    }
                 }
                 Err(e) => {
-                    self.handles.lock().unwrap().remove(&fh);
+                    self.release_handle(fh);
                     reply.error(e)
                 }
             },
