@@ -143,6 +143,62 @@ pub fn copy<W: Write + Send + 'static>(input: &mut dyn Read, sink: W, progress: 
     Ok((total, out.finish()?))
 }
 
+/// Reading ahead on a helper thread: the producer sends chunks (an empty one ends the stream), this
+/// `Read` hands them on. Dropping it stops a producer that is still sending.
+pub struct ChunkReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+    done: bool,
+    /// The error when the producer went away before the end.
+    early: fn() -> io::Error,
+}
+
+impl ChunkReader {
+    pub fn new(rx: mpsc::Receiver<io::Result<Vec<u8>>>, early: fn() -> io::Error) -> Self {
+        ChunkReader { rx, cur: Vec::new(), pos: 0, done: false, early }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) if chunk.is_empty() => self.done = true,
+                Ok(Ok(chunk)) => {
+                    self.cur = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err((self.early)()),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The next chunk of `src` for a [`ChunkReader`]: `CHUNK` bytes, fewer only at the end (empty: the end).
+pub fn next_chunk(src: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match src.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ use crate::compress;
 use crate::digest::Hasher;
 use crate::error::{Error, Result};
 use crate::layer::extract::extract;
+use crate::overlap::{next_chunk, ChunkReader};
 use crate::sys;
 use crate::union::Lower;
 
@@ -68,30 +69,15 @@ impl<R: Read> Read for Counting<'_, R> {
     }
 }
 
-const CHUNK: usize = 1 << 20;
-
 /// The reading half of an import, on its own thread: decompress, hash, enforce the size limit, and hand
 /// the plain bytes over in chunks. Extraction (system calls) and hashing (CPU) then overlap.
 fn produce(mut plain: impl Read, limit: Option<u64>, tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) -> Hasher {
     let mut hasher = Hasher::default();
     loop {
-        let mut buf = vec![0u8; CHUNK];
-        let mut filled = 0;
-        let res = loop {
-            match plain.read(&mut buf[filled..]) {
-                Ok(0) => break Ok(()),
-                Ok(n) => {
-                    filled += n;
-                    if filled == buf.len() {
-                        break Ok(());
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
-        buf.truncate(filled);
-        hasher.update(&buf);
+        let msg = next_chunk(&mut plain);
+        if let Ok(buf) = &msg {
+            hasher.update(buf);
+        }
         if let Some(limit) = limit {
             if hasher.count > limit {
                 let e = Error::archive(format!("uncompressed size exceeds the limit of {limit} bytes"));
@@ -99,46 +85,10 @@ fn produce(mut plain: impl Read, limit: Option<u64>, tx: std::sync::mpsc::SyncSe
                 return hasher;
             }
         }
-        let end = buf.is_empty();
-        let msg = match res {
-            Ok(()) => Ok(buf),
-            Err(e) => Err(e),
-        };
-        let failed = msg.is_err();
-        if tx.send(msg).is_err() || end || failed {
+        let stop = msg.as_ref().map_or(true, |b| b.is_empty());
+        if tx.send(msg).is_err() || stop {
             return hasher;
         }
-    }
-}
-
-/// The consuming half: a `Read` over the chunks the producer sends.
-struct Chunks {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
-    cur: Vec<u8>,
-    pos: usize,
-    done: bool,
-}
-
-impl Read for Chunks {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            if self.done {
-                return Ok(0);
-            }
-            match self.rx.recv() {
-                Ok(Ok(chunk)) if chunk.is_empty() => self.done = true,
-                Ok(Ok(chunk)) => {
-                    self.cur = chunk;
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(io::Error::other(Error::archive("the layer stream ended early"))),
-            }
-        }
-        let n = out.len().min(self.cur.len() - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 
@@ -160,7 +110,7 @@ pub fn import_layer(input: impl Read + Send, dest: &Path, split: Option<File>, o
         // The layer must be on disk before it is published: flush it while it is being written, so the
         // final sync only waits for the tail (as a background writeback of the whole tree would).
         scope.spawn(|| flush_while(dest, &extracting));
-        let chunks = Chunks { rx, cur: Vec::new(), pos: 0, done: false };
+        let chunks = ChunkReader::new(rx, || io::Error::other(Error::archive("the layer stream ended early")));
         let extracted = extract(chunks, dest, split, opts.privilege, opts.lower);
         extracting.lower();
         let hasher = producer.join().expect("the reading thread panicked");

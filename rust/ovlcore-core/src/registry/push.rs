@@ -17,6 +17,7 @@ use crate::compress::Compression;
 use crate::digest::sha256;
 use crate::error::{Error, Result};
 use crate::layer::{LayerStream, LayerTar};
+use crate::overlap::{next_chunk, ChunkReader};
 use crate::union::Lower;
 
 /// A blob known (from a pull or an earlier push) to hold a layer, in the same compression, in
@@ -93,66 +94,19 @@ impl<R: Read> Read for Counting<'_, R> {
     }
 }
 
-/// The bytes a producer thread reads ahead: the layer is compressed while the previous bytes are sent.
-struct Ahead {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
-    cur: Vec<u8>,
-    pos: usize,
-    done: bool,
-}
-
-impl Read for Ahead {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            if self.done {
-                return Ok(0);
-            }
-            match self.rx.recv() {
-                Ok(Ok(c)) if c.is_empty() => self.done = true,
-                Ok(Ok(c)) => {
-                    self.cur = c;
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(io::Error::other("the layer producer stopped")),
-            }
-        }
-        let n = out.len().min(self.cur.len() - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// Read `src` to its end on a helper thread, `f` consuming the bytes meanwhile; returns `f`'s result.
-fn read_ahead<R: Read + Send, T>(src: &mut R, f: impl FnOnce(&mut Ahead) -> T) -> T {
+/// Read `src` to its end on a helper thread, `f` consuming the bytes meanwhile (the layer is compressed
+/// while the previous bytes are sent); returns `f`'s result.
+fn read_ahead<R: Read + Send, T>(src: &mut R, f: impl FnOnce(&mut ChunkReader) -> T) -> T {
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(2);
     std::thread::scope(|s| {
         s.spawn(move || loop {
-            let mut buf = vec![0u8; 1 << 20];
-            let mut filled = 0;
-            let res = loop {
-                match src.read(&mut buf[filled..]) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => {
-                        filled += n;
-                        if filled == buf.len() {
-                            break Ok(());
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(e),
-                }
-            };
-            buf.truncate(filled);
-            let end = buf.is_empty();
-            let failed = res.is_err();
-            let msg = res.map(|_| buf);
-            if tx.send(msg).is_err() || end || failed {
+            let msg = next_chunk(src);
+            let stop = msg.as_ref().map_or(true, |b| b.is_empty());
+            if tx.send(msg).is_err() || stop {
                 return;
             }
         });
-        let mut ahead = Ahead { rx, cur: Vec::new(), pos: 0, done: false };
+        let mut ahead = ChunkReader::new(rx, || io::Error::other("the layer producer stopped"));
         f(&mut ahead)
         // Dropping `ahead` stops the producer if `f` gave up early.
     })
