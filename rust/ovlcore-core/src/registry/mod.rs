@@ -4,6 +4,7 @@
 mod auth;
 mod credentials;
 mod manifest;
+mod parallel;
 mod pull;
 mod push;
 mod reference;

@@ -6,12 +6,13 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use ureq::BodyReader;
 
+use super::parallel::run_all;
 use super::transport::{header, status_error, Payload};
 use super::{scope, Client, Descriptor, Reference, TransferEvent, TransferProgress};
 use crate::attrs::Privilege;
@@ -337,40 +338,13 @@ pub fn pull_layers(client: &Client, r: &Reference, jobs: &[LayerPull], privilege
     for j in jobs {
         report(progress, &j.desc, 0, "waiting")?;
     }
-    let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
-    let results: Mutex<Vec<Option<ImportReport>>> = Mutex::new(vec![None; jobs.len()]);
-    let failure: Mutex<Option<Error>> = Mutex::new(None);
-    let workers = client.config().max_parallel.clamp(1, 16).min(jobs.len().max(1));
     let completion = Completion { done: Mutex::new(vec![false; jobs.len()]), changed: Condvar::new() };
     let cx = Ctx { client, r, privilege, progress, stop: &stop, completion: &completion };
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                // Jobs are taken in order, so the lowest unfinished one never waits: no deadlock.
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= jobs.len() || stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                match pull_layer(&cx, i, &jobs[i]) {
-                    Ok(rep) => {
-                        results.lock().unwrap()[i] = Some(rep);
-                        completion.mark(i);
-                    }
-                    Err(e) => {
-                        let mut f = failure.lock().unwrap();
-                        if f.is_none() {
-                            *f = Some(e);
-                        }
-                        stop.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap() {
-        return Err(e);
-    }
-    Ok(results.into_inner().unwrap().into_iter().map(|r| r.expect("every job ran")).collect())
+    // Jobs are taken in order, so the lowest unfinished one never waits: no deadlock.
+    run_all(jobs.len(), client.config().max_parallel.clamp(1, 16), &stop, |i| {
+        let rep = pull_layer(&cx, i, &jobs[i])?;
+        completion.mark(i);
+        Ok(rep)
+    })
 }

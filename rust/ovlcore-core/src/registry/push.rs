@@ -6,10 +6,10 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::manifest::{self, Descriptor};
+use super::parallel::run_all;
 use super::transport::{header, join_url, query_escape, status_error, Payload};
 use super::{scope, Client, Reference, TransferEvent, TransferProgress};
 use crate::attrs::Privilege;
@@ -324,35 +324,7 @@ pub fn push_image(
     client.ping(&dest.registry)?;
     let stop = AtomicBool::new(false);
     let p = Pusher { client, dest, privilege, compression, progress, stop: &stop };
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<PushedBlob>>> = Mutex::new(vec![None; layers.len()]);
-    let failure: Mutex<Option<Error>> = Mutex::new(None);
-    let workers = client.config().max_parallel.clamp(1, 16).min(layers.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= layers.len() || stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                match p.layer(&layers[i], oci) {
-                    Ok(b) => results.lock().unwrap()[i] = Some(b),
-                    Err(e) => {
-                        let mut f = failure.lock().unwrap();
-                        if f.is_none() {
-                            *f = Some(e);
-                        }
-                        stop.store(true, Ordering::Relaxed);
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap() {
-        return Err(e);
-    }
-    let pushed: Vec<PushedBlob> = results.into_inner().unwrap().into_iter().map(|b| b.expect("every layer ran")).collect();
+    let pushed = run_all(layers.len(), client.config().max_parallel.clamp(1, 16), &stop, |i| p.layer(&layers[i], oci))?;
     let mut cfg = p.config(config)?;
     cfg.media_type = if oci { manifest::OCI_CONFIG } else { manifest::DOCKER_CONFIG }.to_string();
     let descs: Vec<Descriptor> = pushed

@@ -67,7 +67,13 @@ pub fn kernel_resolve(lowers: &[PathBuf], privilege: Privilege, probes: &[(&str,
                 let rel = path.trim_start_matches('/');
                 let rel = if rel.is_empty() { "." } else { rel };
                 let nofollow = if *follow { OFlags::empty() } else { OFlags::NOFOLLOW };
-                rustix::fs::openat2(&dir, rel, OFlags::PATH | OFlags::CLOEXEC | nofollow, Mode::empty(), ResolveFlags::IN_ROOT)
+                // `..` under RESOLVE_IN_ROOT answers EAGAIN when any rename or mount happened on the
+                // system meanwhile: ask again.
+                let open = || rustix::fs::openat2(&dir, rel, OFlags::PATH | OFlags::CLOEXEC | nofollow, Mode::empty(), ResolveFlags::IN_ROOT);
+                std::iter::repeat_with(open)
+                    .take(100)
+                    .find(|r| !matches!(r, Err(rustix::io::Errno::AGAIN)))
+                    .expect("openat2 gave EAGAIN 100 times")
                     .and_then(|fd| rustix::fs::fstat(&fd))
                     .map(|st| Kind::from_mode(st.st_mode))
                     .map_err(|e| e.raw_os_error())
