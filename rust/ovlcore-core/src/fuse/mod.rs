@@ -361,9 +361,25 @@ impl Fuse {
         }
     }
 
-    /// Something changed: every cached directory is looked up again.
-    fn changed(&self) {
+    /// Something changed at inode `ino` (an entry of a directory `ino`, or the file `ino`): every cached
+    /// directory is looked up again, and the kernel drops what it holds of `ino` and its parents.
+    fn changed(&self, ino: u64) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+        self.stale_up(ino);
+    }
+
+    /// The file `ino` itself changed (data, metadata, xattrs): its copy-up may also have parted the
+    /// names of a hard-linked file.
+    fn changed_file(&self, ino: u64) {
+        self.changed(ino);
+        self.regroup(ino);
+    }
+
+    fn reply_entry(&self, res: R<PathBuf>, reply: ReplyEntry) {
+        match res {
+            Ok(p) => self.entry(&p, reply),
+            Err(e) => reply.error(e),
+        }
     }
 
     /// A change at inode `ino` may have copied it and its parent directories up (new attributes,
@@ -558,9 +574,7 @@ impl Fuse {
                 // A write-only file: the kernel then writes whole pages only.
                 fd = self.view.open_write(&path, (oflags - OFlags::APPEND) | OFlags::NOFOLLOW, 0);
             }
-            self.changed();
-            self.stale_up(ino.0);
-            self.regroup(ino.0);
+            self.changed_file(ino.0);
             (fd.map_err(|e| errno_of(&e))?, false)
         };
         let file = File::from(fd);
@@ -735,9 +749,7 @@ impl Filesystem for Fuse {
             }
             Ok(())
         })();
-        self.changed();
-        self.stale_up(ino.0);
-        self.regroup(ino.0);
+        self.changed_file(ino.0);
         match res.and_then(|_| self.getattr_ino(ino.0, fh)) {
             Ok((a, ttl)) => reply.attr(&ttl, &a),
             Err(e) => reply.error(e),
@@ -764,12 +776,8 @@ impl Filesystem for Fuse {
             self.own(req, &p)?;
             Ok(p)
         })();
-        self.changed();
-        self.stale_up(parent.0);
-        match res {
-            Ok(p) => self.entry(&p, reply),
-            Err(e) => reply.error(e),
-        }
+        self.changed(parent.0);
+        self.reply_entry(res, reply);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
@@ -779,12 +787,8 @@ impl Filesystem for Fuse {
             self.own(req, &p)?;
             Ok(p)
         })();
-        self.changed();
-        self.stale_up(parent.0);
-        match res {
-            Ok(p) => self.entry(&p, reply),
-            Err(e) => reply.error(e),
-        }
+        self.changed(parent.0);
+        self.reply_entry(res, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -794,12 +798,8 @@ impl Filesystem for Fuse {
             self.inodes.detach(&p);
             Ok(())
         })();
-        self.changed();
-        self.stale_up(parent.0);
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.changed(parent.0);
+        reply_empty(res, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -809,12 +809,8 @@ impl Filesystem for Fuse {
             self.inodes.detach(&p);
             Ok(())
         })();
-        self.changed();
-        self.stale_up(parent.0);
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.changed(parent.0);
+        reply_empty(res, reply);
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
@@ -824,12 +820,8 @@ impl Filesystem for Fuse {
             self.own(req, &p)?;
             Ok(p)
         })();
-        self.changed();
-        self.stale_up(parent.0);
-        match res {
-            Ok(p) => self.entry(&p, reply),
-            Err(e) => reply.error(e),
-        }
+        self.changed(parent.0);
+        self.reply_entry(res, reply);
     }
 
     fn rename(
@@ -859,13 +851,9 @@ impl Filesystem for Fuse {
             self.inodes.rename(&src, &dst);
             Ok(())
         })();
-        self.changed();
-        self.stale_up(parent.0);
-        self.stale_up(newparent.0);
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.changed(parent.0);
+        self.changed(newparent.0);
+        reply_empty(res, reply);
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
@@ -875,9 +863,8 @@ impl Filesystem for Fuse {
             self.view.link(&src, &dst).map_err(|e| errno_of(&e))?;
             Ok(dst)
         })();
-        self.changed();
-        self.stale_up(newparent.0);
-        self.stale_up(ino.0);
+        self.changed(newparent.0);
+        self.changed(ino.0);
         // The new name is the same inode: the kernel updates that inode's attributes (nlink) from
         // this reply, so no name of it shows a stale count.
         match res.and_then(|p| self.stat_path(&p).map(|(m, ttl)| (p, m, ttl))) {
@@ -983,10 +970,7 @@ impl Filesystem for Fuse {
         let res = self.file(fh).and_then(|f| {
             if datasync { rustix::fs::fdatasync(&*f) } else { rustix::fs::fsync(&*f) }.map_err(rerr)
         });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(res, reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -1073,13 +1057,8 @@ impl Filesystem for Fuse {
             let attr = CString::new(name.as_bytes()).map_err(|_| Errno::from_i32(libc::EINVAL))?;
             self.view.setxattr(&p, &attr, value, flags, false).map_err(|e| errno_of(&e))
         })();
-        self.changed();
-        self.stale_up(ino.0);
-        self.regroup(ino.0);
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.changed_file(ino.0);
+        reply_empty(res, reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -1111,13 +1090,8 @@ impl Filesystem for Fuse {
             let attr = CString::new(name.as_bytes()).map_err(|_| Errno::from_i32(libc::EINVAL))?;
             self.view.removexattr(&p, &attr, false).map_err(|e| errno_of(&e))
         })();
-        self.changed();
-        self.stale_up(ino.0);
-        self.regroup(ino.0);
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.changed_file(ino.0);
+        reply_empty(res, reply);
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
@@ -1140,8 +1114,7 @@ impl Filesystem for Fuse {
             let fh = self.add_handle(Handle::File { ino, file: Arc::new(file), backing: backing.clone() });
             Ok((p, fh, backing))
         })();
-        self.changed();
-        self.stale_up(parent.0);
+        self.changed(parent.0);
         match res {
             Ok((p, fh, backing)) => match self.stat_path(&p) {
                 Ok((m, ttl)) => {
@@ -1165,10 +1138,14 @@ impl Filesystem for Fuse {
         let res = self.file(fh).and_then(|f| {
             rustix::fs::fallocate(&*f, rustix::fs::FallocateFlags::from_bits_retain(mode as u32), offset, length).map_err(rerr)
         });
-        match res {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(res, reply);
+    }
+}
+
+fn reply_empty(res: R<()>, reply: ReplyEmpty) {
+    match res {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
     }
 }
 
