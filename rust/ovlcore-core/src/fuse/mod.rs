@@ -171,8 +171,10 @@ struct Fuse {
     /// (passthrough, writeback) and what the kernel offers.
     io: IoMode,
     wanted: (bool, bool),
-    /// Open files served by passthrough, by inode: the kernel takes one backing file per inode.
-    backings: Mutex<HashMap<u64, Backing>>,
+    /// Inodes whose attributes the kernel holds from an image layer (with its long timeout).
+    lower_served: Mutex<std::collections::HashSet<u64>>,
+    /// How the open inodes' I/O is done (with passthrough only).
+    backings: Mutex<HashMap<u64, InodeIo>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,6 +186,18 @@ enum IoMode {
     /// As root: the kernel reads and writes the backing files directly.
     Passthrough,
 }
+
+/// How the kernel does the I/O of an open inode: one way, and one backing file, per inode.
+enum InodeIo {
+    /// Through the daemon, for this many open files.
+    Daemon(usize),
+    /// The kernel reads and writes the backing file itself.
+    Passthrough(Backing),
+}
+
+/// Files smaller than this are read through the daemon: registering a backing file costs about what
+/// a read of up to a megabyte through the daemon does.
+const PASSTHROUGH_MIN: u64 = 1 << 20;
 
 /// The file the kernel reads and writes for one inode, while any of its open files is open.
 struct Backing {
@@ -301,6 +315,7 @@ impl Fuse {
             io: IoMode::Cached,
             wanted: (opts.passthrough && root_daemon, opts.writeback),
             backings: Mutex::new(HashMap::new()),
+            lower_served: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -309,14 +324,15 @@ impl Fuse {
     /// inode, which the kernel does not take (it answers writes to a running program the same way).
     fn check_writable(&self, ino: u64) -> std::result::Result<(), Errno> {
         match self.backings.lock().unwrap().get(&ino) {
-            Some(b) if b.lower && b.id.strong_count() > 0 => Err(Errno::from_i32(libc::ETXTBSY)),
+            Some(InodeIo::Passthrough(b)) if b.lower && b.id.strong_count() > 0 => Err(Errno::from_i32(libc::ETXTBSY)),
             _ => Ok(()),
         }
     }
 
     /// The backing file for a new open of `ino` on `file`: the one its open files already use, else
     /// a new one registered with `register`. `None`: served by the daemon (passthrough is off, the
-    /// file is not a plain file, or the kernel refused it, e.g. a layer on a stacked file system).
+    /// file is small, the inode's open files are served so, or the kernel refused the file, e.g. a
+    /// layer on a stacked file system).
     fn backing_for(
         &self,
         ino: u64,
@@ -328,36 +344,54 @@ impl Fuse {
             return Ok(None);
         }
         let st = rustix::fs::fstat(file).map_err(rerr)?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Ok(None);
-        }
         let key = (st.st_dev, st.st_ino);
         let mut backings = self.backings.lock().unwrap();
-        if let Some(b) = backings.get(&ino) {
-            if let Some(id) = b.id.upgrade() {
-                // A reader after a metadata-only copy-up reads the layer's file on: the same data.
-                return if b.key == key || b.lower { Ok(Some(id)) } else { Err(Errno::from_i32(libc::ETXTBSY)) };
+        match backings.get_mut(&ino) {
+            Some(InodeIo::Daemon(n)) => {
+                *n += 1;
+                return Ok(None);
             }
+            Some(InodeIo::Passthrough(b)) => {
+                if let Some(id) = b.id.upgrade() {
+                    // A reader after a metadata-only copy-up reads the layer's file on: the same data.
+                    return if b.key == key || b.lower { Ok(Some(id)) } else { Err(Errno::from_i32(libc::ETXTBSY)) };
+                }
+            }
+            None => {}
         }
-        match register(file) {
-            Ok(id) => {
+        let id = if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size as u64 >= PASSTHROUGH_MIN { register(file).ok() } else { None };
+        match id {
+            Some(id) => {
                 let id = Arc::new(id);
-                backings.insert(ino, Backing { id: Arc::downgrade(&id), key, lower });
+                backings.insert(ino, InodeIo::Passthrough(Backing { id: Arc::downgrade(&id), key, lower }));
                 Ok(Some(id))
             }
-            Err(_) => Ok(None),
+            None => {
+                backings.insert(ino, InodeIo::Daemon(1));
+                Ok(None)
+            }
         }
     }
 
-    /// Forget a released handle; its inode's backing file goes once its last open file does.
+    /// Forget a released handle; its inode's I/O mode (and backing file) goes with its last open file.
     fn release_handle(&self, fh: u64) {
         let removed = self.handles.lock().unwrap().remove(&fh);
-        if let Some(Handle::File { ino, backing: Some(id), .. }) = removed {
-            drop(id);
-            let mut backings = self.backings.lock().unwrap();
-            if backings.get(&ino).is_some_and(|b| b.id.strong_count() == 0) {
-                backings.remove(&ino);
+        let Some(Handle::File { ino, backing, .. }) = removed else { return };
+        if self.io != IoMode::Passthrough {
+            return;
+        }
+        drop(backing);
+        let mut backings = self.backings.lock().unwrap();
+        let last = match backings.get_mut(&ino) {
+            Some(InodeIo::Daemon(n)) => {
+                *n -= 1;
+                *n == 0
             }
+            Some(InodeIo::Passthrough(b)) => b.id.strong_count() == 0,
+            None => false,
+        };
+        if last {
+            backings.remove(&ino);
         }
     }
 
@@ -386,12 +420,17 @@ impl Fuse {
     /// whatever timeout the kernel was given for them, even an image layer's long one): the kernel
     /// drops the attributes it holds for all of them. Only attributes (offset -1): no page or
     /// directory lock is taken, so this is safe inside a request on the same inodes.
+    /// Entries whose attributes were last served from an image layer are the only ones a copy-up
+    /// changes (the kernel itself drops a directory's attributes when its entries change).
     fn stale_up(&self, ino: u64) {
         let Some(n) = self.notifier.get() else { return };
         let Some(mut p) = self.inodes.path(ino) else { return };
+        let mut lower = self.lower_served.lock().unwrap();
         loop {
             if let Some(i) = self.inodes.known(&p) {
-                let _ = n.inval_inode(INodeNo(i), -1, 0);
+                if lower.remove(&i) {
+                    let _ = n.inval_inode(INodeNo(i), -1, 0);
+                }
             }
             if !p.pop() {
                 break;
@@ -617,7 +656,13 @@ impl Fuse {
     /// may split the names apart, which the kernel must see on its next lookup; counts change through
     /// any name).
     fn entry_ttl(&self, ino: u64, m: &Meta, ttl: Duration) -> Duration {
-        if link_key(m).is_some() || self.inodes.shared(ino) { Duration::ZERO } else { ttl }
+        if link_key(m).is_some() || self.inodes.shared(ino) {
+            return Duration::ZERO;
+        }
+        if ttl == LOWER_TTL && self.view.upper.is_some() {
+            self.lower_served.lock().unwrap().insert(ino);
+        }
+        ttl
     }
 
     /// The number of a listed entry: a non-directory seen for the first time may be another name of a
@@ -948,8 +993,9 @@ impl Filesystem for Fuse {
         }
     }
 
+    /// Nothing to do on close: `ENOSYS` tells the kernel to stop asking (one request less per close).
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
