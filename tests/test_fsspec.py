@@ -424,7 +424,8 @@ class OvlFixtures(AbstractFixtures):  # type: ignore[misc]
     def fs(self, store: ovlcore.Store) -> Iterator[OvlFileSystem]:
         store.images.import_archive(io.BytesIO(tar(*BASE_ENTRIES)), tag="base:1")
         store.containers.create("base:1", name="work")
-        fs = OvlFileSystem(root=store.root, skip_instance_cache=True)
+        # Object-store style, as the suites expect of the local file system too (they run it with auto_mkdir).
+        fs = OvlFileSystem(root=store.root, auto_mkdir=True, skip_instance_cache=True)
         yield fs
         fs.store.close()
 

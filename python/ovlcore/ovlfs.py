@@ -76,9 +76,12 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
     protocol = ("ovl",)
     root_marker = ""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, **storage_options: Any) -> None:
-        super().__init__(root=root, **storage_options)
+    def __init__(self, root: str | os.PathLike[str] | None = None, auto_mkdir: bool = False, **storage_options: Any) -> None:
+        """``root``: the store's root (``None``: the default, as ``ovlcore.Store()``). ``auto_mkdir``: writing
+        a file creates its missing parent directories (as fsspec's local file system with that option)."""
+        super().__init__(root=root, auto_mkdir=auto_mkdir, **storage_options)
         self.store = Store(root)
+        self.auto_mkdir = auto_mkdir
         # Container objects by id, so each keeps its view (the layer stack opened once) across calls.
         self._containers: dict[str, Container] = {}
 
@@ -139,9 +142,18 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
         return t, "/" + "/".join(parts[k:])
 
     def _writable(self, path: Any) -> tuple[_Target, str]:
-        """As :meth:`_locate`, refusing images (and a container's root, which is not ours to remove)."""
+        """As :meth:`_locate`, refusing images."""
         t, rel = self._locate(path)
         t.fs.check_writable(rel)
+        return t, rel
+
+    def _new_file(self, path: Any) -> tuple[_Target, str]:
+        """As :meth:`_writable`, for a file about to be written: its parents made first with ``auto_mkdir``."""
+        t, rel = self._writable(path)
+        if rel == "/":
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", t.top)
+        if self.auto_mkdir:
+            t.fs.makedirs(rel.rsplit("/", 1)[0] or "/", exist_ok=True)
         return t, rel
 
     # ----- details -----
@@ -271,14 +283,12 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
     ) -> IO[bytes]:
         """A real file object from the view: reads seek freely (the file descriptor is the layer's file);
         writes copy an image file up first and go to the writable layer."""
-        t, rel = self._locate(path)
         buffering = -1 if block_size is None else block_size
         if "r" in mode and "+" not in mode:
+            t, rel = self._locate(path)
             raw = t.fs.open(rel, "rb", buffering=0)
             return _Reader(raw, block_size or io.DEFAULT_BUFFER_SIZE, t.name(rel))
-        t.fs.check_writable(rel)
-        if rel == "/":
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", t.top)
+        t, rel = self._new_file(path)
         if autocommit:
             return t.fs.open(rel, mode, buffering)
         if mode not in ("wb", "xb"):
@@ -360,13 +370,13 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
         callback.relative_update(done)
 
     def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
-        t, rel = self._writable(path)
+        t, rel = self._new_file(path)
         with t.fs.open(rel, "xb" if mode == "create" else "wb") as f:
             f.write(value)
 
     def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
         """Create an empty file, or truncate it; ``truncate=False`` on an existing one sets its times to now."""
-        t, rel = self._writable(path)
+        t, rel = self._new_file(path)
         if truncate or not t.fs.lexists(rel):
             t.fs.open(rel, "wb").close()
         else:
@@ -425,10 +435,11 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
     def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
         """Copy a file (from any container or image into a container): the kernel copies the bytes."""
         src, srel = self._locate(path1)
-        dst, drel = self._writable(path2)
         if src.fs.is_dir(srel):
+            dst, drel = self._writable(path2)
             dst.fs.makedirs(drel, exist_ok=True)
             return
+        dst, drel = self._new_file(path2)
         with src.fs.open(srel, "rb", buffering=0) as fin, dst.fs.open(drel, "wb", buffering=0) as fout:
             _copy_fd(fin.fileno(), fout.fileno())
 
