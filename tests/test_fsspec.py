@@ -40,6 +40,12 @@ def ovl(store: ovlcore.Store) -> Iterator[OvlFileSystem]:
     fs.store.close()
 
 
+def each_raises(exc: type[BaseException], *calls: Any) -> None:
+    for call in calls:
+        with pytest.raises(exc):
+            call()
+
+
 def opts(store: ovlcore.Store) -> dict[str, Any]:
     return {"root": str(store.root)}
 
@@ -104,14 +110,15 @@ def test_unknown_names_and_paths(ovl: OvlFileSystem) -> None:
         with pytest.raises(FileNotFoundError):
             ovl.cat(p)
         assert not ovl.exists(p)
-    with pytest.raises(FileNotFoundError):
-        ovl.info("web/etc/nosuch")
-    with pytest.raises(FileNotFoundError):
-        ovl.ls("base:1/nosuch")
-    with pytest.raises(FileNotFoundError):
-        ovl.mkdir("nosuch/dir")
-    with pytest.raises(FileNotFoundError):
-        ovl.pipe("nosuch/x", b"x")
+    each_raises(
+        FileNotFoundError,
+        lambda: ovl.info("web/etc/nosuch"),
+        lambda: ovl.ls("base:1/nosuch"),
+        lambda: ovl.mkdir("nosuch/dir"),
+        lambda: ovl.pipe("nosuch/x", b"x"),
+        lambda: ovl.open("web/etc/nosuch", "rb"),
+        lambda: ovl.rm("web/etc/nosuch"),
+    )
     assert not ovl.exists("web/etc/hostname/below")
     assert ovl.exists("web") and ovl.exists("base:1") and ovl.exists("")
 
@@ -209,7 +216,8 @@ def test_modified_created_checksum_ukey(store: ovlcore.Store, ovl: OvlFileSystem
 def test_images_are_read_only(store: ovlcore.Store, ovl: OvlFileSystem, tmp_path: Path) -> None:
     before = ovl.cat("base:1", recursive=True, on_error="omit")
     (tmp_path / "local.txt").write_text("x")
-    writes = [
+    each_raises(
+        PermissionError,
         lambda: ovl.pipe("base:1/etc/hostname", b"x"),
         lambda: ovl.open("base:1/etc/new", "wb"),
         lambda: ovl.open("base:1/etc/hostname", "ab"),
@@ -222,10 +230,7 @@ def test_images_are_read_only(store: ovlcore.Store, ovl: OvlFileSystem, tmp_path
         lambda: ovl.mv("base:1/etc/hostname", "base:1/etc/h2"),
         lambda: ovl.cp_file("web/etc/hostname", "base:1/etc/h2"),
         lambda: ovl.put(str(tmp_path / "local.txt"), "base:1/tmp/"),
-    ]
-    for write in writes:
-        with pytest.raises(PermissionError):
-            write()
+    )
     assert ovl.cat("base:1", recursive=True, on_error="omit") == before
     # Containers and images are not made or removed through the file system.
     with pytest.raises(PermissionError):
@@ -265,14 +270,13 @@ def test_writes_copy_up_and_show_in_diff(store: ovlcore.Store, ovl: OvlFileSyste
 
 def test_write_modes_and_directories(ovl: OvlFileSystem) -> None:
     ovl.pipe_file("web/tmp/x", b"1", mode="create")
-    with pytest.raises(FileExistsError):
-        ovl.pipe_file("web/tmp/x", b"2", mode="create")
-    with pytest.raises(FileExistsError):
-        ovl.open("web/tmp/x", "xb")
-    with pytest.raises(FileExistsError):
-        ovl.mkdir("web/tmp")
-    with pytest.raises(FileExistsError):
-        ovl.makedirs("web/etc")
+    each_raises(
+        FileExistsError,
+        lambda: ovl.pipe_file("web/tmp/x", b"2", mode="create"),
+        lambda: ovl.open("web/tmp/x", "xb"),
+        lambda: ovl.mkdir("web/tmp"),
+        lambda: ovl.makedirs("web/etc"),
+    )
     ovl.makedirs("web/etc", exist_ok=True)
     ovl.makedirs("web", exist_ok=True)
     with pytest.raises(FileNotFoundError):

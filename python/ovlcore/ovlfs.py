@@ -103,7 +103,7 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
         return {}
 
     def unstrip_protocol(self, name: str) -> str:
-        return "ovl://" + self._strip_protocol(name)
+        return "ovl://" + str(self._strip_protocol(name))
 
     def _lookup(self, ref: str) -> _Target | None:
         """The container, else the image, ``ref`` names; ``None`` when neither."""
@@ -232,7 +232,7 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
             raise
         return True
 
-    def walk(  # type: ignore[override]
+    def walk(
         self, path: str, maxdepth: int | None = None, topdown: bool = True, on_error: Any = "omit", **kwargs: Any
     ) -> Iterator[tuple[str, Any, Any]]:
         """As fsspec's ``walk`` (``detail=True`` gives info dicts), one listing with details per directory;
@@ -280,7 +280,7 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
         autocommit: bool = True,
         cache_options: dict[str, Any] | None = None,
         **kwargs: Any,
-    ) -> IO[bytes]:
+    ) -> IO[bytes] | _StagedFile:
         """A real file object from the view: reads seek freely (the file descriptor is the layer's file);
         writes copy an image file up first and go to the writable layer."""
         buffering = -1 if block_size is None else block_size
