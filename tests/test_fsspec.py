@@ -301,6 +301,24 @@ def test_write_modes_and_directories(ovl: OvlFileSystem) -> None:
     assert ovl.glob("web/srv/*.png") == []
 
 
+def test_mounts_route_to_volumes_and_binds(tmp_path: Path, store: ovlcore.Store, ovl: OvlFileSystem) -> None:
+    bind = tmp_path / "bind"
+    bind.mkdir()
+    (bind / "host.txt").write_text("from the host\n")
+    mounts = [ovlcore.Mount("/data", "vol"), ovlcore.Mount("/shared", str(bind), type="bind", read_only=True)]
+    ctr = store.containers.create("base:1", name="mounted", mounts=mounts)
+    assert ovl.ls("mounted/shared", detail=False) == ["mounted/shared/host.txt"]
+    assert ovl.cat("mounted/shared/host.txt") == b"from the host\n"
+    with pytest.raises(PermissionError):
+        ovl.pipe("mounted/shared/new.txt", b"x")
+    # The volume was filled from the image; writes there go to the volume, not the writable layer.
+    assert ovl.info("mounted/data/seed.txt")["uid"] == 1234
+    ovl.pipe("mounted/data/new.txt", b"in the volume\n")
+    assert (Path(store.volumes.get("vol").mountpoint) / "new.txt").read_text() == "in the volume\n"
+    assert ctr.diff() == []
+    assert ovl.find("mounted/data") == ["mounted/data/new.txt", "mounted/data/pw", "mounted/data/seed.txt", "mounted/data/sub/deep.txt"]
+
+
 def test_mv_between_containers_and_into_directories(store: ovlcore.Store, ovl: OvlFileSystem) -> None:
     store.containers.create("base:1", name="other")
     ovl.mv("web/srv/dir", "other/tmp/dir")
