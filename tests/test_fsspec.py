@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import posixpath
 import subprocess
 import sys
@@ -60,6 +61,17 @@ def test_registered_through_the_entry_point(store: ovlcore.Store, ovl: OvlFileSy
     assert fs.cat("ovl://web/etc/hostname") == b"image-hostname\n"
     with fsspec.open("ovl://base:1/etc/passwd", "rt", root=str(store.root)) as f:
         assert f.read() == PASSWD
+
+
+def test_default_root_is_the_default_store(store: ovlcore.Store, ovl: OvlFileSystem, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OVLCORE_ROOT", str(store.root))
+    fs = fsspec.filesystem("ovl", skip_instance_cache=True)
+    assert fs.store.root == store.root and fs.cat("web/etc/hostname") == b"image-hostname\n"
+    fs2, path = fsspec.core.url_to_fs("ovl://web/etc", root=str(store.root))
+    assert isinstance(fs2, OvlFileSystem) and path == "web/etc"
+    # Instances are cached per root, and survive pickling (dask ships them to workers).
+    assert fsspec.filesystem("ovl", root=str(store.root)) is fs2
+    assert pickle.loads(pickle.dumps(fs2)).cat("web/etc/hostname") == b"image-hostname\n"
 
 
 def test_importing_ovlcore_does_not_import_fsspec() -> None:

@@ -82,8 +82,10 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
         super().__init__(root=root, auto_mkdir=auto_mkdir, **storage_options)
         self.store = Store(root)
         self.auto_mkdir = auto_mkdir
-        # Container objects by id, so each keeps its view (the layer stack opened once) across calls.
+        # By id, so each keeps its view (the layer stack opened once) across calls. Names are looked up on
+        # every call: a container or tag may be removed, renamed or moved meanwhile; ids never change meaning.
         self._containers: dict[str, Container] = {}
+        self._images: dict[str, Image] = {}
 
     # ----- paths -----
 
@@ -122,6 +124,7 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
             raise
         except (NotFound, InvalidReference):
             return None
+        img = self._images.setdefault(img.id, img)
         return _Target(ref, img, img.fs)
 
     def _locate(self, path: Any) -> tuple[_Target, str]:
@@ -172,7 +175,7 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
             else:
                 kind, size = _type(target.st_mode), target.st_size
         out.update(
-            size=size if kind == "file" or out["islink"] else (0 if kind == "directory" else size),
+            size=0 if kind == "directory" else size,  # a directory's st_size says nothing in a union
             type=kind,
             mode=st.st_mode,
             uid=st.st_uid,
