@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+import ovlcore
 from support.tars import D, F, tar
 
 DATA_DIR = Path(os.environ.get("OVLCORE_BENCH_DATA", "/tmp/ovlcore-bench-data"))
@@ -440,3 +441,13 @@ def small_mode(config: pytest.Config) -> bool:
         return bool(config.getoption("benchmark_disable"))
     except ValueError:  # pytest-benchmark not installed: nothing is measured anyway
         return True
+
+
+def build_image(store: ovlcore.Store, tars: list[Path], tag: str) -> ovlcore.Image:
+    """An image whose layers are ``tars`` (bottom first), built the way image builders do."""
+    image = store.images.import_archive(tars[0], tag=tag)
+    for t in tars[1:]:
+        layer = store.layers.apply(t, parent=image.top_layer)
+        image = store.images.create(layer=layer, parent=image, tag=tag)
+    assert len(image.layers) == len(tars)
+    return image

@@ -28,25 +28,15 @@ import pytest
 
 import ovlcore
 
-from _support import ListdirStack, StatStack
+from _support import ListdirStack, StatStack, build_image
 from support.kernel import MountRefused, mount_overlay, mount_refused, unmount
-
-
-def _build_image(store: ovlcore.Store, tars: list[Path], tag: str) -> ovlcore.Image:
-    """An image whose layers are ``tars`` (bottom first), built the way image builders do."""
-    image = store.images.import_archive(tars[0], tag=tag)
-    for t in tars[1:]:
-        layer = store.layers.apply(t, parent=image.top_layer)
-        image = store.images.create(layer=layer, parent=image, tag=tag)
-    assert len(image.layers) == len(tars)
-    return image
 
 
 class Setup:
     def __init__(self, base: Path, tars: list[Path], tag: str) -> None:
         self.base = base
         self.store = ovlcore.Store(base / "store")
-        self.image = _build_image(self.store, tars, tag)
+        self.image = build_image(self.store, tars, tag)
         top = self.image.top_layer
         assert top is not None
         self.lowers = top.stack_paths()  # top first, as lowerdir wants them

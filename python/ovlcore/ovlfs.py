@@ -96,9 +96,12 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
         p = os.fspath(path)
         if p.startswith("ovl://"):
             p = p[len("ovl://") :]
-        elif p.startswith("ovl::"):
-            p = p[len("ovl::") :]
         return p.strip("/")
+
+    @property
+    def fsid(self) -> str:
+        """One store, one file system (fsspec compares these to decide whether a copy stays inside)."""
+        return f"ovl:{self.store.root}"
 
     @staticmethod
     def _get_kwargs_from_urls(path: str) -> dict[str, Any]:
@@ -192,7 +195,7 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
             names = [tag for tag in img.tags if "/" not in tag] or [f"sha256:{img.short_id}"]
             for n in names:
                 out[n] = {"name": n, "size": 0, "type": "directory", "image": img.id}
-        for c in self.store.containers.list():  # a container hides an image of the same name
+        for c in self.store.containers.list():
             out[c.name] = {"name": c.name, "size": 0, "type": "directory", "container": c.id}
         return [out[k] for k in sorted(out)]
 
@@ -279,18 +282,18 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
         self,
         path: str,
         mode: str = "rb",
-        block_size: int | None = None,
+        block_size: int | str | None = None,
         autocommit: bool = True,
         cache_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> IO[bytes] | _StagedFile:
         """A real file object from the view: reads seek freely (the file descriptor is the layer's file);
         writes copy an image file up first and go to the writable layer."""
-        buffering = -1 if block_size is None else block_size
+        # fsspec callers may pass block_size="default" or 0: the usual buffer then.
+        buffering = block_size if isinstance(block_size, int) and block_size > 0 else io.DEFAULT_BUFFER_SIZE
         if "r" in mode and "+" not in mode:
             t, rel = self._locate(path)
-            raw = t.fs.open(rel, "rb", buffering=0)
-            return _Reader(raw, block_size or io.DEFAULT_BUFFER_SIZE, t.name(rel))
+            return _Reader(t.fs.open(rel, "rb", buffering=0), buffering, t.name(rel))
         t, rel = self._new_file(path)
         if autocommit:
             return t.fs.open(rel, mode, buffering)
@@ -504,8 +507,8 @@ class _Reader(io.BufferedReader):
 
 
 class _StagedFile(io.RawIOBase):
-    """A file written under a staging name in the writable layer, renamed into place on ``commit`` (fsspec
-    transactions) and removed on ``discard``."""
+    """A file written under a staging name (``.NAME.ovl-XXXX`` beside it) in the writable layer, renamed into
+    place on ``commit`` (fsspec transactions) and removed on ``discard``."""
 
     def __init__(self, fs: ContainerFS, staging: str, final: str, f: IO[bytes]) -> None:
         super().__init__()

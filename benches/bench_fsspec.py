@@ -1,0 +1,107 @@
+"""``ovl://`` listings with details: ``ls(detail=True)`` of a directory of 10,000 entries merged from 3 layers
+(what ``find``, ``glob``, ``walk`` and pyarrow's dataset discovery run per directory).
+
+* ours: ``OvlFileSystem.ls(path, detail=True)``, one core call for the whole directory (``list_meta``);
+* baseline: fsspec's own ``LocalFileSystem.ls(detail=True)`` on a kernel overlayfs mount of the same layer
+  directories (root only; skipped with the reason otherwise);
+* for information: the same listing done per entry through ``ContainerFS`` (``listdir`` then one ``lstat``
+  per name), what the adaptor would do without the core's listing with metadata.
+
+Target: within 2x of the local file system on the kernel mount. All warm (a first call fills the caches).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import ovlcore
+
+from _support import ListdirStack, build_image
+from support.kernel import MountRefused, mount_overlay, mount_refused, unmount
+
+fsspec = pytest.importorskip("fsspec")
+from fsspec.implementations.local import LocalFileSystem  # noqa: E402
+
+from ovlcore.ovlfs import OvlFileSystem  # noqa: E402
+
+TAG = "benchfsspec:1"
+
+
+class Setup:
+    def __init__(self, base: Path, stack: ListdirStack) -> None:
+        self.base = base
+        self.store = ovlcore.Store(base / "store")
+        self.image = build_image(self.store, stack.tars, TAG)
+        self.ovl = OvlFileSystem(root=self.store.root, skip_instance_cache=True)
+        self.mnt = base / "mnt"
+        self.refused = mount_refused()
+        if self.refused is None:
+            self.mnt.mkdir()
+            try:
+                top = self.image.top_layer
+                assert top is not None
+                mount_overlay(top.stack_paths(), self.mnt)
+            except MountRefused as e:
+                self.refused = str(e)
+
+    def close(self) -> None:
+        if self.refused is None:
+            unmount(self.mnt)
+        self.store.close()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def setup(listdir_stack: ListdirStack, module_dir: Path) -> Iterator[Setup]:
+    s = Setup(module_dir / "fsspec", listdir_stack)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _check(entries: list[dict[str, Any]], stack: ListdirStack) -> None:
+    assert sorted(e["name"].rsplit("/", 1)[-1] for e in entries) == stack.expected
+    assert all(e["type"] == "file" for e in entries)
+    # The middle layer replaced 5% of the bottom's empty files with two-byte ones.
+    assert sum(e["size"] for e in entries) == 2 * (len(stack.expected) // 20)
+
+
+@pytest.mark.benchmark(group="fsspec-ls")
+def test_ls_detail_ovl(benchmark: Any, setup: Setup, listdir_stack: ListdirStack) -> None:
+    benchmark.extra_info.update(role="ours", what="OvlFileSystem.ls(detail=True)", entries=len(listdir_stack.expected))
+    path = TAG + listdir_stack.directory
+    _check(setup.ovl.ls(path), listdir_stack)  # warm
+    _check(benchmark(setup.ovl.ls, path), listdir_stack)
+
+
+@pytest.mark.benchmark(group="fsspec-ls")
+def test_ls_detail_per_entry(benchmark: Any, setup: Setup, listdir_stack: ListdirStack) -> None:
+    benchmark.extra_info.update(role="info", what="ContainerFS listdir + lstat per entry", entries=len(listdir_stack.expected))
+    fs, d = setup.image.fs, listdir_stack.directory
+
+    def per_entry() -> list[dict[str, Any]]:
+        out = []
+        for n in fs.listdir(d):
+            st = fs.lstat(f"{d}/{n}")
+            out.append({"name": n, "type": "file" if st.st_mode & 0o100000 else "other", "size": st.st_size})
+        return out
+
+    _check(per_entry(), listdir_stack)
+    _check(benchmark(per_entry), listdir_stack)
+
+
+@pytest.mark.benchmark(group="fsspec-ls")
+def test_ls_detail_local_on_kernel(benchmark: Any, setup: Setup, listdir_stack: ListdirStack) -> None:
+    benchmark.extra_info.update(role="baseline", what="LocalFileSystem.ls(detail=True) on kernel overlayfs", entries=len(listdir_stack.expected))
+    if setup.refused:
+        pytest.skip(setup.refused)
+    local = LocalFileSystem()
+    path = str(setup.mnt) + listdir_stack.directory
+    _check(local.ls(path, detail=True), listdir_stack)
+    _check(benchmark(local.ls, path, detail=True), listdir_stack)
