@@ -31,12 +31,12 @@ class DirEntry:
 
     __slots__ = ("name", "path", "_kind", "_fs", "_stat")
 
-    def __init__(self, fs: ContainerFS, parent: str, name: str, kind: str, lstat: os.stat_result | None = None) -> None:
+    def __init__(self, fs: ContainerFS, parent: str, name: str, kind: str) -> None:
         self.name = name
         self.path = parent.rstrip("/") + "/" + name
         self._kind = kind
         self._fs = fs
-        self._stat = lstat
+        self._stat: os.stat_result | None = None
 
     def is_dir(self, *, follow_symlinks: bool = True) -> bool:
         """Like :meth:`os.DirEntry.is_dir`."""
@@ -152,11 +152,10 @@ class ContainerFS:
         p = _p(path)
         return iter([DirEntry(self, p, name, kind) for name, kind in self._view.scandir(p)])
 
-    def scandir_stat(self, path: str | os.PathLike[str] = "/") -> list[DirEntry]:
-        """Like :meth:`scandir`, with every entry's ``lstat`` read up front in one pass over the directory
-        (the core resolves the directory once, not once per entry): for listings with details."""
-        p = _p(path)
-        return [DirEntry(self, p, name, _KINDS.get(stat.S_IFMT(st.st_mode), "file"), st) for name, st in self._view.scandir_stat(p)]
+    def scandir_stat(self, path: str | os.PathLike[str] = "/") -> list[tuple[str, os.stat_result]]:
+        """``(name, lstat)`` of every entry of a directory, sorted by name, read in one pass (the core
+        resolves the directory once, not once per entry): for listings with details."""
+        return self._view.scandir_stat(_p(path))
 
     def walk(
         self,
@@ -359,17 +358,6 @@ class ContainerFS:
     def listxattr(self, path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> list[str]:
         """Like :func:`os.listxattr`, without the store's own attributes."""
         return self._view.listxattr(_p(path), follow_symlinks)
-
-
-_KINDS = {
-    stat.S_IFREG: "file",
-    stat.S_IFDIR: "dir",
-    stat.S_IFLNK: "symlink",
-    stat.S_IFIFO: "fifo",
-    stat.S_IFSOCK: "socket",
-    stat.S_IFCHR: "char",
-    stat.S_IFBLK: "block",
-}
 
 
 def _flags_for(mode: str) -> int:

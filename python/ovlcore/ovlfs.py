@@ -164,29 +164,32 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
 
     # ----- details -----
 
-    def _info(self, t: _Target, rel: str, st: os.stat_result) -> dict[str, Any]:
-        size = st.st_size
-        kind = _type(st.st_mode)
-        out: dict[str, Any] = {"name": t.name(rel), "islink": False}
-        if stat.S_ISLNK(st.st_mode):
+    def _info(self, t: _Target, rel: str, st: os.stat_result, name: str | None = None) -> dict[str, Any]:
+        """fsspec's details of the entry at ``rel`` whose ``lstat`` is ``st`` (``name``: as listed)."""
+        mode = st.st_mode
+        kind = _TYPES.get(stat.S_IFMT(mode), "other")
+        out = {
+            "name": t.name(rel) if name is None else name,
+            "size": 0 if kind == "directory" else st.st_size,  # a directory's st_size says nothing in a union
+            "type": kind,
+            "islink": False,
+            "mode": mode,
+            "uid": st.st_uid,
+            "gid": st.st_gid,
+            "mtime": st.st_mtime,
+            "ino": st.st_ino,
+            "nlink": st.st_nlink,
+        }
+        if kind == "link":
             out["islink"] = True
             out["destination"] = t.fs.readlink(rel)
             try:
                 target = t.fs.stat(rel)
             except OSError:
-                kind = "link"  # dangling, a loop, or a component that is not a directory
+                pass  # dangling, a loop, or a component that is not a directory: type "link"
             else:
-                kind, size = _type(target.st_mode), target.st_size
-        out.update(
-            size=0 if kind == "directory" else size,  # a directory's st_size says nothing in a union
-            type=kind,
-            mode=st.st_mode,
-            uid=st.st_uid,
-            gid=st.st_gid,
-            mtime=st.st_mtime,
-            ino=st.st_ino,
-            nlink=st.st_nlink,
-        )
+                out["type"] = kind = _TYPES.get(stat.S_IFMT(target.st_mode), "other")
+                out["size"] = 0 if kind == "directory" else target.st_size
         return out
 
     def _root_listing(self) -> list[dict[str, Any]]:
@@ -207,11 +210,9 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
             t, rel = self._locate(p)
             st = t.fs.stat(rel)
             if stat.S_ISDIR(st.st_mode):
-                entries = [self._info(t, e.path, e.stat(follow_symlinks=False)) for e in t.fs.scandir_stat(rel)]
-                # Keep the name as given (a symlinked directory lists under its own name).
-                prefix = p + "/"
-                for e in entries:
-                    e["name"] = prefix + e["name"].rsplit("/", 1)[-1]
+                # Named under the path as given (a symlinked directory lists under its own name).
+                base = rel.rstrip("/") + "/"
+                entries = [self._info(t, base + n, st, f"{p}/{n}") for n, st in t.fs.scandir_stat(rel)]
             else:
                 entries = [self._info(t, rel, t.fs.lstat(rel))]
         return entries if detail else [e["name"] for e in entries]
@@ -466,12 +467,8 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
         super().mv(path1, path2, recursive=recursive or single, maxdepth=maxdepth, **kwargs)
 
 
-def _type(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "directory"
-    if stat.S_ISREG(mode):
-        return "file"
-    return "other"
+# fsspec's entry types; "link" is only kept for a symlink that does not resolve (see the module).
+_TYPES = {stat.S_IFREG: "file", stat.S_IFDIR: "directory", stat.S_IFLNK: "link"}
 
 
 def _not_root(t: _Target, rel: str) -> None:
