@@ -14,17 +14,13 @@ per-entry listing. All warm (a first call fills the caches).
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import ovlcore
-
-from _support import ListdirStack, build_image
-from support.kernel import MountRefused, mount_overlay, mount_refused, unmount
+from _support import ListdirStack, UnionSetup
 
 fsspec = pytest.importorskip("fsspec")
 from fsspec.implementations.local import LocalFileSystem  # noqa: E402
@@ -34,28 +30,10 @@ from ovlcore.ovlfs import OvlFileSystem  # noqa: E402
 TAG = "benchfsspec:1"
 
 
-class Setup:
+class Setup(UnionSetup):
     def __init__(self, base: Path, stack: ListdirStack) -> None:
-        self.base = base
-        self.store = ovlcore.Store(base / "store")
-        self.image = build_image(self.store, stack.tars, TAG)
+        super().__init__(base, stack.tars, TAG)
         self.ovl = OvlFileSystem(root=self.store.root, skip_instance_cache=True)
-        self.mnt = base / "mnt"
-        self.refused = mount_refused()
-        if self.refused is None:
-            self.mnt.mkdir()
-            try:
-                top = self.image.top_layer
-                assert top is not None
-                mount_overlay(top.stack_paths(), self.mnt)
-            except MountRefused as e:
-                self.refused = str(e)
-
-    def close(self) -> None:
-        if self.refused is None:
-            unmount(self.mnt)
-        self.store.close()
-        shutil.rmtree(self.base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +82,7 @@ def test_listdir_then_lstat_each(benchmark: Any, setup: Setup, listdir_stack: Li
 @pytest.mark.benchmark(group="fsspec-ls")
 def test_ls_detail_local_on_kernel(benchmark: Any, setup: Setup, listdir_stack: ListdirStack) -> None:
     benchmark.extra_info.update(role="baseline", what="LocalFileSystem.ls(detail=True) on kernel overlayfs", entries=len(listdir_stack.expected))
-    if setup.refused:
-        pytest.skip(setup.refused)
     local = LocalFileSystem()
-    path = str(setup.mnt) + listdir_stack.directory
+    path = setup.kernel_path(listdir_stack.directory)
     _check(local.ls(path, detail=True), listdir_stack)
     _check(benchmark(local.ls, path, detail=True), listdir_stack)
