@@ -40,8 +40,11 @@ import stat
 from collections.abc import Iterator
 from typing import IO, Any
 
-from fsspec.callbacks import DEFAULT_CALLBACK, Callback
-from fsspec.spec import AbstractFileSystem
+try:
+    from fsspec.callbacks import DEFAULT_CALLBACK, Callback
+    from fsspec.spec import AbstractFileSystem
+except ImportError as e:  # pragma: no cover - the extra is not installed
+    raise ImportError("ovl:// needs fsspec: pip install 'ovlcore[fsspec]'") from e
 
 from .containers import Container
 from .errors import AmbiguousReference, InvalidReference, NotFound
@@ -212,9 +215,9 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
             if stat.S_ISDIR(st.st_mode):
                 # Named under the path as given (a symlinked directory lists under its own name).
                 base = rel.rstrip("/") + "/"
-                entries = [self._info(t, base + n, st, f"{p}/{n}") for n, st in t.fs.scandir_stat(rel)]
+                entries = [self._info(t, base + n, lst, f"{p}/{n}") for n, lst in t.fs.scandir_stat(rel)]
             else:
-                entries = [self._info(t, rel, t.fs.lstat(rel))]
+                entries = [self._info(t, rel, t.fs.lstat(rel), p)]
         return entries if detail else [e["name"] for e in entries]
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -222,8 +225,7 @@ class OvlFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec has no 
         if not p:
             return {"name": "", "size": 0, "type": "directory"}
         t, rel = self._locate(p)
-        out = self._info(t, rel, t.fs.lstat(rel))
-        out["name"] = p
+        out = self._info(t, rel, t.fs.lstat(rel), p)
         if rel == "/":
             out["container" if isinstance(t.obj, Container) else "image"] = t.obj.id
         return out
