@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+import ovlcore
+from support.kernel import MountRefused, mount_overlay, mount_refused, unmount
 from support.tars import D, F, tar
 
 DATA_DIR = Path(os.environ.get("OVLCORE_BENCH_DATA", "/tmp/ovlcore-bench-data"))
@@ -440,3 +442,47 @@ def small_mode(config: pytest.Config) -> bool:
         return bool(config.getoption("benchmark_disable"))
     except ValueError:  # pytest-benchmark not installed: nothing is measured anyway
         return True
+
+
+def build_image(store: ovlcore.Store, tars: list[Path], tag: str) -> ovlcore.Image:
+    """An image whose layers are ``tars`` (bottom first), built the way image builders do."""
+    image = store.images.import_archive(tars[0], tag=tag)
+    for t in tars[1:]:
+        layer = store.layers.apply(t, parent=image.top_layer)
+        image = store.images.create(layer=layer, parent=image, tag=tag)
+    assert len(image.layers) == len(tars)
+    return image
+
+
+class UnionSetup:
+    """A store holding an image of the given layer tars, and the kernel's read-only overlay mount of its
+    layer directories (the union benchmarks' baseline) or why there is none."""
+
+    def __init__(self, base: Path, tars: list[Path], tag: str) -> None:
+        self.base = base
+        self.store = ovlcore.Store(base / "store")
+        self.image = build_image(self.store, tars, tag)
+        top = self.image.top_layer
+        assert top is not None
+        self.lowers = top.stack_paths()  # top first, as lowerdir wants them
+        # The kernel's read-only overlay of the same layer directories: the baseline, or why there is none.
+        self.mnt = base / "mnt"
+        self.refused = mount_refused()
+        if self.refused is None:
+            self.mnt.mkdir()
+            try:
+                mount_overlay(self.lowers, self.mnt)
+            except MountRefused as e:
+                self.refused = str(e)
+
+    def kernel_path(self, path: str) -> str:
+        if self.refused:
+            print(f"\n[ovlcore benches] skipping kernel baseline: {self.refused}")
+            pytest.skip(self.refused)
+        return str(self.mnt) + path
+
+    def close(self) -> None:
+        if self.refused is None:
+            unmount(self.mnt)
+        self.store.close()
+        shutil.rmtree(self.base, ignore_errors=True)

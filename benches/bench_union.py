@@ -18,7 +18,6 @@ per module and removed (unmounted) at its end.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,56 +25,12 @@ from typing import Any
 
 import pytest
 
-import ovlcore
-
-from _support import ListdirStack, StatStack
-from support.kernel import MountRefused, mount_overlay, mount_refused, unmount
-
-
-def _build_image(store: ovlcore.Store, tars: list[Path], tag: str) -> ovlcore.Image:
-    """An image whose layers are ``tars`` (bottom first), built the way image builders do."""
-    image = store.images.import_archive(tars[0], tag=tag)
-    for t in tars[1:]:
-        layer = store.layers.apply(t, parent=image.top_layer)
-        image = store.images.create(layer=layer, parent=image, tag=tag)
-    assert len(image.layers) == len(tars)
-    return image
-
-
-class Setup:
-    def __init__(self, base: Path, tars: list[Path], tag: str) -> None:
-        self.base = base
-        self.store = ovlcore.Store(base / "store")
-        self.image = _build_image(self.store, tars, tag)
-        top = self.image.top_layer
-        assert top is not None
-        self.lowers = top.stack_paths()  # top first, as lowerdir wants them
-        # The kernel's read-only overlay of the same layer directories: the baseline, or why there is none.
-        self.mnt = base / "mnt"
-        self.refused = mount_refused()
-        if self.refused is None:
-            self.mnt.mkdir()
-            try:
-                mount_overlay(self.lowers, self.mnt)
-            except MountRefused as e:
-                self.refused = str(e)
-
-    def kernel_path(self, path: str) -> str:
-        if self.refused:
-            print(f"\n[ovlcore benches] skipping kernel baseline: {self.refused}")
-            pytest.skip(self.refused)
-        return str(self.mnt) + path
-
-    def close(self) -> None:
-        if self.refused is None:
-            unmount(self.mnt)
-        self.store.close()
-        shutil.rmtree(self.base, ignore_errors=True)
+from _support import ListdirStack, StatStack, UnionSetup
 
 
 @pytest.fixture(scope="module")
-def stat_setup(stat_stack: StatStack, module_dir: Path) -> Iterator[Setup]:
-    s = Setup(module_dir / "stat", stat_stack.tars, "bench/stat:latest")
+def stat_setup(stat_stack: StatStack, module_dir: Path) -> Iterator[UnionSetup]:
+    s = UnionSetup(module_dir / "stat", stat_stack.tars, "bench/stat:latest")
     try:
         yield s
     finally:
@@ -83,8 +38,8 @@ def stat_setup(stat_stack: StatStack, module_dir: Path) -> Iterator[Setup]:
 
 
 @pytest.fixture(scope="module")
-def listdir_setup(listdir_stack: ListdirStack, module_dir: Path) -> Iterator[Setup]:
-    s = Setup(module_dir / "listdir", listdir_stack.tars, "bench/listdir:latest")
+def listdir_setup(listdir_stack: ListdirStack, module_dir: Path) -> Iterator[UnionSetup]:
+    s = UnionSetup(module_dir / "listdir", listdir_stack.tars, "bench/listdir:latest")
     try:
         yield s
     finally:
@@ -100,7 +55,7 @@ def _check_stat(st: os.stat_result, stack: StatStack) -> None:
 
 
 @pytest.mark.benchmark(group="union-stat")
-def test_stat_ovlcore(benchmark: Any, stat_setup: Setup, stat_stack: StatStack) -> None:
+def test_stat_ovlcore(benchmark: Any, stat_setup: UnionSetup, stat_stack: StatStack) -> None:
     benchmark.extra_info.update(role="ours", what="fs.stat (one view)", layers=len(stat_stack.tars))
     fs = stat_setup.image.fs
     _check_stat(fs.stat(stat_stack.target), stat_stack)  # warm the view's caches
@@ -109,7 +64,7 @@ def test_stat_ovlcore(benchmark: Any, stat_setup: Setup, stat_stack: StatStack) 
 
 
 @pytest.mark.benchmark(group="union-stat")
-def test_stat_ovlcore_image_fs_each_call(benchmark: Any, stat_setup: Setup, stat_stack: StatStack) -> None:
+def test_stat_ovlcore_image_fs_each_call(benchmark: Any, stat_setup: UnionSetup, stat_stack: StatStack) -> None:
     """``image.fs.stat(path)`` literally: a new view (image record, layer records, layer stack) per call."""
     benchmark.extra_info.update(role="info", what="image.fs.stat (new view per call)", layers=len(stat_stack.tars))
     image = stat_setup.image
@@ -118,7 +73,7 @@ def test_stat_ovlcore_image_fs_each_call(benchmark: Any, stat_setup: Setup, stat
 
 
 @pytest.mark.benchmark(group="union-stat")
-def test_stat_kernel(benchmark: Any, stat_setup: Setup, stat_stack: StatStack) -> None:
+def test_stat_kernel(benchmark: Any, stat_setup: UnionSetup, stat_stack: StatStack) -> None:
     benchmark.extra_info.update(role="baseline", what="os.stat on kernel overlayfs", layers=len(stat_stack.tars))
     path = stat_setup.kernel_path(stat_stack.target)
     kst = os.stat(path)  # warm the dentry cache
@@ -134,7 +89,7 @@ def test_stat_kernel(benchmark: Any, stat_setup: Setup, stat_stack: StatStack) -
 
 
 @pytest.mark.benchmark(group="union-listdir")
-def test_listdir_ovlcore(benchmark: Any, listdir_setup: Setup, listdir_stack: ListdirStack) -> None:
+def test_listdir_ovlcore(benchmark: Any, listdir_setup: UnionSetup, listdir_stack: ListdirStack) -> None:
     benchmark.extra_info.update(role="ours", what="fs.listdir (one view)", entries=len(listdir_stack.expected))
     fs = listdir_setup.image.fs
     assert fs.listdir(listdir_stack.directory) == listdir_stack.expected  # also warms the view's caches
@@ -143,7 +98,7 @@ def test_listdir_ovlcore(benchmark: Any, listdir_setup: Setup, listdir_stack: Li
 
 
 @pytest.mark.benchmark(group="union-listdir")
-def test_listdir_ovlcore_image_fs_each_call(benchmark: Any, listdir_setup: Setup, listdir_stack: ListdirStack) -> None:
+def test_listdir_ovlcore_image_fs_each_call(benchmark: Any, listdir_setup: UnionSetup, listdir_stack: ListdirStack) -> None:
     """``image.fs.listdir(path)`` literally: a new view per call."""
     benchmark.extra_info.update(role="info", what="image.fs.listdir (new view per call)", entries=len(listdir_stack.expected))
     image = listdir_setup.image
@@ -152,7 +107,7 @@ def test_listdir_ovlcore_image_fs_each_call(benchmark: Any, listdir_setup: Setup
 
 
 @pytest.mark.benchmark(group="union-listdir")
-def test_listdir_kernel(benchmark: Any, listdir_setup: Setup, listdir_stack: ListdirStack) -> None:
+def test_listdir_kernel(benchmark: Any, listdir_setup: UnionSetup, listdir_stack: ListdirStack) -> None:
     """``os.listdir`` on the kernel mount (unsorted; ovlcore's listdir returns sorted names)."""
     benchmark.extra_info.update(role="baseline", what="os.listdir on kernel overlayfs", entries=len(listdir_stack.expected))
     path = listdir_setup.kernel_path(listdir_stack.directory)

@@ -142,6 +142,20 @@ class TestListing:
         assert fs.listdir("/etcabs") == fs.listdir("/etc")
         assert fs.listdir("/usr/lib/root") == fs.listdir("/")
 
+    def test_scandir_stat_agrees_with_lstat(self, fs):
+        # One pass per directory; must match listdir and a per-entry lstat everywhere (whiteouts,
+        # opaque directories, symlinks, a fifo).
+        for top, _, _ in fs.walk("/"):
+            entries = fs.scandir_stat(top)
+            assert [name for name, _ in entries] == fs.listdir(top)
+            for name, st in entries:
+                path = top.rstrip("/") + "/" + name
+                assert st == fs.lstat(path), path
+        with pytest.raises(NotADirectoryError):
+            fs.scandir_stat("/etc/passwd")
+        with pytest.raises(FileNotFoundError):
+            fs.scandir_stat("/nosuch")
+
     def test_scandir(self, fs):
         entries = {e.name: e for e in fs.scandir("/")}
         assert list(entries) == fs.listdir("/")

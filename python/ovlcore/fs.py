@@ -152,6 +152,11 @@ class ContainerFS:
         p = _p(path)
         return iter([DirEntry(self, p, name, kind) for name, kind in self._view.scandir(p)])
 
+    def scandir_stat(self, path: str | os.PathLike[str] = "/") -> list[tuple[str, os.stat_result]]:
+        """``(name, lstat)`` of every entry of a directory, sorted by name, read in one pass (the core
+        resolves the directory once, not once per entry): for listings with details."""
+        return self._view.scandir_stat(_p(path))
+
     def walk(
         self,
         top: str | os.PathLike[str] = "/",

@@ -147,6 +147,23 @@ fn listings_are_sorted_and_merged() {
 }
 
 #[test]
+fn listings_with_metadata_agree_with_lstat() {
+    for (_, fs) in views() {
+        for dir in ["/", "/etc", "/usr/share", "/lib", "/deep/a"] {
+            let entries = fs.view.list_meta(Path::new(dir)).unwrap();
+            let names: Vec<String> = entries.iter().map(|(n, _)| n.to_str().unwrap().to_owned()).collect();
+            assert_eq!(names, fs.ls(dir), "{dir}");
+            for (name, meta) in &entries {
+                let path = Path::new(dir).join(name);
+                assert_eq!(*meta, fs.lst(path.to_str().unwrap()), "{}", path.display());
+            }
+        }
+        assert_errno_at(fs.view.list_meta(Path::new("/etc/passwd")), libc::ENOTDIR, "/etc/passwd");
+        assert_errno(fs.view.list_meta(Path::new("/nope")), libc::ENOENT);
+    }
+}
+
+#[test]
 fn listings_follow_symlinks() {
     for (_, fs) in views() {
         assert_eq!(fs.ls("/lib"), fs.ls("/usr/lib"));

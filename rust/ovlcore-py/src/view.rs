@@ -140,6 +140,12 @@ impl View {
         Ok(entries.into_iter().map(|(n, k)| (n, kind_name(k))).collect())
     }
 
+    /// `(name, stat_result)` of every entry of a directory (a final symlink not followed), sorted by name.
+    fn scandir_stat<'py>(&self, py: Python<'py>, path: PathBuf) -> PyResult<Vec<(OsString, Bound<'py, PyAny>)>> {
+        let entries = py.detach(|| self.inner.list_meta(&path)).py()?;
+        entries.iter().map(|(n, m)| Ok((n.clone(), stat_result(py, m)?))).collect()
+    }
+
     /// The path with symlinks resolved inside the container's root (the missing rest kept as written).
     fn canonical(&self, py: Python<'_>, path: PathBuf) -> PyResult<OsString> {
         Ok(py.detach(|| self.inner.canonical(&path)).py()?.into_os_string())

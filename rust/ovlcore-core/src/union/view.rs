@@ -502,6 +502,18 @@ impl View {
         Ok(out)
     }
 
+    /// The entries of a directory with their metadata (a final symlink not followed), sorted by name: for
+    /// listings with details (fsspec's `ls`, `walk`) without one walk from the root per entry.
+    pub fn list_meta(&self, path: &Path) -> Result<Vec<(OsString, Meta)>> {
+        let r = self.resolve(path, true)?;
+        let mut out = Vec::new();
+        for c in self.children(&r)? {
+            let meta = self.meta(&c)?;
+            out.push((c.name, meta));
+        }
+        Ok(out)
+    }
+
     /// The merged listing of a directory: (name, kind), sorted by name.
     pub fn list(&self, path: &Path) -> Result<Vec<(OsString, Kind)>> {
         let r = self.resolve(path, true)?;
