@@ -450,6 +450,35 @@ def test_mmap_append_locks_rename_over_open(mnt: Path) -> None:
     assert (mnt / "srv" / "notes.txt").read_text() == "new\n"
 
 
+def test_partial_writes_of_write_only_and_sparse_files(mnt: Path) -> None:
+    """The kernel's writeback cache (unprivileged mounts) writes whole pages and so reads what it writes:
+    a write-only file, writes into the middle of a page, a hole and a truncate all come out exact."""
+    p = mnt / "srv" / "wo"
+    p.write_bytes(b"a" * 10_000)
+    os.chmod(p, 0o200)
+    fd = os.open(p, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"MID", 5000)
+        os.pwrite(fd, b"END", 20_000)  # a hole from 10,000 on
+    finally:
+        os.close(fd)
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, b"+")
+    finally:
+        os.close(fd)
+    os.chmod(p, 0o600)
+    want = bytearray(b"a" * 10_000 + b"\0" * 10_000 + b"END+")
+    want[5000:5003] = b"MID"
+    assert p.read_bytes() == bytes(want)
+    os.truncate(p, 4000)
+    with open(p, "r+b") as f:
+        f.seek(4090)
+        f.write(b"Z")
+    assert p.read_bytes() == b"a" * 4000 + b"\0" * 90 + b"Z"
+    assert os.stat(p).st_size == 4091
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="kernel overlay mounts need root")
 def test_upper_stays_a_kernel_layer(store: ovlcore.Store, tmp_path: Path) -> None:
     """What the FUSE mount leaves is what the kernel shows when it mounts that writable layer."""
