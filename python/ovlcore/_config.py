@@ -4,7 +4,7 @@ them), the config of one more build step, and the canonical bytes this store wri
 from __future__ import annotations
 
 import json
-import platform
+import os
 import posixpath
 import shlex
 from datetime import datetime, timezone
@@ -108,7 +108,7 @@ def describe_change(change: str) -> str:
 
 def host_arch() -> str:
     """This machine's architecture as OCI names it (``amd64``, ``arm64``, ...)."""
-    m = platform.machine().lower()
+    m = os.uname().machine.lower()
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(m, m)
 
 

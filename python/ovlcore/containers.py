@@ -15,7 +15,6 @@ import errno
 import functools
 import os
 import posixpath
-import secrets
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -455,6 +454,8 @@ class Containers:
         return [Container(self, r) for r in self._storage.records.containers()]
 
     def _new_name(self, q: Query) -> str:
+        import secrets  # here: it loads hashlib (OpenSSL), which `import ovlcore` does not need
+
         while True:
             name = f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_NOUNS)}"
             if q.container_named(name) is None:
@@ -490,7 +491,7 @@ class Containers:
                 if w.image(img.id) is None:
                     raise ContainerNotFound(f"image {img.id} was removed meanwhile")
                 record = ContainerRecord.new(
-                    secrets.token_hex(32),
+                    os.urandom(32).hex(),
                     name,
                     img.id,
                     now(),

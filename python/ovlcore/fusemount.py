@@ -17,9 +17,6 @@ import contextlib
 import errno
 import json
 import os
-import select
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -214,6 +211,10 @@ def _daemon_main(ready_fd: int, spec_json: str) -> int:
 def start(spec: FuseSpec, timeout: float = 60.0) -> int:
     """Start a daemon serving ``spec`` and return its pid once the mount is live (raise ``OSError`` if
     it fails)."""
+    # Imported here, not at the top: `import ovlcore` stays quick (process machinery loads on first mount).
+    import select
+    import subprocess
+
     r, w = os.pipe()
     try:
         proc = subprocess.Popen(
@@ -259,6 +260,8 @@ def fuse_usable() -> str | None:
     except OSError as e:
         return f"/dev/fuse: {e.strerror}"
     os.close(fd)
+    import shutil
+
     if os.geteuid() != 0 and shutil.which("fusermount3") is None and shutil.which("fusermount") is None:
         return "no fusermount3 on PATH (needed to mount without privilege)"
     return None
@@ -284,6 +287,9 @@ def unmount(path: str | os.PathLike[str], *, lazy: bool = False) -> None:
     if os.geteuid() == 0:
         _ovlcore.unmount(str(path), lazy=lazy)
         return
+    import shutil
+    import subprocess
+
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     if tool is None:
         raise OSError(errno.EPERM, "unmounting a FUSE mount without privilege needs fusermount3", str(path))

@@ -11,7 +11,6 @@ import contextlib
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -183,6 +182,8 @@ class Image:
     def mount(self, path: str | os.PathLike[str] | None = None) -> Iterator[Path]:
         """Mount the image's merged tree read-only through FUSE (no privilege needed) and yield the host
         path (a new temporary directory when ``path`` is ``None``); unmounted on exit."""
+        import tempfile  # here: it pulls in shutil and random, which `import ovlcore` does not need
+
         made = path is None
         target = Path(tempfile.mkdtemp(prefix=f"ovlcore-{self.short_id}-")) if path is None else Path(path)
         fusemount.clear_stale(target)

@@ -7,8 +7,7 @@ holds the labels, the creation time, and whether it is anonymous.
 from __future__ import annotations
 
 import builtins
-
-import secrets
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -31,7 +30,7 @@ def volume_record(name: str, labels: dict[str, str] | None = None, *, anonymous:
 
 def anonymous_name() -> str:
     """A new anonymous volume's name (64 hex digits, as Docker's)."""
-    return secrets.token_hex(32)
+    return os.urandom(32).hex()
 
 
 class Volume:

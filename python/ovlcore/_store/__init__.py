@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -143,7 +142,7 @@ class Storage:
 
     def _legacy_view(self) -> Records:
         """Format-1 records, read into an in-memory database (nothing on disk changes)."""
-        uri = f"file:ovlcore-{secrets.token_hex(8)}?mode=memory&cache=shared"
+        uri = f"file:ovlcore-{os.urandom(8).hex()}?mode=memory&cache=shared"
         keep = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         migrate.fill(keep, self.layout.db, migrate.read_format1(self.layout))
         return Records(self.layout.db, writable=False, uri=uri, keep=keep)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -15,7 +14,7 @@ __all__ = ["write_atomic", "write_json", "read_json", "fsync_dir", "replacing"]
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data``: temp file, fsync, rename, fsync of the directory."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -51,7 +50,7 @@ def fsync_dir(path: Path) -> None:
 def replacing(dest: Path) -> Iterator[IO[bytes]]:
     """Write a user's output file (save, export) under a temporary name and rename it over ``dest`` once
     complete: never a half-written archive at ``dest``. No fsync: an export, not store data."""
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+    tmp = dest.with_name(f".{dest.name}.{os.urandom(4).hex()}.part")
     try:
         with open(tmp, "wb") as f:
             yield f

@@ -19,7 +19,6 @@ import contextlib
 import errno
 import itertools
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,7 +38,7 @@ __all__ = ["Transaction", "Publisher", "empty_trash", "move_to_trash"]
 
 def move_to_trash(layout: Layout, path: Path) -> Path | None:
     """Rename ``path`` into the trash; ``None`` if it was already gone."""
-    dest = layout.trash / secrets.token_hex(16)
+    dest = layout.trash / os.urandom(16).hex()
     try:
         os.rename(path, dest)
     except FileNotFoundError:
@@ -58,7 +57,7 @@ class Transaction:
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
         self._layout = storage.layout
-        self._name = secrets.token_hex(16)
+        self._name = os.urandom(16).hex()
         self._fd: int | None = None
         self._dir = self._layout.tmp / self._name
         self._seq = itertools.count()
