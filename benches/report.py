@@ -67,31 +67,33 @@ def curves(benchmarks: list[dict]) -> dict[str, dict[str, list[tuple[float, dict
 
 
 def plot(curve: str, lines: dict[str, list[tuple[float, dict]]]) -> str:
-    """One curve as an ``<img>`` with a base64 PNG: median per point, bars from min to max."""
+    """One curve as an ``<img>`` with a base64 PNG: median per point, bars from the first to the third
+    quartile (min to max when the stats have no quartiles)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    xs: list[float] = []
-    ys: list[float] = []
+    # The interquartile range as bars: a loaded machine's rare stalls (max) would dwarf microsecond medians.
+    quartiles = {line: ([p[1]["stats"].get("q1", p[1]["stats"]["min"]) for p in points],
+                        [p[1]["stats"].get("q3", p[1]["stats"]["max"]) for p in points]) for line, points in lines.items()}
+    ys = [y for q1, q3 in quartiles.values() for y in q1 + q3]
+    xs = [p[0] for points in lines.values() for p in points]
+    unit, scale = next(((u, k) for u, k in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)) if max(ys) >= k), ("ns", 1e-9))
     for line, points in lines.items():
-        x = [p[0] for p in points]
-        med = [p[1]["stats"]["median"] for p in points]
-        lo = [m - p[1]["stats"]["min"] for m, p in zip(med, points)]
-        hi = [p[1]["stats"]["max"] - m for m, p in zip(med, points)]
-        ax.errorbar(x, med, yerr=[lo, hi], marker="o", capsize=3, label=line)
-        xs += x
-        ys += [p[1]["stats"]["min"] for p in points] + [p[1]["stats"]["max"] for p in points]
+        med = [p[1]["stats"]["median"] / scale for p in points]
+        q1, q3 = ([q / scale for q in qs] for qs in quartiles[line])
+        ax.errorbar([p[0] for p in points], med, yerr=[[m - q for m, q in zip(med, q1)], [q - m for m, q in zip(med, q3)]],
+                    marker="o", capsize=3, label=line)
     # Log scales where the values span a decade or more (file counts, store sizes; times growing with them).
-    if xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
+    if min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
-    if ys and min(ys) > 0 and max(ys) / min(ys) >= 10:
+    if min(ys) > 0 and max(ys) / min(ys) >= 10:
         ax.set_yscale("log")
     first = next(iter(lines.values()))[0][1].get("extra_info", {})
     ax.set_xlabel(first.get("x_label", "x"))
-    ax.set_ylabel("seconds per call (median; bars: min-max)")
+    ax.set_ylabel(f"{unit} per call (median; bars: quartiles)")
     ax.set_title(curve)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
