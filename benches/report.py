@@ -161,8 +161,8 @@ def all_table(benchmarks: list[dict]) -> str:
     return "\n".join(out)
 
 
-def render(report: dict[str, Any], title: str = "ovlcore benchmarks") -> str:
-    """The HTML of a loaded report (:func:`compare.load`)."""
+def render(report: dict[str, Any], title: str = "ovlcore benchmarks", note: str = "") -> str:
+    """The HTML of a loaded report (:func:`compare.load`), with ``note`` under the title."""
     benchmarks = report["benchmarks"]
     benches = {b["name"]: b for b in benchmarks}
     cpu = report.get("machine_info", {}).get("cpu", {})
@@ -174,6 +174,7 @@ def render(report: dict[str, Any], title: str = "ovlcore benchmarks") -> str:
         f"<p>{html.escape(str(report.get('datetime', '')))}; {html.escape(str(cpu.get('brand_raw', '?')))}, "
         f"{html.escape(str(cpu.get('count', '?')))} CPUs; commit {html.escape(str(commit.get('id', '?'))[:12])}"
         f"{' (dirty)' if commit.get('dirty') else ''}. Ratios are ours / baseline, in one run: below 1 is faster.</p>",
+        f"<p><strong>{html.escape(note)}</strong></p>" if note else "",
         "<h2>Ours against the baselines</h2>",
         ratio_table(ratios(benchmarks), benches),
         "<h2>Targets</h2>",
@@ -190,13 +191,13 @@ def render(report: dict[str, Any], title: str = "ovlcore benchmarks") -> str:
     return "\n".join(parts)
 
 
-def write_report(json_path: Path, out: Path) -> Path:
+def write_report(json_path: Path, out: Path, note: str = "") -> Path:
     """Render ``json_path`` into ``out/report.html`` (with the JSON copied to ``out/bench.json``)."""
     out.mkdir(parents=True, exist_ok=True)
     if json_path.resolve() != (out / "bench.json").resolve():
         shutil.copyfile(json_path, out / "bench.json")
     page = out / "report.html"
-    page.write_text(render(load(str(json_path))), encoding="utf-8")
+    page.write_text(render(load(str(json_path)), note=note), encoding="utf-8")
     return page
 
 
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         if not json_path.exists():
             print(f"benches.report: pytest wrote no {json_path} (exit {status})", file=sys.stderr)
             return status or 1
-    page = write_report(json_path, args.out)
+    note = "Tiny inputs (--small): this run checks that the benchmarks work; its figures say nothing about speed." if args.small else ""
+    page = write_report(json_path, args.out, note)
     print(f"benches.report: wrote {page} and {args.out / 'bench.json'}")
     return status
 
