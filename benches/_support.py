@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,11 +323,12 @@ STAT_TARGET_SIZE = 12_345
 LISTDIR_DIR = "/srv/data"
 
 
-def make_stat_stack(d: Path, small: bool) -> StatStack:
-    """20 layers (3 when small). Every layer has ``/usr``, ``/usr/lib``, ``/usr/lib/bench``,
-    ``/usr/lib/bench/pkg`` (so each lookup really merges all of them) with files of its own; the bottom layer
-    also has the target file; one upper layer shadows a file of a lower one."""
+def make_stat_stack(d: Path, small: bool, layers: int | None = None) -> StatStack:
+    """20 layers (3 when small; ``layers`` when given). Every layer has ``/usr``, ``/usr/lib``,
+    ``/usr/lib/bench``, ``/usr/lib/bench/pkg`` (so each lookup really merges all of them) with files of its
+    own; the bottom layer also has the target file; one upper layer shadows a file of a lower one."""
     n_layers, n_files = (3, 10) if small else (20, 50)
+    n_layers = layers or n_layers
     tars = []
     for i in range(n_layers):
         entries = [
@@ -433,6 +435,12 @@ def docker_running() -> str | None:
     return None
 
 
+def curve_point(benchmark: Any, curve: str, line: str, x: int, x_label: str, **info: Any) -> None:
+    """Mark a benchmark as the point ``x`` of the line ``line`` of the cost curve ``curve`` (its
+    ``extra_info``), which ``report.py`` draws; ``role="curve"`` keeps it out of the ours/baseline ratios."""
+    benchmark.extra_info.update(role="curve", curve=curve, line=line, x=x, x_label=x_label, **info)
+
+
 def small_mode(config: pytest.Config) -> bool:
     """Tiny inputs when benchmarks are not measured (the CI smoke run) or when asked for."""
     env = os.environ.get("OVLCORE_BENCH_SMALL", "")
@@ -467,11 +475,20 @@ class UnionSetup:
         self.lowers = top.stack_paths()  # top first, as lowerdir wants them
         # The kernel's read-only overlay of the same layer directories: the baseline, or why there is none.
         self.mnt = base / "mnt"
+        self.links: Path | None = None
         self.refused = mount_refused()
         if self.refused is None:
             self.mnt.mkdir()
+            lowers: list[Path] | list[str] = self.lowers
+            if len(":".join(map(str, lowers))) > 3000:
+                # mount(2) takes one page of options: name deep stacks' layers by short symlinks (the
+                # kernel resolves them once, at mount time).
+                self.links = Path(tempfile.mkdtemp(prefix="ovl-", dir="/tmp"))
+                for i, p in enumerate(self.lowers):
+                    (self.links / str(i)).symlink_to(p)
+                lowers = [self.links / str(i) for i in range(len(self.lowers))]
             try:
-                mount_overlay(self.lowers, self.mnt)
+                mount_overlay(lowers, self.mnt)
             except MountRefused as e:
                 self.refused = str(e)
 
@@ -484,5 +501,7 @@ class UnionSetup:
     def close(self) -> None:
         if self.refused is None:
             unmount(self.mnt)
+        if self.links is not None:
+            shutil.rmtree(self.links, ignore_errors=True)
         self.store.close()
         shutil.rmtree(self.base, ignore_errors=True)

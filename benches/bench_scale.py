@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import ovlcore
+from _support import curve_point
 from conftest import small_mode
 
 FULL_SIZES = (10, 100, 1000, 10000)
@@ -78,7 +79,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def _info(benchmark: object, n: int, what: str, **target: float) -> None:
-    benchmark.extra_info.update(role="scale", what=what, objects=n, **target)  # type: ignore[attr-defined]
+    # A point of this group's cost curve, drawn by report.py: the x axis is the number of objects.
+    group = benchmark.group  # type: ignore[attr-defined]
+    curve_point(benchmark, group, "ovlcore", n, "containers and images in the store", what=what, objects=n, **target)
 
 
 @pytest.mark.benchmark(group="scale-create")

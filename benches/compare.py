@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 
 #: (group, ours, baseline, the largest acceptable ratio of ours to the baseline, by mean and median)
 TARGETS = [
@@ -78,17 +79,84 @@ def merge_series(benchmarks: list[dict]) -> list[dict]:
     return out
 
 
-def main(path: str) -> int:
+@dataclass
+class Ratio:
+    """ours / a baseline of the same group (``limit``: the target of :data:`TARGETS`, if any)."""
+
+    group: str
+    ours: str
+    baseline: str
+    mean: float
+    median: float
+    limit: float | None = None
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.limit is None else self.mean <= self.limit and self.median <= self.limit
+
+
+@dataclass
+class Check:
+    """One target of :data:`TARGETS`, :data:`SCALE_TARGETS` or :data:`MEMORY_TARGETS`: what, the figure
+    measured against the limit, and whether it was met (``False`` also when its benchmarks are missing)."""
+
+    name: str
+    text: str
+    met: bool
+
+
+def load(path: str) -> dict:
+    """A pytest-benchmark JSON report, round items merged into their series (:func:`merge_series`)."""
     with open(path) as f:
         report = json.load(f)
     report["benchmarks"] = merge_series(report["benchmarks"])
-    benches = {b["name"]: b for b in report["benchmarks"]}
+    return report
+
+
+def by_group(benchmarks: list[dict]) -> dict[str, list[dict]]:
     groups: dict[str, list[dict]] = {}
-    for b in report["benchmarks"]:
+    for b in benchmarks:
         groups.setdefault(b["group"] or "", []).append(b)
+    return groups
+
+
+def ratios(benchmarks: list[dict]) -> list[Ratio]:
+    """ours / each baseline, group by group (the first ``role == "ours"`` entry of a group is ours), with
+    the target of that pair when :data:`TARGETS` has one."""
+    limits = {(g, o, b): limit for g, o, b, limit in TARGETS}
+    out = []
+    for group, items in by_group(benchmarks).items():
+        ours = [b for b in items if b.get("extra_info", {}).get("role") == "ours"]
+        if not ours:
+            continue
+        o = ours[0]
+        for b in items:
+            if b.get("extra_info", {}).get("role") == "baseline":
+                out.append(Ratio(group, o["name"], b["name"], o["stats"]["mean"] / b["stats"]["mean"],
+                                 o["stats"]["median"] / b["stats"]["median"], limits.get((group, o["name"], b["name"]))))
+    return out
+
+
+def checks(benches: dict[str, dict]) -> list[Check]:
+    """Every target, checked (see :class:`Check`)."""
+    out = []
+    for group, ours, base, limit in TARGETS:
+        if ours not in benches or base not in benches:
+            out.append(Check(group, f"MISSING ({ours} or {base} not in the report)", False))
+            continue
+        o, b = benches[ours]["stats"], benches[base]["stats"]
+        rm, rmed = o["mean"] / b["mean"], o["median"] / b["median"]
+        out.append(Check(group, f"{ours} / {base} = {rm:.2f}x (mean), {rmed:.2f}x (median); target <= {limit:g}x",
+                         rm <= limit and rmed <= limit))
+    return out + scale(benches) + memory(benches)
+
+
+def main(path: str) -> int:
+    report = load(path)
+    benches = {b["name"]: b for b in report["benchmarks"]}
     print(f"machine: {report.get('machine_info', {}).get('cpu', {}).get('brand_raw', '?')}, "
           f"{report.get('machine_info', {}).get('cpu', {}).get('count', '?')} CPUs; {report.get('datetime', '')}")
-    for group, items in groups.items():
+    for group, items in by_group(report["benchmarks"]).items():
         ours = [b for b in items if b.get("extra_info", {}).get("role") == "ours"]
         print(f"\n[{group}]")
         for b in sorted(items, key=lambda b: b["stats"]["median"]):
@@ -101,58 +169,46 @@ def main(path: str) -> int:
             elif o and role == "info":
                 line += f"   this/ours: mean {s['mean'] / o['mean']:.3g}x median {s['median'] / o['median']:.3g}x"
             print(line)
-    failed = 0
+    for group, test, _limits, _flat in SCALE_TARGETS:
+        if curve := scale_curve(benches, test):
+            print(f"\n  {group} (median by objects): " + ", ".join(f"{n:,}: {fmt(t)}" for n, t in sorted(curve.items())))
     print("\ntargets:")
-    for group, ours, base, limit in TARGETS:
-        if ours not in benches or base not in benches:
-            print(f"  {group}: MISSING ({ours} or {base} not in the report)")
-            failed += 1
-            continue
-        o, b = benches[ours]["stats"], benches[base]["stats"]
-        rm, rmed = o["mean"] / b["mean"], o["median"] / b["median"]
-        ok = rm <= limit and rmed <= limit
-        failed += not ok
-        print(f"  {group}: {ours} / {base} = {rm:.2f}x (mean), {rmed:.2f}x (median); target <= {limit:g}x: "
-              f"{'met' if ok else 'MISSED'}")
-    failed += scale(benches)
-    failed += memory(benches)
-    return 1 if failed else 0
+    results = checks(benches)
+    for c in results:
+        print(f"  {c.name}: {c.text}" + ("" if c.text.startswith("MISSING") else f": {'met' if c.met else 'MISSED'}"))
+    return 1 if any(not c.met for c in results) else 0
 
 
-def memory(benches: dict[str, dict]) -> int:
-    """Check each peak-RSS figure a benchmark recorded; returns the misses (a missing one counts)."""
-    failed = 0
+def memory(benches: dict[str, dict]) -> list[Check]:
+    """Check each peak-RSS figure a benchmark recorded (a missing one counts as missed)."""
+    out = []
     for test, limit in MEMORY_TARGETS:
         peak = benches.get(test, {}).get("extra_info", {}).get("peak_rss_bytes")
         if peak is None:
-            print(f"  {test}: MISSING (no peak_rss_bytes in the report)")
-            failed += 1
+            out.append(Check(test, "MISSING (no peak_rss_bytes in the report)", False))
             continue
-        ok = peak < limit
-        failed += not ok
-        print(f"  {test}: peak RSS {peak / (1 << 20):.1f} MiB, target < {limit / (1 << 20):.0f} MiB: {'met' if ok else 'MISSED'}")
-    return failed
+        out.append(Check(test, f"peak RSS {peak / (1 << 20):.1f} MiB, target < {limit / (1 << 20):.0f} MiB", peak < limit))
+    return out
 
 
-def scale(benches: dict[str, dict]) -> int:
-    """Print each scale curve (median by number of objects) and check its targets; returns the misses."""
-    failed = 0
+def scale_curve(benches: dict[str, dict], test: str) -> dict[int, float]:
+    """Median by number of objects of a scale benchmark (``test[N]`` items)."""
+    return {int(b["extra_info"]["objects"]): b["stats"]["median"] for b in benches.values() if b["name"].startswith(test + "[")}
+
+
+def scale(benches: dict[str, dict]) -> list[Check]:
+    """Check the targets of each scale curve present in the report."""
+    out = []
     for group, test, limits, flat in SCALE_TARGETS:
-        curve = {int(b["extra_info"]["objects"]): b["stats"]["median"] for b in benches.values() if b["name"].startswith(test + "[")}
-        if not curve:
-            continue
-        print(f"\n  {group} (median by objects): " + ", ".join(f"{n:,}: {fmt(t)}" for n, t in sorted(curve.items())))
+        curve = scale_curve(benches, test)
         for n, limit in limits:
             if n in curve:
-                ok = curve[n] <= limit
-                failed += not ok
-                print(f"    at {n:,}: {fmt(curve[n])}, target < {fmt(limit)}: {'met' if ok else 'MISSED'}")
+                out.append(Check(group, f"{test} at {n:,}: {fmt(curve[n])}, target < {fmt(limit)}", curve[n] <= limit))
         for lo, hi, ratio in flat:
             if lo in curve and hi in curve:
                 r = curve[hi] / curve[lo]
-                failed += r > ratio
-                print(f"    {hi:,} / {lo:,}: {r:.2f}x, target <= {ratio}x: {'met' if r <= ratio else 'MISSED'}")
-    return failed
+                out.append(Check(group, f"{test} {hi:,} / {lo:,}: {r:.2f}x, target <= {ratio}x", r <= ratio))
+    return out
 
 
 if __name__ == "__main__":
