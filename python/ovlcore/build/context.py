@@ -101,7 +101,7 @@ class Context:
         context. Raises :class:`SourceError` when nothing is there."""
         rel = self._clean(src)
         if has_glob(rel):
-            out = [e for e in self.walk(".") if e.rel != "." and glob_match(e.rel, rel) and not self._matched_parent(e.rel, rel)]
+            out = [e for e in self.walk(".") if e.rel != "." and glob_match(rel, e.rel) and not self._matched_parent(e.rel, rel)]
             if not out:
                 raise SourceError(f"no source files were specified: {src} matches nothing in the build context")
             return out
@@ -119,7 +119,7 @@ class Context:
     def _matched_parent(rel: str, pattern: str) -> bool:
         """A glob match inside a directory that matched too is copied with that directory."""
         parts = rel.split("/")
-        return any(glob_match("/".join(parts[:k]), pattern) for k in range(1, len(parts)))
+        return any(glob_match(pattern, "/".join(parts[:k])) for k in range(1, len(parts)))
 
     def walk(self, rel: str, host: str | None = None) -> Iterator[Entry]:
         """The entry ``rel`` and everything below it that ``.dockerignore`` keeps, parents first, names

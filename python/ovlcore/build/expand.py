@@ -160,6 +160,8 @@ class Lexer:
         ch = s.next()
         if ch == "}":
             return env.get(name, "")
+        if not ch:
+            raise ExpandError(f"missing '}}' in substitution of {name}")
         colon = ch == ":"
         if colon:
             ch = s.next()
