@@ -39,7 +39,7 @@ from ..references import full_tag
 from .context import Context, Entry, SourceError, has_glob
 from .dockerfile import Dockerfile, Instruction, parse, split_words
 from .expand import PROXY_ARGS, ExpandError, Lexer, Scope
-from .runtime import DEFAULT_PATH, MOUNT_POINTS, Runtime, RuntimeUnavailable, bundle_config, find_runtime
+from .runtime import DEFAULT_PATH, MOUNT_POINTS, Runtime, RuntimeUnavailable, bundle_config, find_runtime, rootless
 
 __all__ = ["Builder"]
 
@@ -811,6 +811,10 @@ class Build:
             runtime = self.runtime()
             fs = ctr.fs
             uid, gid = self.user_ids(fs, st.config.get("User") or "0", ins) if st.config.get("User") else (0, 0)
+            if rootless() and (uid, gid) != (0, 0):
+                raise self.error(
+                    ins, f"RUN as user {st.config.get('User')} ({uid}:{gid}) needs root: rootless builds map only the caller, to root"
+                )
             names = {e.split("=", 1)[0] for e in env}
             full_env = list(env)
             if "HOSTNAME" not in names:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Runtime", "RunResult", "find_runtime", "RuntimeUnavailable", "DEFAULT_PATH", "bundle_config"]
+__all__ = ["Runtime", "RunResult", "find_runtime", "RuntimeUnavailable", "DEFAULT_PATH", "bundle_config", "rootless"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CANDIDATES = ("runc", "crun")
