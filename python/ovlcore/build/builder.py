@@ -570,35 +570,45 @@ class Build:
             fs.chmod(cur, 0o755)
             fs.lchown(cur, uid, gid)
 
+    @staticmethod
+    def table(fs: Any, path: str) -> list[list[str]]:
+        """The rows of a passwd or group file of the image (none when it has no such file)."""
+        try:
+            return [line.split(":") for line in fs.read_text(path).splitlines() if line and not line.startswith("#")]
+        except OSError:
+            return []
+
     def user_ids(self, fs: Any, spec: str, ins: Instruction) -> tuple[int, int]:
         """``user[:group]`` (names or numbers) as the image's passwd and group files have them."""
         user, _, group = spec.partition(":")
-
-        def table(path: str) -> list[list[str]]:
-            try:
-                return [line.split(":") for line in fs.read_text(path).splitlines() if line and not line.startswith("#")]
-            except OSError:
-                return []
-
+        passwd = self.table(fs, "/etc/passwd")
+        row = next((r for r in passwd if len(r) > 3 and (r[2] == user if user.isdigit() else r[0] == user)), None)
         if user.isdigit():
             uid = int(user)
-            gid = next((int(r[3]) for r in table("/etc/passwd") if len(r) > 3 and r[2] == user and r[3].isdigit()), uid if not group else 0)
-            if not group:
-                gid = next((int(r[3]) for r in table("/etc/passwd") if len(r) > 3 and r[2] == user and r[3].isdigit()), 0)
+            gid = int(row[3]) if row is not None and row[3].isdigit() else 0
+        elif row is None:
+            raise self.error(ins, f"unable to find user {user}: no matching entries in passwd file")
         else:
-            row = next((r for r in table("/etc/passwd") if r[0] == user and len(r) > 3), None)
-            if row is None:
-                raise self.error(ins, f"unable to find user {user}: no matching entries in passwd file")
             uid, gid = int(row[2]), int(row[3])
         if group:
             if group.isdigit():
                 gid = int(group)
             else:
-                grow = next((r for r in table("/etc/group") if r[0] == group and len(r) > 2), None)
+                grow = next((r for r in self.table(fs, "/etc/group") if r[0] == group and len(r) > 2), None)
                 if grow is None:
                     raise self.error(ins, f"unable to find group {group}: no matching entries in group file")
                 gid = int(grow[2])
         return uid, gid
+
+    def supplementary(self, fs: Any, spec: str, gid: int) -> list[int]:
+        """The groups a RUN step's process is in, as Docker computes them: those of the group file that
+        list the user, else the primary group alone."""
+        user = spec.partition(":")[0]
+        if user.isdigit():
+            row = next((r for r in self.table(fs, "/etc/passwd") if len(r) > 3 and r[2] == user), None)
+            user = row[0] if row is not None else ""
+        groups = [int(r[2]) for r in self.table(fs, "/etc/group") if len(r) > 3 and user and user in r[3].split(",") and r[2].isdigit()]
+        return groups or [gid]
 
     def destination(self, st: State, ins: Instruction, dest: str) -> str:
         workdir = st.config.get("WorkingDir") or "/"
@@ -815,6 +825,8 @@ class Build:
                 raise self.error(
                     ins, f"RUN as user {st.config.get('User')} ({uid}:{gid}) needs root: rootless builds map only the caller, to root"
                 )
+            # Rootless, only the caller's ids exist in the user namespace.
+            groups = [gid] if rootless() else self.supplementary(fs, st.config.get("User") or "0", gid)
             names = {e.split("=", 1)[0] for e in env}
             full_env = list(env)
             if "HOSTNAME" not in names:
@@ -824,7 +836,8 @@ class Build:
             missing = [p for p in MOUNT_POINTS if not fs.lexists(p)]
             with ctr.mount() as root:
                 config = bundle_config(
-                    str(root), args, full_env, st.config.get("WorkingDir") or "/", uid, gid, hostname=ctr.short_id, network=network
+                    str(root), args, full_env, st.config.get("WorkingDir") or "/", uid, gid, hostname=ctr.short_id,
+                    network=network, additional_gids=groups,
                 )
                 result = runtime.run(config, f"ovlcore-build-{ctr.short_id}-{secrets.token_hex(4)}", output=self.out)
             if missing:
