@@ -10,7 +10,9 @@ import json
 import os
 import tarfile
 from datetime import datetime, timezone
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,7 @@ import ovlcore
 from ovlcore.errors import BuildError
 from support.build import busybox_image, counts, needs_runtime, write_context
 from support.cli import run_cli
+from support.loopback import LoopbackServer
 from support.registry import Registry
 from support.stores import open_store
 
@@ -366,3 +369,54 @@ def test_unknown_runtime_is_named(store: ovlcore.Store, base: ovlcore.Image, tmp
     with pytest.raises(BuildError, match="no-such-runtime: not found on PATH"):
         build(store, ctx, runtime="no-such-runtime")
     assert counts(store) == before
+
+
+class Files:
+    """A loopback web server's content: path -> (body, headers); a redirect for /moved."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, dict[str, str]]] = {}
+
+    def handle(self, h: Any) -> None:
+        if h.path == "/moved":
+            h.reply(302, headers={"Location": "/pkg.tar.gz"})
+        elif h.path in self.files:
+            body, headers = self.files[h.path]
+            h.reply(200, body, headers)
+        else:
+            h.reply(404, b"not found\n")
+
+
+@pytest.fixture
+def web() -> Iterator[tuple[LoopbackServer, Files]]:
+    files = Files()
+    server = LoopbackServer(files).start()
+    try:
+        yield server, files
+    finally:
+        server.stop()
+
+
+def test_add_url(store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path, web: tuple[LoopbackServer, Files]) -> None:
+    server, files = web
+    files.files["/data.txt"] = (b"remote\n", {"Last-Modified": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    files.files["/pkg.tar.gz"] = (archive(), {})
+    ctx = context(tmp_path, f"FROM busybox:test\nADD {server.url}/data.txt /downloads/\nADD {server.url}/moved /pkg.tgz\n")
+    img, lines = build(store, ctx)
+    fs = store.containers.create(img).fs
+    st = fs.stat("/downloads/data.txt")
+    assert fs.read_bytes("/downloads/data.txt") == b"remote\n"
+    assert (st.st_mode & 0o777, st.st_uid, int(st.st_mtime)) == (0o600, 0, 1445412480)
+    assert fs.read_bytes("/pkg.tgz") == archive()  # a downloaded archive is not extracted
+    # Cached while the content is the same; a changed download rebuilds its step.
+    again, lines = build(store, ctx)
+    assert again.id == img.id
+    files.files["/data.txt"] = (b"changed\n", {})
+    changed, _ = build(store, ctx)
+    assert changed.id != img.id
+    assert store.containers.create(changed).fs.read_bytes("/downloads/data.txt") == b"changed\n"
+    before = counts(store)
+    (ctx / "Dockerfile").write_text(f"FROM busybox:test\nENV A=1\nADD {server.url}/missing /x\n")
+    with pytest.raises(BuildError, match="404") as e:
+        build(store, ctx)
+    assert e.value.line == 3 and counts(store) == before

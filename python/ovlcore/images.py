@@ -53,6 +53,8 @@ class Transfers(Protocol):
 
     def push(self, src: str | Image, dest: str | None, *, auth: Any, format: str, compression: str, progress: Any) -> str: ...
 
+    def fetch(self, url: str, dest: str | os.PathLike[str]) -> tuple[str, int, str | None]: ...
+
 
 def image_record(config: bytes, parent: str | None) -> ImageRecord:
     """The record of the image whose config is ``config`` (already checked to be an image config)."""
@@ -538,6 +540,11 @@ class Images:
             no_cache=no_cache, pull=pull, network=network, runtime=runtime, progress=progress, platform=platform,
             source_date_epoch=source_date_epoch,
         )
+
+    def fetch_url(self, url: str, dest: str | os.PathLike[str]) -> tuple[str, int, str | None]:
+        """``GET url`` with the registries' HTTP client into the new file ``dest``: (sha256 digest, size,
+        ``Last-Modified`` header), as a build's ``ADD <url>`` needs it."""
+        return self._remote().fetch(url, dest)
 
     def _remote(self) -> Transfers:
         if self._transfers is None:

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import email.utils
 import json
 import os
 import posixpath
 import re
 import secrets
 import stat
+import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,6 +48,7 @@ __all__ = ["Builder"]
 
 Progress = Callable[[str], None]
 SCRATCH_CONFIG: dict[str, Any] = {"architecture": "", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+_URL = re.compile(r"^https?://")
 _ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
 
 
@@ -649,28 +653,55 @@ class Build:
             if add:
                 raise self.error(ins, "ADD does not take --from")
             return self.copy_from(st, ins, self.word(ins, from_ref, env), srcs, dest, chown, chmod)
-        if any(re.match(r"^[a-z][a-z0-9+.-]*://", s) for s in srcs if add):
-            raise self.error(ins, "ADD <url> is not supported by this builder yet (fetch the file into the context)")
-        entries: list[Entry] = []
-        for s in srcs:
-            entries += self.context.sources(s)
-        multi = len(entries) > 1 or any(has_glob(s) for s in srcs)
-        if multi and not dest.endswith("/"):
-            raise self.error(ins, f"When using {ins.cmd} with more than one source file, the destination must be a directory and end with a /")
-        digest = self.context.digest(entries)
-        kind = "multi" if len(entries) > 1 else ("dir" if entries[0].is_dir else "file")
-        flags = "".join(f"--{k}={v} " for k, v in sorted(ins.flags.items()))
-        created_by = self.nop(st, f"{ins.cmd} {flags}{kind}:{digest[7:]} in {dest} ", single_space=True)
-
-        def apply(ctr: Container) -> None:
-            uid, gid = self.user_ids(ctr.fs, chown, ins) if chown else (0, 0)
-            for e in entries:
-                if add and not e.is_dir and self.is_archive(e.host):
-                    self.extract(ctr, e, dest, uid, gid, bool(chown))
+        with tempfile.TemporaryDirectory(prefix="ovlcore-add-") as downloads:
+            entries: list[Entry] = []
+            fetched: set[str] = set()
+            for s in srcs:
+                if add and _URL.match(s):
+                    e = self.download(ins, s, dest, Path(downloads))
+                    fetched.add(e.host)
+                    entries.append(e)
                 else:
-                    self.place(ctr, e, dest, uid, gid, chmod, bool(chown))
+                    entries += self.context.sources(s)
+            multi = len(entries) > 1 or any(has_glob(s) for s in srcs)
+            if multi and not dest.endswith("/"):
+                raise self.error(ins, f"When using {ins.cmd} with more than one source file, the destination must be a directory and end with a /")
+            digest = self.context.digest(entries)
+            kind = "multi" if len(entries) > 1 else ("dir" if entries[0].is_dir else "file")
+            flags = "".join(f"--{k}={v} " for k, v in sorted(ins.flags.items()))
+            created_by = self.nop(st, f"{ins.cmd} {flags}{kind}:{digest[7:]} in {dest} ", single_space=True)
 
-        self.fs_step(st, created_by, apply)
+            def apply(ctr: Container) -> None:
+                uid, gid = self.user_ids(ctr.fs, chown, ins) if chown else (0, 0)
+                for e in entries:
+                    # A local archive is extracted; a downloaded one is not (as Docker does).
+                    if add and not e.is_dir and e.host not in fetched and self.is_archive(e.host):
+                        self.extract(ctr, e, dest, uid, gid, bool(chown))
+                    else:
+                        self.place(ctr, e, dest, uid, gid, chmod, bool(chown))
+
+            self.fs_step(st, created_by, apply)
+
+    def download(self, ins: Instruction, url: str, dest: str, into: Path) -> Entry:
+        """``ADD <url>``: the file fetched with the registries' HTTP client, named after the URL's last path
+        component when the destination is a directory; its time is the ``Last-Modified`` it was sent with."""
+        name = urllib.parse.urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+        if dest.endswith("/") and not name:
+            raise self.error(ins, f"cannot determine a file name from the URL {url}: give a destination file name")
+        name = name or "download"
+        host = into / f"{len(os.listdir(into))}"
+        host.mkdir()
+        path = host / name
+        self.out(f"Downloading {url}\n")
+        try:
+            _, _, last_modified = self.images.fetch_url(url, path)
+        except OvlError as e:
+            raise self.error(ins, f"ADD failed: {e}") from None
+        if last_modified:
+            with contextlib.suppress(TypeError, ValueError):
+                when = email.utils.parsedate_to_datetime(last_modified).timestamp()
+                os.utime(path, (when, when))
+        return Entry(name, str(path), os.lstat(path))
 
     def is_archive(self, host: str) -> bool:
         with open(host, "rb") as f:
