@@ -112,6 +112,19 @@ COPY --from=builder /out/ /app/
 COPY --from=0 /out/artifact /single
 LABEL stage=final
 """,
+    "args": """\
+ARG BASE={base}
+ARG BUILDARG=meta-default
+FROM $BASE
+ARG BASE
+ARG BUILDARG
+ARG LOCAL=local-default
+ENV FROM_ARG=$LOCAL
+RUN echo "$BASE|$BUILDARG|$LOCAL|$FROM_ARG" > /vals
+ENV LOCAL=env-wins
+RUN echo "$LOCAL" > /shadowed
+LABEL base=$BASE arg=${BUILDARG:+set} missing=${NOPE:-none}
+""",
     "entrypoint": """\
 FROM {base}
 CMD ["echo", "base cmd"]
@@ -153,7 +166,7 @@ def base_ref(dk: DockerObjects, store: ovlcore.Store, tmp_path: Path) -> str:
 @needs_runtime()
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_same_image_as_docker(name: str, dk: DockerObjects, store: ovlcore.Store, base_ref: str, tmp_path: Path) -> None:
-    ctx = write_context(tmp_path / "ctx", {**FILES, "Dockerfile": CORPUS[name].format(base=base_ref)})
+    ctx = write_context(tmp_path / "ctx", {**FILES, "Dockerfile": CORPUS[name].replace("{base}", base_ref)})
     ours = store.images.build(ctx, build_args={"BUILDARG": "from-cli"})
     theirs_ref = docker_build(dk, ctx, name)
     saved = tmp_path / "docker.tar"

@@ -135,6 +135,8 @@ class Build:
         self.results: dict[int, Image] = {}
         self.step_no = 0
         self.step_total = 0
+        #: The --build-arg names some ARG declared (the others are reported, as Docker does).
+        self.used_args: set[str] = set()
 
     # ----- errors -----
 
@@ -167,6 +169,9 @@ class Build:
         except BaseException:
             self.discard()
             raise
+        unused = sorted(k for k in self.build_args if k not in self.used_args and k not in PROXY_ARGS)
+        if unused:
+            self.out(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed\n")
         self.out(f"Successfully built {image.short_id}\n")
         for t in self.tags:
             self.out(f"Successfully tagged {t}\n")
@@ -207,6 +212,8 @@ class Build:
                 if ins.cmd != "ARG":
                     raise self.error(ins, "no build stage in current context (the first instruction must be FROM or ARG)")
                 for key, default in self.arg_pairs(ins, meta):
+                    if key in self.build_args:
+                        self.used_args.add(key)
                     meta[key] = self.build_args.get(key, default if default is not None else meta.get(key, ""))
             else:
                 self.stages[-1].instructions.append(ins)
@@ -287,7 +294,7 @@ class Build:
         triggers = list(config.get("OnBuild") or [])
         config.pop("OnBuild", None)
         author = base.config.get("author")
-        st = State(base, config, Scope(self.build_args, meta), author=author if isinstance(author, str) else None)
+        st = State(base, config, Scope(self.build_args, meta, used=self.used_args), author=author if isinstance(author, str) else None)
         if triggers:
             self.out(f"# Executing {len(triggers)} build trigger{'s' if len(triggers) > 1 else ''}\n")
             for text in triggers:
@@ -842,7 +849,8 @@ class Build:
                 args = st.shell() + [script]
         else:
             args = st.shell() + [ins.args]
-        run_args = [(k, v) for k, v in st.scope.run_args()]
+        st.values()  # the scope sees the current ENV: an ENV shadows an ARG of the same name
+        run_args = st.scope.run_args()
         shown = [f"{k}={v}" for k, v in run_args if k not in PROXY_ARGS]
         created_by = " ".join((([f"|{len(shown)}"] + shown) if shown else []) + args)
         env = list(st.config.get("Env") or [])
