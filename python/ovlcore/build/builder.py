@@ -864,8 +864,8 @@ class Build:
                 raise self.error(
                     ins, f"RUN as user {st.config.get('User')} ({uid}:{gid}) needs root: rootless builds map only the caller, to root"
                 )
-            # Rootless, only the caller's ids exist in the user namespace.
-            groups = [gid] if rootless() else self.supplementary(fs, st.config.get("User") or "0", gid)
+            # Rootless, the user namespace denies setgroups(2): no supplementary groups there.
+            groups = [] if rootless() else self.supplementary(fs, st.config.get("User") or "0", gid)
             names = {e.split("=", 1)[0] for e in env}
             full_env = list(env)
             if "HOSTNAME" not in names:
