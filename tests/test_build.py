@@ -425,3 +425,33 @@ def test_add_url(store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path, web:
     with pytest.raises(BuildError, match="404") as e:
         build(store, ctx)
     assert e.value.line == 3 and counts(store) == before
+
+
+def test_copy_chmod_from_an_image_and_whole_context(store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path) -> None:
+    df = """\
+FROM busybox:test
+COPY --chmod=0640 one.txt /m/one
+COPY --chmod=750 files /m/files
+COPY --from=busybox:test /etc/passwd /from-image/passwd
+COPY . /whole/
+"""
+    ctx = context(tmp_path, df)
+    img, _ = build(store, ctx)
+    fs = store.containers.create(img).fs
+    assert fs.stat("/m/one").st_mode & 0o7777 == 0o640
+    assert fs.stat("/m/files/a.txt").st_mode & 0o7777 == 0o750 and fs.stat("/m/files/sub").st_mode & 0o7777 == 0o750
+    assert fs.read_bytes("/from-image/passwd") == base.fs.read_bytes("/etc/passwd")
+    whole = sorted(fs.listdir("/whole"))
+    assert whole == [".dockerignore", "Dockerfile", "archive.tar.gz", "files", "one.txt", "two.txt"]
+    assert sorted(fs.listdir("/whole/files")) == ["a.txt", "sub"]  # files/skip.log is ignored
+    with pytest.raises(BuildError, match="invalid chmod"):
+        (ctx / "Dockerfile").write_text("FROM busybox:test\nCOPY --chmod=rwx one.txt /\n")
+        build(store, ctx)
+
+
+def test_add_of_an_unsupported_compression_is_an_error(store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path) -> None:
+    ctx = context(tmp_path, "FROM busybox:test\nADD pkg.tar.bz2 /opt/\n", **{"pkg.tar.bz2": b"BZh91AY&SY" + b"\0" * 600})
+    before = counts(store)
+    with pytest.raises(BuildError, match="bzip2") as e:
+        build(store, ctx)
+    assert e.value.line == 2 and counts(store) == before

@@ -81,6 +81,7 @@ COPY --chown=1234:99 one.txt /numeric
 COPY tool.sh /usr/local/bin/
 WORKDIR /relative
 COPY two.txt ./rel/
+COPY . /whole-context/
 """,
     "add": """\
 FROM {base}
