@@ -455,3 +455,32 @@ def test_add_of_an_unsupported_compression_is_an_error(store: ovlcore.Store, bas
     with pytest.raises(BuildError, match="bzip2") as e:
         build(store, ctx)
     assert e.value.line == 2 and counts(store) == before
+
+
+class Stop(Exception):
+    pass
+
+
+@RUN
+def test_an_interrupted_run_step_leaves_no_process_and_nothing_in_the_store(
+    store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path
+) -> None:
+    ctx = context(tmp_path, "FROM busybox:test\nCOPY one.txt /\nRUN echo started; sleep 31.25; echo done\n")
+    before = counts(store)
+
+    def progress(line: str) -> None:
+        if line == "started\n":
+            raise Stop
+
+    with pytest.raises(Stop):
+        store.images.build(ctx, progress=progress)
+    assert counts(store) == before
+    sleeping = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if b"31.25" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    sleeping.append(pid)
+            except OSError:
+                pass
+    assert sleeping == []

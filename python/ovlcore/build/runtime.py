@@ -143,20 +143,29 @@ class Runtime:
                 json.dump(config, f)
             argv = self._argv(state) + ["run", "--bundle", bundle, container_id]
             tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+            code = -1
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             except OSError as e:
                 raise RuntimeUnavailable(f"cannot start the OCI runtime {self.path}: {e}") from e
             assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace")
-                tail.append(line)
-                if output is not None:
-                    output(line)
-            code = proc.wait()
-            if code != 0:
-                # A container left behind by a runtime that failed half-way.
-                subprocess.run(self._argv(state) + ["delete", "--force", container_id], capture_output=True, check=False)
+            try:
+                for raw in proc.stdout:
+                    line = raw.decode("utf-8", "replace")
+                    tail.append(line)
+                    if output is not None:
+                        output(line)
+                code = proc.wait()
+            except BaseException:
+                # Interrupted (or the output callback failed): the step's processes must not outlive it.
+                proc.kill()
+                proc.wait()
+                code = -1
+                raise
+            finally:
+                if code != 0:
+                    # A container left behind by a runtime that failed or was stopped half-way.
+                    subprocess.run(self._argv(state) + ["delete", "--force", container_id], capture_output=True, check=False)
             return RunResult(code, "".join(tail))
 
     def probe(self) -> str | None:
