@@ -25,6 +25,9 @@ TARGETS = [
     ("registry-push", "test_push_ovlcore", "test_push_skopeo", 1 / 1.5),
     ("registry-pull", "test_pull_ovlcore", "test_pull_docker", 0.5),
     ("registry-pull", "test_pull_ovlcore", "test_pull_podman", 1 / 1.5),
+    ("build-uncached", "test_build_uncached_ovlcore", "test_build_uncached_docker", 0.5),
+    ("build-uncached", "test_build_uncached_ovlcore", "test_build_uncached_buildah", 0.5),
+    ("build-rebuild", "test_build_rebuild_ovlcore", "test_build_rebuild_docker", 0.1),
 ]
 
 #: Peak memory (bench_registry.py): (test, the largest acceptable peak RSS in bytes, from extra_info).

@@ -16,6 +16,7 @@ from . import errors
 from ._ovlcore import __version__
 from .errors import (
     AmbiguousReference,
+    BuildError,
     Conflict,
     CorruptStore,
     ContainerNotFound,
@@ -78,6 +79,7 @@ __all__ = [
     "CorruptStore",
     "InvalidReference",
     "AmbiguousReference",
+    "BuildError",
     "RegistryError",
     "Unauthorized",
     "RegistryConfig",

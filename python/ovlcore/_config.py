@@ -126,11 +126,13 @@ def child_config(
     author: str | None,
     changes: list[str] | None,
     config: dict[str, Any] | None = None,
+    created: datetime | None = None,
 ) -> bytes:
     """The config of ``base`` (a parsed image config, or ``None`` for a base image) plus one step: a layer
     ``diff_id`` (or none: ``empty_layer``) and its history entry. ``config`` replaces the runtime config
-    before ``changes`` apply."""
-    now = datetime.now(timezone.utc)
+    before ``changes`` apply; ``created`` (default: now) dates the image and the entry (a build with
+    ``SOURCE_DATE_EPOCH`` gives its epoch)."""
+    now = created if created is not None else datetime.now(timezone.utc)
     if base is not None:
         cfg = json.loads(json.dumps(base))
     else:

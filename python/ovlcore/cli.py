@@ -396,6 +396,49 @@ def import_cmd(c: Ctx, source: str, reference: str | None, message: str | None, 
     c.emit({"ID": img.id}, img.id)
 
 
+@cli.command("build")
+@click.argument("context", type=click.Path(exists=True, file_okay=False))
+@click.option("-t", "--tag", "tags", multiple=True, help="Name and optionally a tag in the 'name:tag' format.")
+@click.option("-f", "--file", "dockerfile", default=None, help="Name of the Dockerfile (default: CONTEXT/Dockerfile).")
+@click.option("--build-arg", "build_args", multiple=True, help="Set a build-time variable (KEY=VALUE, or KEY to take it from the environment).")
+@click.option("--target", default=None, help="Set the target build stage to build.")
+@click.option("--label", "labels", multiple=True, help="Set metadata for an image (KEY=VALUE).")
+@click.option("--no-cache", is_flag=True, help="Do not use cache when building the image.")
+@click.option("--pull", is_flag=True, help="Always attempt to pull a newer version of the base images.")
+@click.option("--network", default="none", show_default=True, help="Networking mode for the RUN instructions (none or host).")
+@click.option("--runtime", default=None, help="OCI runtime for RUN steps (runc, crun or a path; default: the first on PATH that works).")
+@click.option("--platform", default=None, help="Platform of base images to pull (os/arch[/variant]).")
+@click.option("--progress", "progress_mode", type=click.Choice(["auto", "plain", "quiet"]), default="auto", show_default=True,
+              help="Type of progress output (plain: the steps as docker build prints them).")
+@click.option("-q", "--quiet", is_flag=True, help="Suppress the build output and print image ID on success.")
+@pass_ctx
+def build_cmd(
+    c: Ctx, context: str, tags: tuple[str, ...], dockerfile: str | None, build_args: tuple[str, ...], target: str | None,
+    labels: tuple[str, ...], no_cache: bool, pull: bool, network: str, runtime: str | None, platform: str | None,
+    progress_mode: str, quiet: bool,
+) -> None:
+    """Build an image from a Dockerfile (as `docker build` with the classic builder), daemonless."""
+    args: dict[str, str] = {}
+    for kv in build_args:
+        key, eq, value = kv.partition("=")
+        if eq:
+            args[key] = value
+        elif key in os.environ:
+            args[key] = os.environ[key]
+    quiet = quiet or progress_mode == "quiet" or c.json
+
+    def show(line: str) -> None:
+        click.echo(line, nl=False)
+
+    img = c.store.images.build(
+        context, dockerfile=os.path.abspath(dockerfile) if dockerfile else "Dockerfile", tag=list(tags) or None,
+        build_args=args, target=target, labels=_labels(labels), no_cache=no_cache, pull=pull, network=network,
+        runtime=runtime, platform=platform, progress=None if quiet else show,
+    )
+    if quiet:
+        c.emit({"ID": img.id, "Tags": list(tags)}, img.id)
+
+
 @cli.command("tag")
 @click.argument("source")
 @click.argument("target")

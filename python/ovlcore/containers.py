@@ -210,10 +210,14 @@ class Container:
         changes: builtins.list[str] | None = None,
         created_by: str | None = None,
         progress: Callable[[int], None] | None = None,
+        config: dict[str, Any] | None = None,
+        created: datetime | None = None,
     ) -> Image:
         """``docker commit``: a new image = this container's image + one layer with its changes + a
         history entry. The container goes on working. The new layer shares the writable layer's files
-        (hard links) instead of copying them; a later change to one of them copies it first."""
+        (hard links) instead of copying them; a later change to one of them copies it first.
+        ``config`` replaces the runtime config (``config.Env``, ``Cmd``...) before ``changes`` apply, as a
+        build step does; ``created`` dates the image (default: now)."""
         self._guard()
         image = self.image
         apply_changes({}, changes)
@@ -224,17 +228,19 @@ class Container:
             staged = tx.stage_layer()
             diff_id, tar_size, size = self._view().commit(str(staged.content), progress=progress)
             layer = layer_record(diff_id, parent, size=size, tar_size=tar_size)
-            config = child_config(
+            child = child_config(
                 image.config,
                 diff_id,
                 created_by=created_by if created_by is not None else " ".join(self.command),
                 comment=message or "",
                 author=author,
                 changes=changes,
+                config=config,
+                created=created,
             )
             with tx.publishing() as pub:
                 pub.add_layer(staged, layer)
-                return self._containers._images.publish(tx, pub, config, parent=image.id, tag=tag)
+                return self._containers._images.publish(tx, pub, child, parent=image.id, tag=tag)
 
     def export(self, dest: str | os.PathLike[str] | IO[bytes], *, progress: Callable[[int], None] | None = None) -> None:
         """``docker export``: the flattened merged file system as one tar (mount contents excluded)."""

@@ -121,3 +121,22 @@ class Unauthorized(RegistryError, PermissionError):
 
     def __init__(self, message: str, status: int | None = 401, code: str | None = "UNAUTHORIZED") -> None:
         RegistryError.__init__(self, message, status, code)
+
+
+class BuildError(OvlError):
+    """A Dockerfile build failed: a syntax error, an unknown instruction, a missing or escaping ``COPY``
+    source, a missing stage, a ``RUN`` step exiting non-zero. ``dockerfile`` and ``line`` name where (``line``
+    is 1-based, ``None`` when the error is not about one line); a failed ``RUN`` also has ``exit_code`` and
+    ``output`` (the tail of what the step printed)."""
+
+    def __init__(
+        self, message: str, *, dockerfile: str | None = None, line: int | None = None,
+        exit_code: int | None = None, output: str = "",
+    ) -> None:
+        where = f"{dockerfile}:{line}: " if dockerfile and line else (f"{dockerfile}: " if dockerfile else "")
+        super().__init__(where + message)
+        self.message = message
+        self.dockerfile = dockerfile
+        self.line = line
+        self.exit_code = exit_code
+        self.output = output

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, Union
 
 from . import _ovlcore, fusemount
-from ._config import apply_changes, child_config
+from ._config import apply_changes, child_config, encode_config
 from ._store import Publisher, Storage, Transaction
 from ._store.records import ImageRecord, Query
 from ._time import normalize_time, now, parse_time
@@ -28,7 +28,7 @@ from .layers import Layer, Layers, ProgressCallback, Source
 from .references import familiar_tag, full_tag, is_id_prefix, normalize_id, split_digest
 from .reports import PruneReport
 
-__all__ = ["Image", "Images", "HistoryEntry", "Archiver", "Transfers", "image_record", "Refs"]
+__all__ = ["Image", "Images", "HistoryEntry", "Archiver", "Transfers", "Builder", "image_record", "Refs"]
 
 #: What ``save`` takes: one reference or image, or several.
 Refs = Union[str, "Image", Iterable[Union[str, "Image"]]]
@@ -51,6 +51,8 @@ class Transfers(Protocol):
     def pull(self, ref: str, *, platform: str | None, auth: Any, progress: Any) -> Image: ...
 
     def push(self, src: str | Image, dest: str | None, *, auth: Any, format: str, compression: str, progress: Any) -> str: ...
+
+    def fetch(self, url: str, dest: str | os.PathLike[str]) -> tuple[str, int, str | None]: ...
 
 
 def image_record(config: bytes, parent: str | None) -> ImageRecord:
@@ -260,17 +262,29 @@ class Image:
         return f"<Image {self.id[:19]} tags={self.tags!r}>"
 
 
+class Builder(Protocol):
+    """Dockerfile builds (see :mod:`ovlcore.build`), given to :class:`Images` by the store."""
+
+    def build(self, context: str | os.PathLike[str], **options: Any) -> Image: ...
+
+
 class Images:
     """``store.images``: import, look up, tag, remove, save and load images."""
 
     def __init__(
         self, storage: Storage, layers: Layers, archiver: Callable[[Images], Archiver],
         transfers: Callable[[Images], Transfers] | None = None,
+        builder: Callable[[Images], Builder] | None = None,
     ) -> None:
         self._storage = storage
         self._layers = layers
         self._archiver = archiver
         self._transfers = transfers
+        self._builder = builder
+
+    def children(self, parent: str | None) -> builtins.list[Image]:
+        """The images made from the image ``parent`` (``None``: images with no parent), newest first."""
+        return [Image(self, rec) for rec in self._storage.records.image_children(parent)]
 
     # ----- reading -----
 
@@ -430,6 +444,7 @@ class Images:
         author: str | None = None,
         changes: builtins.list[str] | None = None,
         config: dict[str, Any] | None = None,
+        created: datetime | None = None,
     ) -> Image:
         """A new image: ``parent``'s layers plus ``layer`` (already in the store, sitting on the parent's
         top layer: see :meth:`Layers.apply`), and a history entry. ``layer=None`` records a config-only step
@@ -445,10 +460,17 @@ class Images:
                 )
         cfg = child_config(
             base._cfg() if base else None, layer.diff_id if layer else None, created_by=created_by, comment=comment,
-            author=author, changes=changes, config=config,
+            author=author, changes=changes, config=config, created=created,
         )
         with self._storage.transaction() as tx, tx.publishing() as pub:
             return self.publish(tx, pub, cfg, parent=base.id if base else None, tag=tag)
+
+    def create_config(self, config: dict[str, Any], *, parent: str | Image | None = None) -> Image:
+        """The image whose config is exactly ``config`` (written canonically; its layers must be in the
+        store): e.g. the empty image a build ``FROM scratch`` starts from."""
+        base = self.get(parent).id if parent is not None else None
+        with self._storage.transaction() as tx, tx.publishing() as pub:
+            return self.publish(tx, pub, encode_config(config), parent=base, tag=None)
 
     # ----- archives -----
 
@@ -488,6 +510,42 @@ class Images:
         (``format="docker"``) or OCI manifest, layers compressed with ``gzip`` or ``zstd``. Blobs the
         registry has are not sent. Returns the manifest digest."""
         return self._remote().push(src, dest, auth=auth, format=format, compression=compression, progress=progress)
+
+    # ----- builds -----
+
+    def build(
+        self,
+        context: str | os.PathLike[str],
+        *,
+        dockerfile: str | os.PathLike[str] = "Dockerfile",
+        tag: str | builtins.list[str] | None = None,
+        build_args: dict[str, str] | None = None,
+        target: str | None = None,
+        labels: dict[str, str] | None = None,
+        no_cache: bool = False,
+        pull: bool = False,
+        network: str = "none",
+        runtime: str | None = None,
+        progress: Callable[[str], None] | None = None,
+        platform: str | None = None,
+        source_date_epoch: int | None = None,
+    ) -> Image:
+        """``docker build``: the image the Dockerfile ``dockerfile`` (relative to ``context``, as docker-py;
+        an absolute path is taken as is) describes, tagged ``tag``. ``RUN`` steps run through the OCI
+        runtime ``runtime`` (``runc``/``crun`` found on PATH when ``None``); ``progress`` receives the
+        output lines ``docker build`` prints. See :mod:`ovlcore.build`."""
+        if self._builder is None:
+            raise RuntimeError("these images were made without a builder")
+        return self._builder(self).build(
+            context, dockerfile=dockerfile, tag=tag, build_args=build_args, target=target, labels=labels,
+            no_cache=no_cache, pull=pull, network=network, runtime=runtime, progress=progress, platform=platform,
+            source_date_epoch=source_date_epoch,
+        )
+
+    def fetch_url(self, url: str, dest: str | os.PathLike[str]) -> tuple[str, int, str | None]:
+        """``GET url`` with the registries' HTTP client into the new file ``dest``: (sha256 digest, size,
+        ``Last-Modified`` header), as a build's ``ADD <url>`` needs it."""
+        return self._remote().fetch(url, dest)
 
     def _remote(self) -> Transfers:
         if self._transfers is None:
@@ -545,15 +603,21 @@ class Images:
             tags = w.tags()
             tagged = set(tags.values())
             # An untagged image that other images were built from is not dangling (as in Docker).
-            parents = w.image_parents()
             in_use = w.images_in_use()
-            for rec in w.images():
-                if rec.id in in_use or (not all and (rec.id in tagged or rec.id in parents)):
-                    continue
-                for t in [t for t, i in tags.items() if i == rec.id]:
-                    pub.remove_tag(t)
-                    report.deleted.append(f"untagged: {t}")
-                pub.remove_image(rec.id)
-                report.deleted.append(rec.id)
-                report.space_reclaimed += sum(layer.size for layer in pub.collect_layers(builtins.list(rec.chain_ids)))
-        return report
+            # Removing a dangling image can leave its untagged parent dangling (a build's intermediate
+            # steps): go on until nothing more is dangling, as Docker removes the whole chain.
+            while True:
+                parents = w.image_parents()
+                removed = False
+                for rec in w.images():
+                    if rec.id in in_use or (not all and (rec.id in tagged or rec.id in parents)):
+                        continue
+                    for t in [t for t, i in tags.items() if i == rec.id]:
+                        pub.remove_tag(t)
+                        report.deleted.append(f"untagged: {t}")
+                    pub.remove_image(rec.id)
+                    removed = True
+                    report.deleted.append(rec.id)
+                    report.space_reclaimed += sum(layer.size for layer in pub.collect_layers(builtins.list(rec.chain_ids)))
+                if not removed:
+                    return report

@@ -238,6 +238,11 @@ class Registry:
         self.client((user, password)).login(registry)
         return str(_ovlcore.store_credentials(registry, user, password, auth_file=self._auth_file()))
 
+    def fetch(self, url: str, dest: str | os.PathLike[str]) -> tuple[str, int, str | None]:
+        """``GET url`` through the registry transport (same CAs, redirects, retries; no credentials) into
+        the new file ``dest``: (sha256 digest, size, ``Last-Modified``), for a Dockerfile's ``ADD <url>``."""
+        return self.client(None).fetch(url, os.fspath(dest))
+
     def logout(self, host: str) -> bool:
         """Forget the saved credentials of ``host``; whether there were any."""
         return bool(_ovlcore.erase_credentials(_registry_host(host), auth_file=self._auth_file()))

@@ -12,6 +12,7 @@ from . import cp as _cp
 from . import maintenance
 from ._store import Storage
 from .archive import Archive
+from .build import Builder
 from .containers import Containers
 from .images import Images
 from .layers import Layers
@@ -59,6 +60,7 @@ class Store:
         self.images = Images(
             self._storage, self.layers, functools.partial(Archive, self._storage, self.layers),
             lambda images: Registry(self._storage, self.layers, images, self.registry),
+            lambda images: Builder(images, self.containers),
         )
         self.volumes = Volumes(self._storage)
         self.containers = Containers(self._storage, self.images, self.volumes)

@@ -301,6 +301,12 @@ class Query:
         lo, hi = prefix_range(id_prefix)
         return [r[0] for r in self._all("SELECT id FROM images WHERE id >= ? AND id < ? ORDER BY id LIMIT ?", (lo, hi, limit))]
 
+    def image_children(self, parent: str | None) -> list[ImageRecord]:
+        """The images made from ``parent`` (``None``: base images), for a build's cache."""
+        if parent is None:
+            return [_image(r) for r in self._all(f"{_IMAGE} WHERE parent IS NULL ORDER BY added DESC, id")]
+        return [_image(r) for r in self._all(f"{_IMAGE} WHERE parent = ? ORDER BY added DESC, id", (parent,))]
+
     def image_parents(self) -> set[str]:
         """Ids of the images some other image was built from."""
         return {r[0] for r in self._all("SELECT DISTINCT parent FROM images WHERE parent IS NOT NULL")}

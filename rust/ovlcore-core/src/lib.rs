@@ -59,7 +59,7 @@ pub use overlap::{copy, OverlappedWriter};
 
 // Registries (OCI distribution): pull, push, login.
 pub use registry::{
-    erase_credentials, lookup_credentials, store_credentials, Client as RegistryClient, Credential, Descriptor, KnownBlob,
+    erase_credentials, lookup_credentials, store_credentials, Client as RegistryClient, Credential, Descriptor, Fetched, KnownBlob,
     LayerPull, Platform, PushLayer, PushReport, PushedBlob, Reference, RegistryConfig, Resolved as ResolvedImage, TransferEvent, TransferProgress,
 };
 

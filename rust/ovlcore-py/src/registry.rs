@@ -165,4 +165,10 @@ impl RegistryClient {
     fn login(&self, py: Python<'_>, registry: &str) -> PyResult<()> {
         py.detach(|| self.inner.login(registry)).py()
     }
+
+    /// `GET url` (no credentials) into the new file `dest` (mode 0600): (sha256 digest, size, Last-Modified).
+    fn fetch(&self, py: Python<'_>, url: &str, dest: PathBuf) -> PyResult<(String, u64, Option<String>)> {
+        let f = py.detach(|| self.inner.fetch(url, &dest)).py()?;
+        Ok((f.digest, f.size, f.last_modified))
+    }
 }

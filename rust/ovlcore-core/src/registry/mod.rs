@@ -3,6 +3,7 @@
 
 mod auth;
 mod credentials;
+mod fetch;
 mod manifest;
 mod parallel;
 mod pull;
@@ -16,6 +17,7 @@ use ureq::http::Response;
 use ureq::Body;
 
 pub use credentials::{erase as erase_credentials, lookup as lookup_credentials, store as store_credentials, Credential};
+pub use fetch::Fetched;
 pub use manifest::{Descriptor, Platform};
 pub use pull::LayerPull;
 pub use push::{KnownBlob, PushLayer, PushReport, PushedBlob};
