@@ -12,7 +12,6 @@ from . import cp as _cp
 from . import maintenance
 from ._store import Storage
 from .archive import Archive
-from .build import Builder
 from .containers import Containers
 from .images import Images
 from .layers import Layers
@@ -60,10 +59,17 @@ class Store:
         self.images = Images(
             self._storage, self.layers, functools.partial(Archive, self._storage, self.layers),
             lambda images: Registry(self._storage, self.layers, images, self.registry),
-            lambda images: Builder(images, self.containers),
+            self._builder,
         )
         self.volumes = Volumes(self._storage)
         self.containers = Containers(self._storage, self.images, self.volumes)
+
+    def _builder(self, images: Images) -> Any:
+        # Imported on first build: the builder's dependencies (subprocess, tempfile) stay out of
+        # `import ovlcore`.
+        from .build import Builder
+
+        return Builder(images, self.containers)
 
     @property
     def privilege(self) -> str:
