@@ -13,7 +13,7 @@ from . import maintenance
 from ._store import Storage
 from .archive import Archive
 from .containers import Containers
-from .images import Images
+from .images import Builder, Images
 from .layers import Layers
 from .registry import Registry, RegistryConfig
 from .reports import CheckReport, DiskUsage, PruneReport
@@ -64,12 +64,12 @@ class Store:
         self.volumes = Volumes(self._storage)
         self.containers = Containers(self._storage, self.images, self.volumes)
 
-    def _builder(self, images: Images) -> Any:
+    def _builder(self, images: Images) -> Builder:
         # Imported on first build: the builder's dependencies (subprocess, tempfile) stay out of
         # `import ovlcore`.
-        from .build import Builder
+        from .build import Builder as DockerfileBuilder
 
-        return Builder(images, self.containers)
+        return DockerfileBuilder(images, self.containers)
 
     @property
     def privilege(self) -> str:
