@@ -136,6 +136,45 @@ def test_helper_union_and_writes(layers: dict[str, Path]) -> None:
     assert (d["u"] / "b").exists() and (d["l1"] / "b").read_text() == "top\n"
 
 
+def test_helper_listings_stay_true_while_cached(layers: dict[str, Path]) -> None:
+    """Directories are opened without asking the daemon and the kernel keeps their listings: a listing
+    that takes many requests comes whole, and every change through the mount shows in the next one."""
+    d = layers
+    names = {f"n{i:05}-{'x' * (i % 50)}" for i in range(3000)}
+    for n in names:
+        (d["l2"] / "dir" / n).touch()
+    helper_mount(d)
+    m = d["m"] / "dir"
+    assert set(os.listdir(m)) == names | {"sub"}
+    assert set(os.listdir(m)) == names | {"sub"}
+    gone, moved = f"n00007-{'x' * 7}", f"n00008-{'x' * 8}"
+    (m / "new").touch()
+    os.remove(m / gone)
+    os.rename(m / moved, m / "renamed")
+    expect = (names - {gone, moved}) | {"sub", "new", "renamed"}
+    assert set(os.listdir(m)) == expect
+    # A listing read in part and abandoned, then a change: the next listing is whole and current.
+    with os.scandir(m) as it:
+        next(it)
+    (m / "later").touch()
+    assert set(os.listdir(m)) == expect | {"later"}
+    # A directory of the image replaced by a new one lists only what the new one holds (opaque).
+    shutil.rmtree(m / "sub")
+    os.mkdir(m / "sub")
+    assert os.listdir(m / "sub") == []
+    (m / "sub" / "g").touch()
+    assert os.listdir(m / "sub") == ["g"]
+    # A directory removed while open lists as empty.
+    os.mkdir(d["m"] / "doomed")
+    fd = os.open(d["m"] / "doomed", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.rmdir(d["m"] / "doomed")
+        assert os.listdir(fd) == []
+    finally:
+        os.close(fd)
+    assert set(os.listdir(d["m"])) == {"a", "b", "big", "dir", "gone"}
+
+
 def _kernel_at_least(major: int, minor: int) -> bool:
     release = os.uname().release.split("-")[0].split(".")
     return (int(release[0]), int(release[1])) >= (major, minor)

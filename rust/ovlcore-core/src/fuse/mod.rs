@@ -146,11 +146,13 @@ fn mount_isolated(mountpoint: &Path, opts: &FuseOptions) -> Result<Option<OwnedF
 /// A directory's entries (name, type, path) as of `opendir`, `.` and `..` first.
 type Listing = Vec<(OsString, Kind, PathBuf)>;
 
-enum Handle {
-    /// `backing`: the kernel reads and writes this file itself (passthrough); held until release.
-    File { ino: u64, file: Arc<File>, backing: Option<Arc<BackingId>> },
-    /// Listed on the first `readdir` (the kernel often answers from its cached listing instead).
-    Dir { ino: u64, entries: Arc<std::sync::OnceLock<Listing>> },
+/// An open file. Directories have no handles: `opendir` answers `ENOSYS`, so the kernel opens and
+/// releases them without asking (two requests fewer per directory) and keeps their listings cached.
+struct Handle {
+    ino: u64,
+    file: Arc<File>,
+    /// The kernel reads and writes this file itself (passthrough); held until release.
+    backing: Option<Arc<BackingId>>,
 }
 
 struct Fuse {
@@ -165,6 +167,12 @@ struct Fuse {
     /// (a copy-up or an opaque marker changes what a directory is made of).
     dirs: Mutex<HashMap<u64, (u64, PathBuf, Dir)>>,
     generation: AtomicU64,
+    /// Listings being read, by directory inode: taken afresh at offset 0, served from here for the
+    /// further offsets of the same pass (a large directory takes several requests), dropped at its end.
+    listings: Mutex<HashMap<u64, Arc<Listing>>>,
+    /// Directories removed while the kernel still holds them (an open descriptor): their last
+    /// attributes, with no links, until the kernel forgets them.
+    removed_dirs: Mutex<HashMap<u64, Meta>>,
     /// Set once the session exists: tells the kernel to drop attributes it caches.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     /// How the kernel does the I/O of open files, chosen at `init` from what is `wanted`
@@ -311,6 +319,8 @@ impl Fuse {
             next_fh: AtomicU64::new(1),
             root_daemon,
             dirs: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
+            removed_dirs: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             io: IoMode::Cached,
             wanted: (opts.passthrough && root_daemon, opts.writeback),
@@ -376,7 +386,7 @@ impl Fuse {
     /// Forget a released handle; its inode's I/O mode (and backing file) goes with its last open file.
     fn release_handle(&self, fh: u64) {
         let removed = self.handles.lock().unwrap().remove(&fh);
-        let Some(Handle::File { ino, backing, .. }) = removed else { return };
+        let Some(Handle { ino, backing, .. }) = removed else { return };
         if self.io != IoMode::Passthrough {
             return;
         }
@@ -534,17 +544,11 @@ impl Fuse {
     }
 
     fn file(&self, fh: FileHandle) -> std::result::Result<Arc<File>, Errno> {
-        match self.handles.lock().unwrap().get(&fh.0) {
-            Some(Handle::File { file, .. }) => Ok(file.clone()),
-            _ => Err(Errno::from_i32(libc::EBADF)),
-        }
+        self.handles.lock().unwrap().get(&fh.0).map(|h| h.file.clone()).ok_or(Errno::from_i32(libc::EBADF))
     }
 
     fn any_open(&self, ino: u64) -> Option<Arc<File>> {
-        self.handles.lock().unwrap().values().find_map(|h| match h {
-            Handle::File { ino: i, file, .. } if *i == ino => Some(file.clone()),
-            _ => None,
-        })
+        self.handles.lock().unwrap().values().find(|h| h.ino == ino).map(|h| h.file.clone())
     }
 
     fn add_handle(&self, h: Handle) -> u64 {
@@ -566,7 +570,10 @@ impl Fuse {
             }
             None => match self.any_open(ino) {
                 Some(f) => Ok((attr_of(ino, &self.stat_fd(ino, &f)?), UPPER_TTL)),
-                None => Err(Errno::ENOENT),
+                None => match self.removed_dirs.lock().unwrap().get(&ino) {
+                    Some(m) => Ok((attr_of(ino, m), UPPER_TTL)),
+                    None => Err(Errno::ENOENT),
+                },
             },
         }
     }
@@ -618,7 +625,7 @@ impl Fuse {
         };
         let file = File::from(fd);
         let backing = self.backing_for(ino.0, &file, lower, register)?;
-        let fh = self.add_handle(Handle::File { ino: ino.0, file: Arc::new(file), backing: backing.clone() });
+        let fh = self.add_handle(Handle { ino: ino.0, file: Arc::new(file), backing: backing.clone() });
         // Page-cache flags mean nothing to the kernel for a passthrough file (it refuses them).
         let keep = lower && backing.is_none();
         Ok((fh, if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }, backing))
@@ -678,16 +685,31 @@ impl Fuse {
         self.inodes.ino_keyed(path, key)
     }
 
-    fn dir_entries(&self, fh: FileHandle) -> std::result::Result<Arc<std::sync::OnceLock<Listing>>, Errno> {
-        let (ino, cell) = match self.handles.lock().unwrap().get(&fh.0) {
-            Some(Handle::Dir { ino, entries }) => (*ino, entries.clone()),
-            _ => return Err(Errno::from_i32(libc::EBADF)),
+    /// The listing of a directory for a `readdir` at `offset`; `None` once the pass is over.
+    fn listing(&self, ino: u64, offset: u64) -> std::result::Result<Option<Arc<Listing>>, Errno> {
+        let kept = if offset == 0 { None } else { self.listings.lock().unwrap().get(&ino).cloned() };
+        let listing = match kept {
+            Some(l) => l,
+            // A directory removed meanwhile lists as empty (as on other file systems).
+            None => match self.list(INodeNo(ino)) {
+                Ok(l) => Arc::new(l),
+                Err(e) if e == Errno::ENOENT => return Ok(None),
+                Err(e) => return Err(e),
+            },
         };
-        if cell.get().is_none() {
-            let listing = self.list(INodeNo(ino))?;
-            let _ = cell.set(listing);
+        let mut listings = self.listings.lock().unwrap();
+        if offset as usize >= listing.len() {
+            listings.remove(&ino);
+            return Ok(None);
         }
-        Ok(cell)
+        if offset == 0 {
+            // Passes a reader abandoned stay behind: bound them.
+            if listings.len() > 10_000 {
+                listings.clear();
+            }
+            listings.insert(ino, listing.clone());
+        }
+        Ok(Some(listing))
     }
 }
 
@@ -729,6 +751,7 @@ impl Filesystem for Fuse {
 
     fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
         self.inodes.forget(ino.0);
+        self.removed_dirs.lock().unwrap().remove(&ino.0);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -850,7 +873,12 @@ impl Filesystem for Fuse {
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let res: R<()> = (|| {
             let p = self.child(parent, name)?;
+            let before = self.stat_path(&p).ok();
             self.view.rmdir(&p).map_err(|e| errno_of(&e))?;
+            if let (Some(ino), Some((mut m, _))) = (self.inodes.known(&p), before) {
+                m.nlink = 0;
+                self.removed_dirs.lock().unwrap().insert(ino, m);
+            }
             self.inodes.detach(&p);
             Ok(())
         })();
@@ -1019,22 +1047,16 @@ impl Filesystem for Fuse {
         reply_empty(res, reply);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.dir_of(ino.0) {
-            Ok(_) => {
-                let fh = self.add_handle(Handle::Dir { ino: ino.0, entries: Arc::new(std::sync::OnceLock::new()) });
-                // Every change comes through this mount, and the kernel drops a directory's cached
-                // listing when one does: it may keep listings across opens.
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE);
-            }
-            Err(e) => reply.error(e),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The kernel then opens directories itself, with their listings cached (FOPEN_CACHE_DIR,
+        // FOPEN_KEEP_CACHE): every change comes through this mount and drops the listing it alters.
+        reply.error(Errno::ENOSYS);
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.dir_entries(fh) {
-            Ok(entries) => {
-                for (i, (name, kind, path)) in entries.get().expect("listed").iter().enumerate().skip(offset as usize) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.listing(ino.0, offset) {
+            Ok(listing) => {
+                for (i, (name, kind, path)) in listing.iter().flat_map(|l| l.iter().enumerate().skip(offset as usize)) {
                     let ino = if i < 2 { 0 } else { self.listed_ino(*kind, path) };
                     // `.` and `..` carry no useful number here: the kernel fills in its own.
                     let ino = if ino == 0 { ROOT } else { ino };
@@ -1048,10 +1070,10 @@ impl Filesystem for Fuse {
         }
     }
 
-    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match self.dir_entries(fh) {
-            Ok(entries) => {
-                for (i, (name, _kind, path)) in entries.get().expect("listed").iter().enumerate().skip(offset as usize) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        match self.listing(ino.0, offset) {
+            Ok(listing) => {
+                for (i, (name, _kind, path)) in listing.iter().flat_map(|l| l.iter().enumerate().skip(offset as usize)) {
                     let Ok((m, ttl)) = self.stat_path(path) else { continue };
                     let ino = self.inodes.ino_keyed(path, link_key(&m));
                     let ttl = self.entry_ttl(ino, &m, ttl);
@@ -1063,11 +1085,6 @@ impl Filesystem for Fuse {
             }
             Err(e) => reply.error(e),
         }
-    }
-
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.handles.lock().unwrap().remove(&fh.0);
-        reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -1157,7 +1174,7 @@ impl Filesystem for Fuse {
             let ino = self.inodes.ino(&p);
             let file = File::from(fd);
             let backing = self.backing_for(ino, &file, false, |f| reply.open_backing(f))?;
-            let fh = self.add_handle(Handle::File { ino, file: Arc::new(file), backing: backing.clone() });
+            let fh = self.add_handle(Handle { ino, file: Arc::new(file), backing: backing.clone() });
             Ok((p, fh, backing))
         })();
         self.changed(parent.0);
