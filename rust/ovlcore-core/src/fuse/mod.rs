@@ -717,10 +717,11 @@ type R<T> = std::result::Result<T, Errno>;
 
 impl Filesystem for Fuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Only what this adaptor implements; each one only if the kernel offers it.
+        // Only what this adaptor implements; each one only if the kernel offers it. Every listing
+        // carries attributes (no READDIRPLUS_AUTO, which lists the rest of a large directory without
+        // them, so that statting its entries then costs a LOOKUP each).
         for cap in [
             InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
