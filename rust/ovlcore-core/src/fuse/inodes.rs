@@ -8,9 +8,12 @@
 //! non-directory with more than one link is also known by its backing `(dev, ino)`, and a new name
 //! resolving to a known backing inode joins that number.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+// Paths and numbers hash several times per listed entry: a fast hasher. Names that collide on purpose
+// could only slow the mount of whoever made them.
+use rustc_hash::FxHashMap as HashMap;
 
 pub const ROOT: u64 = 1;
 
@@ -73,11 +76,11 @@ pub struct Inodes {
 
 impl Inodes {
     pub fn new() -> Inodes {
-        let mut nodes = HashMap::new();
+        let mut nodes = HashMap::default();
         nodes.insert(ROOT, Node { paths: vec![PathBuf::from("/")], key: None });
-        let mut by_path = HashMap::new();
+        let mut by_path = HashMap::default();
         by_path.insert(PathBuf::from("/"), ROOT);
-        Inodes { t: Mutex::new(Table { nodes, by_path, by_key: HashMap::new(), next: ROOT + 1 }) }
+        Inodes { t: Mutex::new(Table { nodes, by_path, by_key: HashMap::default(), next: ROOT + 1 }) }
     }
 
     /// The path of an inode; `None` once it was unlinked (or never known).

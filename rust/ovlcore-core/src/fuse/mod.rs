@@ -7,7 +7,6 @@
 
 mod inodes;
 
-use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::os::fd::OwnedFd;
@@ -16,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use fuser::{
     BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -143,8 +144,40 @@ fn mount_isolated(mountpoint: &Path, opts: &FuseOptions) -> Result<Option<OwnedF
     Ok(Some(fd))
 }
 
-/// A directory's entries (name, type, path) as of `opendir`, `.` and `..` first.
-type Listing = Vec<(OsString, Kind, PathBuf)>;
+/// A directory's entries as of a pass's first `readdir`, after `.` and `..`, in name order: a pass
+/// continued from a listing taken again (after a concurrent reader's pass ended) stays in step.
+struct Listing {
+    path: PathBuf,
+    entries: Vec<(OsString, Kind)>,
+}
+
+impl Listing {
+    fn len(&self) -> usize {
+        self.entries.len() + 2
+    }
+
+    /// `f(index, name, kind, path)` for the entries from `offset` on, until it answers true (full).
+    fn each(&self, offset: u64, mut f: impl FnMut(usize, &OsStr, Kind, &Path) -> bool) {
+        let parent = self.path.parent().unwrap_or(Path::new("/"));
+        let mut path = self.path.clone();
+        for i in offset as usize..self.len() {
+            let full = match i {
+                0 => f(i, OsStr::new("."), Kind::Dir, &self.path),
+                1 => f(i, OsStr::new(".."), Kind::Dir, parent),
+                _ => {
+                    let (name, kind) = &self.entries[i - 2];
+                    path.push(name);
+                    let full = f(i, name, *kind, &path);
+                    path.pop();
+                    full
+                }
+            };
+            if full {
+                break;
+            }
+        }
+    }
+}
 
 /// An open file. Directories have no handles: `opendir` answers `ENOSYS`, so the kernel opens and
 /// releases them without asking (two requests fewer per directory) and keeps their listings cached.
@@ -180,7 +213,7 @@ struct Fuse {
     io: IoMode,
     wanted: (bool, bool),
     /// Inodes whose attributes the kernel holds from an image layer (with its long timeout).
-    lower_served: Mutex<std::collections::HashSet<u64>>,
+    lower_served: Mutex<HashSet<u64>>,
     /// How the open inodes' I/O is done (with passthrough only).
     backings: Mutex<HashMap<u64, InodeIo>>,
 }
@@ -315,17 +348,17 @@ impl Fuse {
             notifier,
             view,
             inodes: Inodes::new(),
-            handles: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::default()),
             next_fh: AtomicU64::new(1),
             root_daemon,
-            dirs: Mutex::new(HashMap::new()),
-            listings: Mutex::new(HashMap::new()),
-            removed_dirs: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::default()),
+            listings: Mutex::new(HashMap::default()),
+            removed_dirs: Mutex::new(HashMap::default()),
             generation: AtomicU64::new(0),
             io: IoMode::Cached,
             wanted: (opts.passthrough && root_daemon, opts.writeback),
-            backings: Mutex::new(HashMap::new()),
-            lower_served: Mutex::new(std::collections::HashSet::new()),
+            backings: Mutex::new(HashMap::default()),
+            lower_served: Mutex::new(HashSet::default()),
         }
     }
 
@@ -506,7 +539,15 @@ impl Fuse {
 
     /// Metadata and cache lifetime of the entry at `path` (not following a final symlink).
     fn stat_path(&self, path: &Path) -> std::result::Result<(Meta, Duration), Errno> {
-        let r = self.resolve_path(path)?;
+        self.stat_resolved(self.resolve_path(path)?)
+    }
+
+    /// Metadata and cache lifetime of `name` in an entered directory (a listing's entries).
+    fn stat_in(&self, (dir_path, dir): &(PathBuf, Dir), name: &OsStr) -> std::result::Result<(Meta, Duration), Errno> {
+        self.stat_resolved(self.view.resolve_child(dir, dir_path, name).map_err(|e| errno_of(&e))?)
+    }
+
+    fn stat_resolved(&self, r: Resolved) -> std::result::Result<(Meta, Duration), Errno> {
         if !r.found.exists() {
             return Err(Errno::ENOENT);
         }
@@ -633,14 +674,9 @@ impl Fuse {
 
     fn list(&self, ino: INodeNo) -> std::result::Result<Listing, Errno> {
         let (path, dir) = self.dir_of(ino.0)?;
-        let names = self.view.list_dir(&dir, &path).map_err(|e| errno_of(&e))?;
-        let parent = path.parent().unwrap_or(Path::new("/")).to_path_buf();
-        let mut out = vec![(OsString::from("."), Kind::Dir, path.clone()), (OsString::from(".."), Kind::Dir, parent)];
-        out.extend(names.into_iter().map(|(n, k)| {
-            let p = path.join(&n);
-            (n, k, p)
-        }));
-        Ok(out)
+        let mut entries = self.view.list_dir(&dir, &path).map_err(|e| errno_of(&e))?;
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(Listing { path, entries })
     }
 
     /// After a change that may have copied up one name of a hard-linked inode: names no longer on the
@@ -1057,13 +1093,12 @@ impl Filesystem for Fuse {
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         match self.listing(ino.0, offset) {
             Ok(listing) => {
-                for (i, (name, kind, path)) in listing.iter().flat_map(|l| l.iter().enumerate().skip(offset as usize)) {
-                    let ino = if i < 2 { 0 } else { self.listed_ino(*kind, path) };
-                    // `.` and `..` carry no useful number here: the kernel fills in its own.
-                    let ino = if ino == 0 { ROOT } else { ino };
-                    if reply.add(INodeNo(ino), (i + 1) as u64, file_type(*kind), name) {
-                        break;
-                    }
+                if let Some(l) = listing {
+                    l.each(offset, |i, name, kind, path| {
+                        // `.` and `..` carry no useful number here: the kernel fills in its own.
+                        let ino = if i < 2 { ROOT } else { self.listed_ino(kind, path) };
+                        reply.add(INodeNo(ino), (i + 1) as u64, file_type(kind), name)
+                    });
                 }
                 reply.ok();
             }
@@ -1074,13 +1109,19 @@ impl Filesystem for Fuse {
     fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         match self.listing(ino.0, offset) {
             Ok(listing) => {
-                for (i, (name, _kind, path)) in listing.iter().flat_map(|l| l.iter().enumerate().skip(offset as usize)) {
-                    let Ok((m, ttl)) = self.stat_path(path) else { continue };
-                    let ino = self.inodes.ino_keyed(path, link_key(&m));
-                    let ttl = self.entry_ttl(ino, &m, ttl);
-                    if reply.add(INodeNo(ino), (i + 1) as u64, name, &ttl, &attr_of(ino, &m), Generation(0)) {
-                        break;
-                    }
+                if let Some(l) = listing {
+                    // Entries are resolved in the directory entered once, not each from its path.
+                    let dir = self.dir_of(ino.0).ok();
+                    l.each(offset, |i, name, _kind, path| {
+                        let stat = match &dir {
+                            Some(dir) if i >= 2 => self.stat_in(dir, name),
+                            _ => self.stat_path(path),
+                        };
+                        let Ok((m, ttl)) = stat else { return false };
+                        let ino = self.inodes.ino_keyed(path, link_key(&m));
+                        let ttl = self.entry_ttl(ino, &m, ttl);
+                        reply.add(INodeNo(ino), (i + 1) as u64, name, &ttl, &attr_of(ino, &m), Generation(0))
+                    });
                 }
                 reply.ok();
             }
