@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-// Paths and numbers hash several times per listed entry: a fast hasher. Names that collide on purpose
-// could only slow the mount of whoever made them.
-use rustc_hash::FxHashMap as HashMap;
+// Paths and numbers hash several times per listed entry: a fast hasher (seeded per process, so names
+// cannot be chosen to collide).
+use foldhash::HashMap;
 
 pub const ROOT: u64 = 1;
 

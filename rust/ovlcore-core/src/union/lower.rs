@@ -5,7 +5,9 @@
 //! topmost entry wins). A lookup in a 40-layer stack then costs what it costs in a 1-layer stack.
 //! Stacks are shared (by their top chain id) between every image view and container that uses them.
 
-use std::collections::{HashMap, HashSet};
+// Names are looked up once per path component: a fast hasher, seeded per process (an image's names
+// cannot be chosen to collide).
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};

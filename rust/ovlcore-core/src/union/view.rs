@@ -219,8 +219,10 @@ impl View {
         let follow = follow || must_be_dir;
         let mut todo: VecDeque<OsString> = split(raw);
         // The directories entered so far (root first) and, alongside, their canonical container path.
-        let mut stack: Vec<Dir> = vec![self.root_dir()];
-        let mut here = PathBuf::from("/");
+        let mut stack: Vec<Dir> = Vec::with_capacity(8);
+        stack.push(self.root_dir());
+        let mut here = PathBuf::with_capacity(raw.len() + 1);
+        here.push("/");
         let mut links = 0;
         let err = |errno: i32| Error::os(errno, path.as_os_str());
 
