@@ -49,7 +49,6 @@ __all__ = ["Builder"]
 Progress = Callable[[str], None]
 SCRATCH_CONFIG: dict[str, Any] = {"architecture": "", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
 _URL = re.compile(r"^https?://")
-_ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
 
 
 def _go_list(values: list[str]) -> str:
@@ -711,11 +710,7 @@ class Build:
         return Entry(name, str(path), os.lstat(path))
 
     def is_archive(self, host: str) -> bool:
-        with open(host, "rb") as f:
-            head = f.read(512)
-        if any(head.startswith(m) for m in _ARCHIVE_MAGIC):
-            return True
-        return len(head) >= 262 and head[257:262] == b"ustar"
+        return _ovlcore.is_tar_archive(host)
 
     def extract(self, ctr: Container, e: Entry, dest: str, uid: int, gid: int, chown: bool) -> None:
         fs = ctr.fs
