@@ -4,9 +4,11 @@ missing base image, errors that leave nothing behind, and RUN through the OCI ru
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import json
+import lzma
 import os
 import tarfile
 from datetime import datetime, timezone
@@ -449,12 +451,52 @@ COPY . /whole/
         build(store, ctx)
 
 
-def test_add_of_an_unsupported_compression_is_an_error(store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path) -> None:
-    ctx = context(tmp_path, "FROM busybox:test\nADD pkg.tar.bz2 /opt/\n", **{"pkg.tar.bz2": b"BZh91AY&SY" + b"\0" * 600})
+def test_add_extracts_bzip2_and_xz_archives_and_copies_what_only_looks_like_one(
+    store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path
+) -> None:
+    plain = gzip.decompress(archive())
+    df = """\
+FROM busybox:test
+ADD pkg.tar.bz2 /bz/
+ADD pkg.tar.xz /xz
+ADD fake.tar.bz2 notes.txt.gz /copied/
+ADD --chown=app pkg.tar.xz /owned/
+"""
+    extra: dict[str, str | bytes | int] = {
+        "pkg.tar.bz2": bz2.compress(plain),
+        "pkg.tar.xz": lzma.compress(plain),
+        # Not tars once decompressed: Docker copies them as they are.
+        "fake.tar.bz2": b"BZh91AY&SY" + b"\0" * 600,
+        "notes.txt.gz": gzip.compress(b"just text\n" * 100, mtime=0),
+    }
+    ctx = context(tmp_path, df, **extra)
+    img, _ = build(store, ctx)
+    fs = store.containers.create(img).fs
+    for d in ("/bz", "/xz"):
+        st = fs.lstat(f"{d}/pkg/readme")
+        assert fs.read_bytes(f"{d}/pkg/readme") == b"hi\n" and st.st_mode & 0o7777 == 0o640 and st.st_uid == 7
+    assert sorted(fs.listdir("/copied")) == ["fake.tar.bz2", "notes.txt.gz"]
+    assert fs.read_bytes("/copied/fake.tar.bz2") == extra["fake.tar.bz2"]
+    assert fs.read_bytes("/copied/notes.txt.gz") == extra["notes.txt.gz"]
+    # As Docker: --chown does not apply to an extracted archive, nor to the directory made for it.
+    assert fs.lstat("/owned").st_uid == 0 and fs.lstat("/owned/pkg/readme").st_uid == 7
+    assert len(img.history()) == len(base.history()) + 4
+
+
+def test_add_of_a_cut_off_archive_is_an_error_that_leaves_nothing(
+    store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path
+) -> None:
+    big = io.BytesIO()
+    with tarfile.open(fileobj=big, mode="w") as tf:
+        ti = tarfile.TarInfo("big")
+        ti.size = 1 << 20
+        tf.addfile(ti, io.BytesIO(os.urandom(ti.size)))
+    xz = lzma.compress(big.getvalue())
+    ctx = context(tmp_path, "FROM busybox:test\nENV A=1\nADD pkg.tar.xz /opt/\n", **{"pkg.tar.xz": xz[: len(xz) // 2]})
     before = counts(store)
-    with pytest.raises(BuildError, match="bzip2") as e:
+    with pytest.raises(BuildError, match="ADD failed") as e:
         build(store, ctx)
-    assert e.value.line == 2 and counts(store) == before
+    assert e.value.line == 3 and counts(store) == before
 
 
 class Stop(Exception):

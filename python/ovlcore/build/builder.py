@@ -682,7 +682,7 @@ class Build:
                 for e in entries:
                     # A local archive is extracted; a downloaded one is not (as Docker does).
                     if add and not e.is_dir and e.host not in fetched and self.is_archive(e.host):
-                        self.extract(ctr, e, dest, uid, gid, bool(chown))
+                        self.extract(ctr, e, dest)
                     else:
                         self.place(ctr, e, dest, uid, gid, chmod, bool(chown))
 
@@ -712,10 +712,11 @@ class Build:
     def is_archive(self, host: str) -> bool:
         return _ovlcore.is_tar_archive(host)
 
-    def extract(self, ctr: Container, e: Entry, dest: str, uid: int, gid: int, chown: bool) -> None:
-        fs = ctr.fs
+    def extract(self, ctr: Container, e: Entry, dest: str) -> None:
+        # Docker ignores --chown (and --chmod) here: the entries keep the archive's owners, and the
+        # directories made for the destination belong to root.
         target = dest.rstrip("/") or "/"
-        self.mkdirs(fs, target, uid if chown else 0, gid if chown else 0)
+        self.mkdirs(ctr.fs, target, 0, 0)
         ctr.put_archive(target, e.host)
 
     def place(self, ctr: Container, e: Entry, dest: str, uid: int, gid: int, chmod: int | None, chown: bool) -> None:
