@@ -282,6 +282,49 @@ def test_from_a_missing_image_pulls_it(registry: Registry, tmp_path: Path) -> No
     assert dst.images.get(ref).id == base.id
 
 
+@pytest.mark.registry
+def test_a_local_image_of_another_platform_is_pulled_for_the_one_asked_for_or_refused(registry: Registry, tmp_path: Path) -> None:
+    cfg = ovlcore.RegistryConfig()
+    src = open_store(tmp_path / "src", registry=cfg)
+    pushed = busybox_image(src)
+    host = f"linux/{pushed.config['architecture']}"
+    ref = registry.ref("lib/busybox:plat")
+    src.images.push(pushed, ref)
+    dst = open_store(tmp_path / "dst", registry=cfg)
+    local = busybox_image(dst)
+    arm = dst.images.create_config({**local.config, "architecture": "arm64", "variant": "v8"})
+    unpushed = registry.ref("lib/never-pushed:1")
+    for tag in (ref, unpushed):
+        dst.images.tag(arm, tag)
+
+    # The local image serves the platform asked for: used, no pull.
+    img, lines = build(dst, context(tmp_path, f"FROM --platform=linux/arm64 {ref}\nCOPY one.txt /\n"))
+    assert not any(line.startswith("Pulling ") for line in lines)
+    assert img.config["architecture"] == "arm64" and img.diff_ids[0] == arm.diff_ids[0]
+
+    # It does not, and the reference can be pulled: the one for the platform is pulled (and tagged).
+    img, lines = build(dst, context(tmp_path, f"FROM --platform={host} {ref}\nCOPY one.txt /\n"))
+    assert f"Pulling {ref}\n" in lines and dst.images.get(ref).id == pushed.id
+    assert img.config["architecture"] == pushed.config["architecture"]
+
+    # The same through build(platform=), for COPY --from=<image> as well.
+    dst.images.tag(arm, ref)
+    img, lines = build(dst, context(tmp_path, f"FROM busybox:test\nCOPY --from={ref} /bin/busybox /bb\n"), platform=host)
+    assert f"Pulling {ref}\n" in lines and dst.images.get(ref).id == pushed.id
+
+    # It does not, and nothing can be pulled: an error naming the line and both platforms, nothing left.
+    before = counts(dst)
+    with pytest.raises(BuildError) as e:
+        build(dst, context(tmp_path, f"FROM busybox:test\nENV A=1\nFROM --platform={host} {unpushed}\nCOPY one.txt /\n"))
+    msg = str(e.value)
+    assert e.value.line == 3 and "does not match the specified platform" in msg
+    assert f"wanted {host}" in msg and "actual: linux/arm64/v8" in msg, msg
+    assert counts(dst) == before and dst.images.get(unpushed).id == arm.id
+    with pytest.raises(BuildError, match="invalid platform") as e:
+        build(dst, context(tmp_path, f"FROM --platform=linux {unpushed}\n"))
+    assert e.value.line == 1
+
+
 # ----- RUN -----
 
 

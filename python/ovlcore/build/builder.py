@@ -51,6 +51,12 @@ SCRATCH_CONFIG: dict[str, Any] = {"architecture": "", "os": "linux", "config": {
 _URL = re.compile(r"^https?://")
 
 
+def _platform_of(image: Image) -> str:
+    """An image's platform as its config names it (``os/architecture[/variant]``)."""
+    parts = [image.config.get(k) for k in ("os", "architecture", "variant")]
+    return "/".join(p for p in parts if isinstance(p, str) and p) or "unknown"
+
+
 def _go_list(values: list[str]) -> str:
     """Go's ``%q`` of a string slice, as Docker writes CMD/ENTRYPOINT into ``created_by``."""
     return "[" + " ".join(json.dumps(v) for v in values) + "]"
@@ -265,14 +271,40 @@ class Build:
                 return self.results[s.index]
         if ref.lower() == "scratch":
             return self.scratch()
+        return self.find_image(
+            stage.from_ins, ref, stage.platform or self.platform, lambda e: f"pull access denied or image not found: {ref}: {e}"
+        )
+
+    def find_image(self, ins: Instruction, ref: str, platform: str | None, not_found: Callable[[Exception], str]) -> Image:
+        """An image named by ``FROM`` or ``COPY --from``, as Docker's builder finds it: the local one, unless
+        ``pull`` was asked for or it is not for the requested platform; else pulled (for that platform)."""
+        local: Image | None = None
         if not self.pull:
             with contextlib.suppress(ImageNotFound):
-                return self.images.get(ref)
+                local = self.images.get(ref)
+            if local is not None and (platform is None or self.serves(ins, local, platform)):
+                return local
         try:
             self.out(f"Pulling {ref}\n")
-            return self.images.pull(ref, platform=stage.platform or self.platform)
-        except OvlError as e:
-            raise self.error(stage.from_ins, f"pull access denied or image not found: {ref}: {e}") from None
+            return self.images.pull(ref, platform=platform)
+        except (OvlError, ValueError) as e:  # ValueError: an invalid platform
+            if local is None:
+                raise self.error(ins, not_found(e)) from None
+            raise self.error(
+                ins,
+                f"image with reference {ref} was found but does not match the specified platform: wanted {platform}, "
+                f"actual: {_platform_of(local)}; pulling {ref} for {platform} failed: {e}",
+            ) from None
+
+    def serves(self, ins: Instruction, image: Image, platform: str) -> bool:
+        cfg = image.config
+        variant = cfg.get("variant")
+        try:
+            return _ovlcore.platform_matches(
+                platform, str(cfg.get("os") or ""), str(cfg.get("architecture") or ""), variant if isinstance(variant, str) else None
+            )
+        except ValueError as e:
+            raise self.error(ins, str(e)) from None
 
     def scratch(self) -> Image:
         """The empty image ``FROM scratch`` starts from (no layer, no history, same id every time)."""
@@ -795,13 +827,7 @@ class Build:
                     raise self.error(ins, f"COPY --from={ref}: stage {ref} is not built before this one")
                 source = self.results[s.index]
         if source is None:
-            try:
-                source = self.images.get(ref)
-            except ImageNotFound:
-                try:
-                    source = self.images.pull(ref, platform=self.platform)
-                except OvlError as e:
-                    raise self.error(ins, f"COPY --from={ref}: no such stage or image ({e})") from None
+            source = self.find_image(ins, ref, self.platform, lambda e: f"COPY --from={ref}: no such stage or image ({e})")
         flags = "".join(f"--{k}={v} " for k, v in sorted(ins.flags.items()))
         created_by = self.nop(st, f"COPY {flags}from:{source.id[7:]} {' '.join(srcs)} in {dest} ", single_space=True)
         outer = self.context

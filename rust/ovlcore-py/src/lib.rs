@@ -148,6 +148,7 @@ fn _ovlcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<archive::ArchiveWriter>()?;
     m.add_class::<registry::RegistryClient>()?;
     m.add_function(wrap_pyfunction!(registry::parse_reference, m)?)?;
+    m.add_function(wrap_pyfunction!(registry::platform_matches, m)?)?;
     m.add_function(wrap_pyfunction!(registry::store_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(registry::erase_credentials, m)?)?;
     Ok(())
