@@ -267,6 +267,29 @@ def test_cli_build(store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path) ->
     assert r.returncode == 1 and b"Cannot locate specified Dockerfile" in r.stderr
 
 
+def test_cli_build_target_cache_progress_network_and_platform(store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path) -> None:
+    ctx = context(tmp_path, "FROM busybox:test AS first\nCOPY one.txt /\nFROM first\nLABEL second=1\n")
+    host = f"linux/{base.config['architecture']}"
+    store.close()
+    common = ["--target", "first", "--network", "none", "--platform", host, str(ctx)]
+    r = run_cli("build", "-t", "t:1", "--progress=plain", *common, root=store.root)
+    assert r.returncode == 0, r.stderr.decode()
+    out = r.stdout.decode()
+    # The target stage only; its base serves the platform asked for, so nothing is pulled.
+    assert "Step 2/2 : COPY one.txt /" in out and "LABEL" not in out and "Pulling" not in out
+    again = run_cli("build", "-t", "t:1", *common, root=store.root).stdout.decode()
+    assert again.count(" ---> Using cache") == 1
+    fresh = run_cli("build", "--no-cache", "-t", "t:2", *common, root=store.root).stdout.decode()
+    assert "Using cache" not in fresh and " ---> Running in " in fresh
+    quiet = run_cli("build", "-q", *common, root=store.root)
+    image_id = quiet.stdout.decode().strip()
+    assert quiet.returncode == 0 and image_id.startswith("sha256:") and "Step" not in quiet.stdout.decode()
+    s = open_store(store.root)
+    # A cache hit on one of the two equal builds.
+    assert image_id in (s.images.get("t:1").id, s.images.get("t:2").id)
+    assert "second" not in (s.images.get("t:2").config["config"].get("Labels") or {})
+
+
 @pytest.mark.registry
 def test_from_a_missing_image_pulls_it(registry: Registry, tmp_path: Path) -> None:
     cfg = ovlcore.RegistryConfig()
