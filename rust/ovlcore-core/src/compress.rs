@@ -86,9 +86,18 @@ pub fn decompressed<'a, R: Read + 'a>(mut input: R) -> Result<Box<dyn Read + 'a>
         Format::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
         Format::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
         // Multi-stream, as bzip2 -d and xz -d read concatenated files (pbzip2 and xz -T write them).
-        Format::Bzip2 => Box::new(bzip2::bufread::MultiBzDecoder::new(buffered)),
-        Format::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(buffered)),
+        Format::Bzip2 => Box::new(Named("bzip2", bzip2::bufread::MultiBzDecoder::new(buffered))),
+        Format::Xz => Box::new(Named("xz", liblzma::bufread::XzDecoder::new_multi_decoder(buffered))),
     })
+}
+
+/// A decoder whose errors name its compression ("lzma data error" alone does not say what was read).
+struct Named<R>(&'static str, R);
+
+impl<R: Read> Read for Named<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.1.read(buf).map_err(|e| io::Error::new(e.kind(), format!("{} stream: {e}", self.0)))
+    }
 }
 
 /// A writer that compresses into `out`. Call [`Encoder::finish`] to flush the trailer.
