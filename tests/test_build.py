@@ -4,9 +4,11 @@ missing base image, errors that leave nothing behind, and RUN through the OCI ru
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import json
+import lzma
 import os
 import tarfile
 from datetime import datetime, timezone
@@ -265,6 +267,29 @@ def test_cli_build(store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path) ->
     assert r.returncode == 1 and b"Cannot locate specified Dockerfile" in r.stderr
 
 
+def test_cli_build_target_cache_progress_network_and_platform(store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path) -> None:
+    ctx = context(tmp_path, "FROM busybox:test AS first\nCOPY one.txt /\nFROM first\nLABEL second=1\n")
+    host = f"linux/{base.config['architecture']}"
+    store.close()
+    common = ["--target", "first", "--network", "none", "--platform", host, str(ctx)]
+    r = run_cli("build", "-t", "t:1", "--progress=plain", *common, root=store.root)
+    assert r.returncode == 0, r.stderr.decode()
+    out = r.stdout.decode()
+    # The target stage only; its base serves the platform asked for, so nothing is pulled.
+    assert "Step 2/2 : COPY one.txt /" in out and "LABEL" not in out and "Pulling" not in out
+    again = run_cli("build", "-t", "t:1", *common, root=store.root).stdout.decode()
+    assert again.count(" ---> Using cache") == 1
+    fresh = run_cli("build", "--no-cache", "-t", "t:2", *common, root=store.root).stdout.decode()
+    assert "Using cache" not in fresh and " ---> Running in " in fresh
+    quiet = run_cli("build", "-q", *common, root=store.root)
+    image_id = quiet.stdout.decode().strip()
+    assert quiet.returncode == 0 and image_id.startswith("sha256:") and "Step" not in quiet.stdout.decode()
+    s = open_store(store.root)
+    # A cache hit on one of the two equal builds.
+    assert image_id in (s.images.get("t:1").id, s.images.get("t:2").id)
+    assert "second" not in (s.images.get("t:2").config["config"].get("Labels") or {})
+
+
 @pytest.mark.registry
 def test_from_a_missing_image_pulls_it(registry: Registry, tmp_path: Path) -> None:
     cfg = ovlcore.RegistryConfig()
@@ -278,6 +303,49 @@ def test_from_a_missing_image_pulls_it(registry: Registry, tmp_path: Path) -> No
     assert any(line.startswith("Pulling ") for line in lines)
     assert img.diff_ids[0] == base.diff_ids[0]
     assert dst.images.get(ref).id == base.id
+
+
+@pytest.mark.registry
+def test_a_local_image_of_another_platform_is_pulled_for_the_one_asked_for_or_refused(registry: Registry, tmp_path: Path) -> None:
+    cfg = ovlcore.RegistryConfig()
+    src = open_store(tmp_path / "src", registry=cfg)
+    pushed = busybox_image(src)
+    host = f"linux/{pushed.config['architecture']}"
+    ref = registry.ref("lib/busybox:plat")
+    src.images.push(pushed, ref)
+    dst = open_store(tmp_path / "dst", registry=cfg)
+    local = busybox_image(dst)
+    arm = dst.images.create_config({**local.config, "architecture": "arm64", "variant": "v8"})
+    unpushed = registry.ref("lib/never-pushed:1")
+    for tag in (ref, unpushed):
+        dst.images.tag(arm, tag)
+
+    # The local image serves the platform asked for: used, no pull.
+    img, lines = build(dst, context(tmp_path, f"FROM --platform=linux/arm64 {ref}\nCOPY one.txt /\n"))
+    assert not any(line.startswith("Pulling ") for line in lines)
+    assert img.config["architecture"] == "arm64" and img.diff_ids[0] == arm.diff_ids[0]
+
+    # It does not, and the reference can be pulled: the one for the platform is pulled (and tagged).
+    img, lines = build(dst, context(tmp_path, f"FROM --platform={host} {ref}\nCOPY one.txt /\n"))
+    assert f"Pulling {ref}\n" in lines and dst.images.get(ref).id == pushed.id
+    assert img.config["architecture"] == pushed.config["architecture"]
+
+    # The same through build(platform=), for COPY --from=<image> as well.
+    dst.images.tag(arm, ref)
+    img, lines = build(dst, context(tmp_path, f"FROM busybox:test\nCOPY --from={ref} /bin/busybox /bb\n"), platform=host)
+    assert f"Pulling {ref}\n" in lines and dst.images.get(ref).id == pushed.id
+
+    # It does not, and nothing can be pulled: an error naming the line and both platforms, nothing left.
+    before = counts(dst)
+    with pytest.raises(BuildError) as e:
+        build(dst, context(tmp_path, f"FROM busybox:test\nENV A=1\nFROM --platform={host} {unpushed}\nCOPY one.txt /\n"))
+    msg = str(e.value)
+    assert e.value.line == 3 and "does not match the specified platform" in msg
+    assert f"wanted {host}" in msg and "actual: linux/arm64/v8" in msg, msg
+    assert counts(dst) == before and dst.images.get(unpushed).id == arm.id
+    with pytest.raises(BuildError, match="invalid platform") as e:
+        build(dst, context(tmp_path, f"FROM --platform=linux {unpushed}\n"))
+    assert e.value.line == 1
 
 
 # ----- RUN -----
@@ -449,12 +517,52 @@ COPY . /whole/
         build(store, ctx)
 
 
-def test_add_of_an_unsupported_compression_is_an_error(store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path) -> None:
-    ctx = context(tmp_path, "FROM busybox:test\nADD pkg.tar.bz2 /opt/\n", **{"pkg.tar.bz2": b"BZh91AY&SY" + b"\0" * 600})
+def test_add_extracts_bzip2_and_xz_archives_and_copies_what_only_looks_like_one(
+    store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path
+) -> None:
+    plain = gzip.decompress(archive())
+    df = """\
+FROM busybox:test
+ADD pkg.tar.bz2 /bz/
+ADD pkg.tar.xz /xz
+ADD fake.tar.bz2 notes.txt.gz /copied/
+ADD --chown=app pkg.tar.xz /owned/
+"""
+    extra: dict[str, str | bytes | int] = {
+        "pkg.tar.bz2": bz2.compress(plain),
+        "pkg.tar.xz": lzma.compress(plain),
+        # Not tars once decompressed: Docker copies them as they are.
+        "fake.tar.bz2": b"BZh91AY&SY" + b"\0" * 600,
+        "notes.txt.gz": gzip.compress(b"just text\n" * 100, mtime=0),
+    }
+    ctx = context(tmp_path, df, **extra)
+    img, _ = build(store, ctx)
+    fs = store.containers.create(img).fs
+    for d in ("/bz", "/xz"):
+        st = fs.lstat(f"{d}/pkg/readme")
+        assert fs.read_bytes(f"{d}/pkg/readme") == b"hi\n" and st.st_mode & 0o7777 == 0o640 and st.st_uid == 7
+    assert sorted(fs.listdir("/copied")) == ["fake.tar.bz2", "notes.txt.gz"]
+    assert fs.read_bytes("/copied/fake.tar.bz2") == extra["fake.tar.bz2"]
+    assert fs.read_bytes("/copied/notes.txt.gz") == extra["notes.txt.gz"]
+    # As Docker: --chown does not apply to an extracted archive, nor to the directory made for it.
+    assert fs.lstat("/owned").st_uid == 0 and fs.lstat("/owned/pkg/readme").st_uid == 7
+    assert len(img.history()) == len(base.history()) + 4
+
+
+def test_add_of_a_cut_off_archive_is_an_error_that_leaves_nothing(
+    store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path
+) -> None:
+    big = io.BytesIO()
+    with tarfile.open(fileobj=big, mode="w") as tf:
+        ti = tarfile.TarInfo("big")
+        ti.size = 1 << 20
+        tf.addfile(ti, io.BytesIO(os.urandom(ti.size)))
+    xz = lzma.compress(big.getvalue())
+    ctx = context(tmp_path, "FROM busybox:test\nENV A=1\nADD pkg.tar.xz /opt/\n", **{"pkg.tar.xz": xz[: len(xz) // 2]})
     before = counts(store)
-    with pytest.raises(BuildError, match="bzip2") as e:
+    with pytest.raises(BuildError, match="ADD failed") as e:
         build(store, ctx)
-    assert e.value.line == 2 and counts(store) == before
+    assert e.value.line == 3 and counts(store) == before
 
 
 class Stop(Exception):

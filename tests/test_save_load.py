@@ -3,9 +3,11 @@ bad archives (InvalidArchive naming the problem, the store left exactly as it wa
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
 import json
+import lzma
 import os
 import shutil
 import stat
@@ -324,6 +326,27 @@ def test_docker_archive_with_compressed_layers(
     store.images.save("app:1", out, compression=compression)
     (img,) = other.images.load(out)
     assert_same_image(images["app1"], img)
+
+
+def test_docker_archive_with_bzip2_and_xz_layers(
+    store: ovlcore.Store, other: ovlcore.Store, images: dict[str, ovlcore.Image], tmp_path: Path
+) -> None:
+    # Docker's load decompresses layer.tar members whatever their compression, bzip2 and xz included.
+    saved = tmp_path / "plain.tar"
+    store.images.save("app:2", saved)
+
+    def compress(items: dict[str, tuple[tarfile.TarInfo, bytes | None]]) -> None:
+        (entry,) = json.loads(items["manifest.json"][1])  # type: ignore[arg-type]
+        assert len(entry["Layers"]) >= 3
+        for n, name in enumerate(entry["Layers"]):
+            info, data = items[name]
+            assert data is not None
+            pack = [bz2.compress, lzma.compress, gzip.compress][n % 3]
+            items[name] = (info, pack(data))
+
+    (img,) = other.images.load(edit_archive(saved, tmp_path / "mixed.tar", compress))
+    assert_same_image(images["app2"], img)
+    assert img.diff_ids == images["app2"].diff_ids and os.listdir(other.root / "tmp") == []
 
 
 def test_save_refs_follow_docker(store: ovlcore.Store, images: dict[str, ovlcore.Image], tmp_path: Path) -> None:

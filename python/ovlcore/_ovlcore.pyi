@@ -19,9 +19,11 @@ __all__ = [
     "erase_credentials",
     "fuse_serve",
     "import_layer",
+    "is_tar_archive",
     "layer_tar",
     "mount_overlay",
     "parse_reference",
+    "platform_matches",
     "remove_tree",
     "store_credentials",
     "sha256",
@@ -194,12 +196,14 @@ def fuse_serve(
     writeback: bool = True,
 ) -> None: ...
 def dir_usage(path: _Path) -> int: ...
+def is_tar_archive(path: _Path) -> bool: ...
 
 # ----- registries -----
 
 _TransferProgress = Callable[[str, int, int | None, str], object] | None
 
 def parse_reference(reference: str) -> tuple[str, str, str | None, str | None]: ...
+def platform_matches(want: str, os: str, architecture: str, variant: str | None = None) -> bool: ...
 def store_credentials(registry: str, user: str, password: str, *, auth_file: _Path | None = None) -> Path: ...
 def erase_credentials(registry: str, *, auth_file: _Path | None = None) -> bool: ...
 @final

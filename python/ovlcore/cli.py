@@ -407,7 +407,7 @@ def import_cmd(c: Ctx, source: str, reference: str | None, message: str | None, 
 @click.option("--pull", is_flag=True, help="Always attempt to pull a newer version of the base images.")
 @click.option("--network", default="none", show_default=True, help="Networking mode for the RUN instructions (none or host).")
 @click.option("--runtime", default=None, help="OCI runtime for RUN steps (runc, crun or a path; default: the first on PATH that works).")
-@click.option("--platform", default=None, help="Platform of base images to pull (os/arch[/variant]).")
+@click.option("--platform", default=None, help="Platform of the base images (os/arch[/variant]): a local one of another platform is pulled for it.")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "plain", "quiet"]), default="auto", show_default=True,
               help="Type of progress output (plain: the steps as docker build prints them).")
 @click.option("-q", "--quiet", is_flag=True, help="Suppress the build output and print image ID on success.")

@@ -272,7 +272,7 @@ class Container:
         return chunks(), info
 
     def put_archive(self, path: str, data: Source) -> bool:
-        """As docker-py: extract a tar (bytes, a binary file or an iterable of chunks; plain, gzip or zstd)
+        """As docker-py: extract a tar (bytes, a binary file or an iterable of chunks; plain, gzip, zstd, bzip2 or xz)
         into the existing directory ``path`` of the container, through copy-up. Returns True."""
         self._guard()
         self._view().put_archive(path, as_source(data))

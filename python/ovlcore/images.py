@@ -369,7 +369,7 @@ class Images:
         progress: ProgressCallback | None = None,
         max_size: int | None = None,
     ) -> Image:
-        """``docker import``: a one-layer base image from a root file system archive (tar, gzip or zstd)."""
+        """``docker import``: a one-layer base image from a root file system archive (tar; gzip, zstd, bzip2 or xz)."""
         origin = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "-"
         return self._build(
             None, source, tag=tag, created_by="", comment=message if message is not None else f"Imported from {origin}",

@@ -290,7 +290,7 @@ class Layers:
         progress: ProgressCallback | None = None,
         max_size: int | None = None,
     ) -> Layer:
-        """Import an OCI layer tar (plain, gzip or zstd) on top of ``parent``. The layer is kept until
+        """Import an OCI layer tar (plain, gzip, zstd, bzip2 or xz) on top of ``parent``. The layer is kept until
         removed with :meth:`remove` or :meth:`ovlcore.Store.prune`, whether or not an image uses it."""
         parent_layer = self.get(parent) if isinstance(parent, str) else parent
         with self._storage.transaction() as tx:

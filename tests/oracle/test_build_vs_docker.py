@@ -6,8 +6,10 @@ same number of layers. Docker's image comes back through ``docker save`` and ``i
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import io
+import lzma
 import os
 import subprocess
 import tarfile
@@ -37,14 +39,17 @@ def _archive() -> bytes:
         ti = tarfile.TarInfo("pkg/link")
         ti.type, ti.linkname = tarfile.SYMTYPE, "readme"
         tf.addfile(ti)
-    return gzip.compress(buf.getvalue(), mtime=0)
+    return buf.getvalue()
 
 
 FILES: dict[str, str | bytes | int] = {
     "one.txt": "1\n", "two.txt": "2\n", "tool.sh": "#!/bin/sh\necho tool\n",
     "files/a.txt": "a\n", "files/sub/b.txt": "b\n", "files/empty": 0o755, "files/secret": "s\n",
     "files/skip.log": "ignored\n", "files/sub/keep.log": "kept by an exception\n",
-    "archive.tar.gz": _archive(), ".dockerignore": "**/*.log\n!files/sub/keep.log\n",
+    "archive.tar.gz": gzip.compress(_archive(), mtime=0), ".dockerignore": "**/*.log\n!files/sub/keep.log\n",
+    "archive.tar": _archive(), "archive.tar.bz2": bz2.compress(_archive()), "archive.tar.xz": lzma.compress(_archive()),
+    # Compressed but no tar inside, and a tar with no entry: Docker copies these as they are.
+    "fake.tar.bz2": b"BZh91AY&SY" + bytes(600), "notes.txt.gz": gzip.compress(b"text\n" * 50, mtime=0), "empty.tar": bytes(1024),
 }
 
 CORPUS: dict[str, str] = {
@@ -89,6 +94,14 @@ ADD archive.tar.gz /opt/
 ADD archive.tar.gz /opt/again
 ADD one.txt /added.txt
 ADD --chown=app files/a.txt /home/app/
+""",
+    "add-compressed": """\
+FROM {base}
+ADD archive.tar /plain/
+ADD archive.tar.bz2 /bz/
+ADD archive.tar.xz /xz
+ADD fake.tar.bz2 notes.txt.gz empty.tar /copied/
+ADD --chown=app archive.tar.xz /owned-xz/
 """,
     "run": """\
 FROM {base}

@@ -7,9 +7,12 @@ and ``busybox-static``. Without them every test here skips, saying why.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import secrets
 import stat
 import tarfile
@@ -186,6 +189,31 @@ def test_oci_save_loads_in_docker(dk: DockerObjects, store: ovlcore.Store, tmp_p
     assert inspect["Id"] == img.id
     r = run("docker", "run", "--name", dk.container("cat"), "--network", "none", tag, "cat", "/opq/fresh")
     assert r.stdout == b"fresh\n"
+
+
+def test_bzip2_and_xz_layers_load_in_both(dk: DockerObjects, store: ovlcore.Store, tmp_path: Path) -> None:
+    """A docker-archive whose layer members are bzip2, xz and gzip: Docker loads it, and so does ovlcore,
+    with the same image id and diff_ids."""
+    img = build_ovlcore_image(store, tmp_path)
+    tag = dk.image("bzxz")
+    store.images.tag(img, tag)
+    plain = tmp_path / "plain.tar"
+    store.images.save(tag, plain)
+    mixed = tmp_path / "mixed.tar"
+    with tarfile.open(plain) as src, tarfile.open(mixed, "w") as dst:
+        (entry,) = json.loads(src.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        packs = {name: [bz2.compress, lzma.compress, gzip.compress][n % 3] for n, name in enumerate(entry["Layers"])}
+        for m in src.getmembers():
+            data = src.extractfile(m).read() if m.isfile() else None  # type: ignore[union-attr]
+            if data is not None and m.name in packs:
+                data = packs[m.name](data)
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data) if data is not None else None)
+    run("docker", "load", "-i", str(mixed))
+    inspect = json.loads(run("docker", "image", "inspect", tag).stdout)[0]
+    assert inspect["Id"] == img.id and inspect["RootFS"]["Layers"] == img.diff_ids
+    (ours,) = ovlcore.Store(tmp_path / "other").images.load(mixed)
+    assert ours.id == img.id and ovl_tree(ours.fs) == ovl_tree(img.fs)
 
 
 def test_docker_made_images_load(dk: DockerObjects, store: ovlcore.Store, tmp_path: Path) -> None:

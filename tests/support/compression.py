@@ -1,5 +1,5 @@
-"""Compressed test data: gzip, zstd (through the ``zstd`` command line tool), and bzip2/xz for the
-"compression the format does not allow" cases."""
+"""Compressed test data: gzip, zstd (through the ``zstd`` command line tool), and bzip2/xz (read, as Docker
+reads them, never written)."""
 
 from __future__ import annotations
 

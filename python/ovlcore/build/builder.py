@@ -49,7 +49,12 @@ __all__ = ["Builder"]
 Progress = Callable[[str], None]
 SCRATCH_CONFIG: dict[str, Any] = {"architecture": "", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
 _URL = re.compile(r"^https?://")
-_ARCHIVE_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+
+
+def _platform_of(image: Image) -> str:
+    """An image's platform as its config names it (``os/architecture[/variant]``)."""
+    parts = [image.config.get(k) for k in ("os", "architecture", "variant")]
+    return "/".join(p for p in parts if isinstance(p, str) and p) or "unknown"
 
 
 def _go_list(values: list[str]) -> str:
@@ -266,14 +271,40 @@ class Build:
                 return self.results[s.index]
         if ref.lower() == "scratch":
             return self.scratch()
+        return self.find_image(
+            stage.from_ins, ref, stage.platform or self.platform, lambda e: f"pull access denied or image not found: {ref}: {e}"
+        )
+
+    def find_image(self, ins: Instruction, ref: str, platform: str | None, not_found: Callable[[Exception], str]) -> Image:
+        """An image named by ``FROM`` or ``COPY --from``, as Docker's builder finds it: the local one, unless
+        ``pull`` was asked for or it is not for the requested platform; else pulled (for that platform)."""
+        local: Image | None = None
         if not self.pull:
             with contextlib.suppress(ImageNotFound):
-                return self.images.get(ref)
+                local = self.images.get(ref)
+            if local is not None and (platform is None or self.serves(ins, local, platform)):
+                return local
         try:
             self.out(f"Pulling {ref}\n")
-            return self.images.pull(ref, platform=stage.platform or self.platform)
-        except OvlError as e:
-            raise self.error(stage.from_ins, f"pull access denied or image not found: {ref}: {e}") from None
+            return self.images.pull(ref, platform=platform)
+        except (OvlError, ValueError) as e:  # ValueError: an invalid platform
+            if local is None:
+                raise self.error(ins, not_found(e)) from None
+            raise self.error(
+                ins,
+                f"image with reference {ref} was found but does not match the specified platform: wanted {platform}, "
+                f"actual: {_platform_of(local)}; pulling {ref} for {platform} failed: {e}",
+            ) from None
+
+    def serves(self, ins: Instruction, image: Image, platform: str) -> bool:
+        cfg = image.config
+        variant = cfg.get("variant")
+        try:
+            return _ovlcore.platform_matches(
+                platform, str(cfg.get("os") or ""), str(cfg.get("architecture") or ""), variant if isinstance(variant, str) else None
+            )
+        except ValueError as e:
+            raise self.error(ins, str(e)) from None
 
     def scratch(self) -> Image:
         """The empty image ``FROM scratch`` starts from (no layer, no history, same id every time)."""
@@ -683,7 +714,7 @@ class Build:
                 for e in entries:
                     # A local archive is extracted; a downloaded one is not (as Docker does).
                     if add and not e.is_dir and e.host not in fetched and self.is_archive(e.host):
-                        self.extract(ctr, e, dest, uid, gid, bool(chown))
+                        self.extract(ctr, e, dest)
                     else:
                         self.place(ctr, e, dest, uid, gid, chmod, bool(chown))
 
@@ -711,16 +742,13 @@ class Build:
         return Entry(name, str(path), os.lstat(path))
 
     def is_archive(self, host: str) -> bool:
-        with open(host, "rb") as f:
-            head = f.read(512)
-        if any(head.startswith(m) for m in _ARCHIVE_MAGIC):
-            return True
-        return len(head) >= 262 and head[257:262] == b"ustar"
+        return _ovlcore.is_tar_archive(host)
 
-    def extract(self, ctr: Container, e: Entry, dest: str, uid: int, gid: int, chown: bool) -> None:
-        fs = ctr.fs
+    def extract(self, ctr: Container, e: Entry, dest: str) -> None:
+        # Docker ignores --chown (and --chmod) here: the entries keep the archive's owners, and the
+        # directories made for the destination belong to root.
         target = dest.rstrip("/") or "/"
-        self.mkdirs(fs, target, uid if chown else 0, gid if chown else 0)
+        self.mkdirs(ctr.fs, target, 0, 0)
         ctr.put_archive(target, e.host)
 
     def place(self, ctr: Container, e: Entry, dest: str, uid: int, gid: int, chmod: int | None, chown: bool) -> None:
@@ -799,13 +827,7 @@ class Build:
                     raise self.error(ins, f"COPY --from={ref}: stage {ref} is not built before this one")
                 source = self.results[s.index]
         if source is None:
-            try:
-                source = self.images.get(ref)
-            except ImageNotFound:
-                try:
-                    source = self.images.pull(ref, platform=self.platform)
-                except OvlError as e:
-                    raise self.error(ins, f"COPY --from={ref}: no such stage or image ({e})") from None
+            source = self.find_image(ins, ref, self.platform, lambda e: f"COPY --from={ref}: no such stage or image ({e})")
         flags = "".join(f"--{k}={v} " for k, v in sorted(ins.flags.items()))
         created_by = self.nop(st, f"COPY {flags}from:{source.id[7:]} {' '.join(srcs)} in {dest} ", single_space=True)
         outer = self.context

@@ -1,4 +1,5 @@
-//! Compression of layer streams: detection by magic bytes, decoding and encoding of gzip and zstd.
+//! Compression of layer streams: detection by magic bytes, decoding of gzip, zstd, bzip2 and xz, encoding
+//! of gzip and zstd (the two an image may be pushed with; bzip2 and xz are only ever read, as Docker does).
 
 use std::io::{self, BufReader, Read, Write};
 
@@ -30,17 +31,38 @@ impl Compression {
         }
     }
 
-    /// Identify the compression of a stream from its first bytes.
-    pub fn detect(head: &[u8]) -> Result<Compression> {
-        Ok(match head {
-            [0x1f, 0x8b, ..] => Compression::Gzip,
-            [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
-            [b'B', b'Z', b'h', ..] => return Err(Error::archive("bzip2 compression is not supported (use gzip or zstd)")),
-            [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => {
-                return Err(Error::archive("xz compression is not supported (use gzip or zstd)"))
-            }
-            _ => Compression::None,
-        })
+}
+
+/// What a stream is, as its first bytes tell: plain, one of the [`Compression`]s, or one that is only
+/// ever read (local `ADD` archives and docker-archive layers may be bzip2 or xz, as Docker accepts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Plain,
+    Gzip,
+    Zstd,
+    Bzip2,
+    Xz,
+}
+
+impl Format {
+    pub fn detect(head: &[u8]) -> Format {
+        match head {
+            [0x1f, 0x8b, ..] => Format::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Format::Zstd,
+            [b'B', b'Z', b'h', ..] => Format::Bzip2,
+            [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Format::Xz,
+            _ => Format::Plain,
+        }
+    }
+}
+
+impl From<Compression> for Format {
+    fn from(c: Compression) -> Format {
+        match c {
+            Compression::None => Format::Plain,
+            Compression::Gzip => Format::Gzip,
+            Compression::Zstd => Format::Zstd,
+        }
     }
 }
 
@@ -57,13 +79,25 @@ pub fn decompressed<'a, R: Read + 'a>(mut input: R) -> Result<Box<dyn Read + 'a>
             Err(e) => return Err(e.into()),
         }
     }
-    let kind = Compression::detect(&head)?;
+    let kind = Format::detect(&head);
     let buffered = BufReader::with_capacity(1 << 20, io::Cursor::new(head).chain(input));
     Ok(match kind {
-        Compression::None => Box::new(buffered),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+        Format::Plain => Box::new(buffered),
+        Format::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Format::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+        // Multi-stream, as bzip2 -d and xz -d read concatenated files (pbzip2 and xz -T write them).
+        Format::Bzip2 => Box::new(Named("bzip2", bzip2::bufread::MultiBzDecoder::new(buffered))),
+        Format::Xz => Box::new(Named("xz", liblzma::bufread::XzDecoder::new_multi_decoder(buffered))),
     })
+}
+
+/// A decoder whose errors name its compression ("lzma data error" alone does not say what was read).
+struct Named<R>(&'static str, R);
+
+impl<R: Read> Read for Named<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.1.read(buf).map_err(|e| io::Error::new(e.kind(), format!("{} stream: {e}", self.0)))
+    }
 }
 
 /// A writer that compresses into `out`. Call [`Encoder::finish`] to flush the trailer.
@@ -286,7 +320,7 @@ mod tests {
         let mut e = Encoder::new(Vec::new(), c).unwrap();
         e.write_all(&data).unwrap();
         let packed = e.finish().unwrap();
-        assert_eq!(Compression::detect(&packed).unwrap(), c);
+        assert_eq!(Format::detect(&packed), Format::from(c));
         let mut out = Vec::new();
         decompressed(&packed[..]).unwrap().read_to_end(&mut out).unwrap();
         assert_eq!(out, data);
@@ -333,9 +367,44 @@ mod tests {
         assert_eq!(back, data);
     }
 
+    fn bzip2(data: &[u8]) -> Vec<u8> {
+        let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn xz(data: &[u8]) -> Vec<u8> {
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 1);
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn unpacked(packed: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        decompressed(packed)?.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
     #[test]
-    fn unsupported_compressions_are_named() {
-        assert!(Compression::detect(b"BZh91AY").unwrap_err().to_string().contains("bzip2"));
+    fn bzip2_and_xz_are_detected_and_read_whole_even_when_concatenated() {
+        let a: Vec<u8> = (0..300_000u32).map(|i| (i % 249) as u8 ^ (i >> 10) as u8).collect();
+        let b = b"second stream".to_vec();
+        for (name, pack, format) in [("bzip2", bzip2 as fn(&[u8]) -> Vec<u8>, Format::Bzip2), ("xz", xz, Format::Xz)] {
+            let one = pack(&a);
+            assert_eq!(Format::detect(&one), format);
+            assert_eq!(unpacked(&one).unwrap(), a, "{name}");
+            // Parallel compressors (pbzip2, pixz, xz -T) write several streams one after the other.
+            let two = [pack(&a), pack(&b)].concat();
+            assert_eq!(unpacked(&two).unwrap(), [a.clone(), b.clone()].concat(), "{name}");
+            // A cut-off stream is an error, never a silently short file.
+            assert!(unpacked(&one[..one.len() / 2]).is_err(), "{name} truncated");
+        }
+    }
+
+    #[test]
+    fn only_gzip_and_zstd_are_written() {
+        assert!(Compression::parse(Some("xz")).is_err());
+        assert!(Compression::parse(Some("bzip2")).is_err());
         assert!(Compression::parse(Some("lz4")).is_err());
     }
 }

@@ -51,7 +51,7 @@ pub use union::{Lower, MountPoint, Resolved, Upper, View};
 
 // Between a view and the host.
 pub use cp::{copy_in, copy_out, CopyOptions, CopyProgress, Owner};
-pub use put_archive::put_archive;
+pub use put_archive::{is_tar_archive, put_archive};
 
 // Image archives and writing streams out.
 pub use archive::{Archive, ArchiveWriter, LayerImport, Member, WriteProgress};

@@ -1,4 +1,4 @@
-//! docker-py's `put_archive`: a tar (plain, gzip or zstd) extracted into a directory of a container,
+//! docker-py's `put_archive`: a tar (plain, gzip, zstd, bzip2 or xz) extracted into a directory of a container,
 //! through the view's write operations (copy-up, whiteouts, mounts, read-only mounts, confinement).
 //! Entries come from the validated tar reader, so names and links are checked as for a layer.
 
@@ -15,6 +15,24 @@ use crate::compress;
 use crate::error::{Error, Result};
 use crate::tar::{read_entries, EntryKind};
 use crate::union::View;
+
+/// Whether `ADD` extracts a local file, as Docker's `IsArchivePath` decides: its content, decompressed,
+/// starts with a tar header whose checksum holds. A file that only looks compressed (a bad bzip2 stream,
+/// a gzipped text) or an empty archive is copied as it is instead. zstd is read as Docker 23+ reads it
+/// (Docker 20.10 copies a `.tar.zst` unextracted).
+pub fn is_tar_archive(input: impl Read) -> bool {
+    let Ok(mut plain) = compress::decompressed(input) else { return false };
+    let mut block = [0u8; 512];
+    if plain.read_exact(&mut block).is_err() || block.iter().all(|&b| b == 0) {
+        return false;
+    }
+    let Ok(stored) = tar::Header::from_byte_slice(&block).cksum() else { return false };
+    // The sum with the checksum field as spaces, unsigned or (as old tars wrote it) signed.
+    let field = 148..156;
+    let unsigned: i64 = block.iter().enumerate().map(|(i, &b)| if field.contains(&i) { 32 } else { b as i64 }).sum();
+    let signed: i64 = block.iter().enumerate().map(|(i, &b)| if field.contains(&i) { 32 } else { b as i8 as i64 }).sum();
+    stored as i64 == unsigned || stored as i64 == signed
+}
 
 /// Extract `input` into the existing container directory `dir`; returns the bytes of file content
 /// written. The archive's root entry (`./`) is not applied: `dir` keeps its own metadata.
@@ -112,4 +130,41 @@ pub fn put_archive(view: &View, dir: &Path, input: impl Read) -> Result<u64> {
         view.utime(&p, Some(ts), false)?;
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn archives_are_told_from_files_that_only_look_like_one() {
+        let t = tar_of("a", b"x");
+        assert!(is_tar_archive(&t[..]));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &t).unwrap();
+        assert!(is_tar_archive(&gz.finish().unwrap()[..]));
+        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        std::io::Write::write_all(&mut bz, &t).unwrap();
+        assert!(is_tar_archive(&bz.finish().unwrap()[..]));
+        // Copied as they are by Docker: a compressed text, a bad stream, a bad checksum, an empty archive.
+        let mut text = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut text, &[b'x'; 2000]).unwrap();
+        assert!(!is_tar_archive(&text.finish().unwrap()[..]));
+        assert!(!is_tar_archive(&[b"BZh91AY&SY".as_slice(), &[0; 600]].concat()[..]));
+        let mut bad = t.clone();
+        bad[0] ^= 1;
+        assert!(!is_tar_archive(&bad[..]));
+        assert!(!is_tar_archive(&[0u8; 1024][..]));
+        assert!(!is_tar_archive(&b"short"[..]));
+    }
 }

@@ -239,7 +239,7 @@ refused_cases! {
 }
 
 #[test]
-fn bzip2_and_xz_are_refused_with_their_names() {
+fn bzip2_and_xz_garbage_is_refused_naming_the_compression() {
     for (magic, name) in [(&b"BZh91AY&SY"[..], "bzip2"), (&b"\xfd7zXZ\x00\x00\x04"[..], "xz")] {
         let data = [magic, &noise(100)].concat();
         for msg in refused(|_| data.clone(), None) {

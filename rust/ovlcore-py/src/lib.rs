@@ -48,6 +48,13 @@ fn unmount(py: Python<'_>, target: PathBuf, lazy: bool) -> PyResult<()> {
     py.detach(|| ovlcore_core::unmount(&target, lazy)).py()
 }
 
+/// Whether `ADD` extracts the host file `path` (Docker's `IsArchivePath`): a tar, perhaps compressed.
+#[pyfunction]
+fn is_tar_archive(py: Python<'_>, path: PathBuf) -> PyResult<bool> {
+    let file = std::fs::File::open(&path).map_err(ovlcore_core::Error::from).py()?;
+    Ok(py.detach(|| ovlcore_core::is_tar_archive(std::io::BufReader::new(file))))
+}
+
 /// Bytes of content below a host directory (files once per inode, symlink targets).
 #[pyfunction]
 fn dir_usage(py: Python<'_>, path: PathBuf) -> PyResult<u64> {
@@ -135,11 +142,13 @@ fn _ovlcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unmount, m)?)?;
     m.add_function(wrap_pyfunction!(fuse_serve, m)?)?;
     m.add_function(wrap_pyfunction!(dir_usage, m)?)?;
+    m.add_function(wrap_pyfunction!(is_tar_archive, m)?)?;
     m.add_function(wrap_pyfunction!(chain_id, m)?)?;
     m.add_class::<archive::Archive>()?;
     m.add_class::<archive::ArchiveWriter>()?;
     m.add_class::<registry::RegistryClient>()?;
     m.add_function(wrap_pyfunction!(registry::parse_reference, m)?)?;
+    m.add_function(wrap_pyfunction!(registry::platform_matches, m)?)?;
     m.add_function(wrap_pyfunction!(registry::store_credentials, m)?)?;
     m.add_function(wrap_pyfunction!(registry::erase_credentials, m)?)?;
     Ok(())

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use ovlcore_core::{
-    Compression, Credential, Descriptor, Error, KnownBlob, LayerPull, PushLayer, Reference, RegistryClient as Core, RegistryConfig, TransferEvent,
+    Compression, Credential, Descriptor, Error, KnownBlob, LayerPull, Platform, PushLayer, Reference, RegistryClient as Core, RegistryConfig, TransferEvent,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -33,6 +33,14 @@ fn progress_fn(cb: Option<Py<PyAny>>) -> impl Fn(TransferEvent) -> ovlcore_core:
         })
         .map_err(|e| Error::External(Box::new(e)))
     }
+}
+
+/// Whether an image whose config names `os`/`architecture`/`variant` serves the platform `want`
+/// (`os/arch[/variant]`), as a registry index entry would.
+#[pyfunction]
+#[pyo3(signature = (want, os, architecture, variant=None))]
+pub fn platform_matches(want: &str, os: &str, architecture: &str, variant: Option<&str>) -> PyResult<bool> {
+    Ok(Platform::parse(want).py()?.matches(&Platform::of_config(os, architecture, variant)))
 }
 
 /// `(registry, repository, tag, digest)` of a reference, normalized as Docker does.

@@ -381,7 +381,7 @@ impl View {
         TarStream::new(tar, None)
     }
 
-    /// Extract a tar (path or binary file object; plain, gzip or zstd) into the existing directory `path`.
+    /// Extract a tar (path or binary file object; plain, gzip, zstd, bzip2 or xz) into the existing directory `path`.
     fn put_archive(&self, py: Python<'_>, path: PathBuf, source: Source) -> PyResult<u64> {
         let reader = source.reader()?;
         py.detach(|| put_archive(&self.inner, &path, reader)).py()

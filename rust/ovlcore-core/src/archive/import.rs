@@ -6,7 +6,7 @@ use std::io;
 use std::path::Path;
 
 use crate::archive::Archive;
-use crate::compress::Compression;
+use crate::compress::Format;
 use crate::digest::HashingReader;
 use crate::error::{Error, Result};
 use crate::layer::{import_layer, ImportOptions, ImportReport};
@@ -20,12 +20,12 @@ pub struct LayerImport {
 }
 
 impl Archive {
-    /// Import the layer tar held by member `name` (plain, gzip or zstd) into the empty directory `dest`,
+    /// Import the layer tar held by member `name` (plain, gzip, zstd, bzip2 or xz) into the empty directory `dest`,
     /// as [`import_layer`] does; `opts.progress` counts the member's bytes.
     pub fn import_layer(&self, name: &str, dest: &Path, split: Option<File>, opts: ImportOptions<'_>) -> Result<LayerImport> {
         let what = format!("layer {name:?}");
         let member = self.member(name)?;
-        let compressed = Compression::detect(&member.head(6)?).map_err(|e| e.about(&what))? != Compression::None;
+        let compressed = Format::detect(&member.head(6).map_err(|e| Error::from(e).about(&what))?) != Format::Plain;
         if !compressed {
             // The importer reads the member to its end: the tar's digest is the blob's.
             let report = import_layer(member, dest, split, opts).map_err(|e| e.about(&what))?;

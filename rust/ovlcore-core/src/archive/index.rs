@@ -20,7 +20,7 @@ use rustix::fs::OFlags;
 
 use crate::archive::member::Member;
 use crate::archive::spool::spool;
-use crate::compress::Compression;
+use crate::compress::Format;
 use crate::error::{Context, Error, Result};
 use crate::format::clean_name;
 use crate::sys;
@@ -44,7 +44,7 @@ pub struct Archive {
 }
 
 impl Archive {
-    /// The archive at `path`: an OCI layout directory, or a tar file (plain, gzip or zstd). A compressed
+    /// The archive at `path`: an OCI layout directory, or a tar file (plain, gzip, zstd, bzip2 or xz). A compressed
     /// archive, or a path that is no regular file (a pipe), is spooled to the new file `spool` first.
     pub fn open(path: &Path, spool: &Path) -> Result<Archive> {
         let file = File::open(path).at(path.as_os_str())?;
@@ -63,14 +63,14 @@ impl Archive {
     pub fn from_file(file: File, spool: &Path) -> Result<Archive> {
         let mut head = [0u8; 6];
         let n = file.read_at(&mut head, 0)?;
-        if Compression::detect(&head[..n])? == Compression::None {
+        if Format::detect(&head[..n]) == Format::Plain {
             Archive::index(file)
         } else {
             Archive::from_stream(file, spool)
         }
     }
 
-    /// The tar archive (plain, gzip or zstd) read from `input`, spooled to the new file `spool`.
+    /// The tar archive (plain, gzip, zstd, bzip2 or xz) read from `input`, spooled to the new file `spool`.
     pub fn from_stream(input: impl Read, spool_to: &Path) -> Result<Archive> {
         Archive::index(spool(input, spool_to)?)
     }

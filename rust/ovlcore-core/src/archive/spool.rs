@@ -9,7 +9,7 @@ use crate::compress;
 use crate::error::{Context, Result};
 use crate::overlap;
 
-/// Write `input` (plain, gzip or zstd, detected by content) decompressed into the new file `dest`, and
+/// Write `input` (plain, gzip, zstd, bzip2 or xz, detected by content) decompressed into the new file `dest`, and
 /// return that file.
 pub fn spool(input: impl Read, dest: &Path) -> Result<File> {
     let mut plain = compress::decompressed(input)?;

@@ -1,4 +1,4 @@
-//! OCI layer tar (plain, gzip or zstd) → layer directory, hashing the stream in the same pass.
+//! OCI layer tar (plain, gzip, zstd, bzip2 or xz) → layer directory, hashing the stream in the same pass.
 //!
 //! Two threads: one reads, decompresses and hashes (the diff_id is the sha256 of the plain tar) and
 //! enforces the size limit; the other builds the layer from the validated entries (`extract.rs`). A third
@@ -92,7 +92,7 @@ fn produce(mut plain: impl Read, limit: Option<u64>, tx: std::sync::mpsc::SyncSe
     }
 }
 
-/// Import the OCI layer tar read from `input` (plain, gzip or zstd) into the empty directory `dest`.
+/// Import the OCI layer tar read from `input` (plain, gzip, zstd, bzip2 or xz) into the empty directory `dest`.
 /// With `split`, the tar-split records for byte-identical re-export are written there.
 pub fn import_layer(input: impl Read + Send, dest: &Path, split: Option<File>, opts: ImportOptions<'_>) -> Result<ImportReport> {
     let counting = Counting { inner: input, count: 0, reported: 0, progress: opts.progress };

@@ -75,6 +75,15 @@ impl Platform {
         })
     }
 
+    /// The platform an image config names (`os`, `architecture`, `variant`), in the names `parse` gives.
+    pub fn of_config(os: &str, architecture: &str, variant: Option<&str>) -> Platform {
+        Platform {
+            os: os.to_ascii_lowercase(),
+            architecture: normalize_arch(&architecture.to_ascii_lowercase()),
+            variant: variant.filter(|v| !v.is_empty()).map(str::to_ascii_lowercase),
+        }
+    }
+
     /// This host's platform, in OCI names.
     pub fn host() -> Platform {
         let arch = match std::env::consts::ARCH {
@@ -101,9 +110,9 @@ impl Platform {
         }
     }
 
-    /// Whether an entry offering `offered` serves this platform (a missing variant is the architecture's
-    /// default: v8 for arm64, v7 for arm; amd64 ignores it).
-    fn matches(&self, offered: &Platform) -> bool {
+    /// Whether an entry (or a local image) offering `offered` serves this platform (a missing variant is
+    /// the architecture's default: v8 for arm64, v7 for arm; amd64 ignores it).
+    pub fn matches(&self, offered: &Platform) -> bool {
         if self.os != offered.os || self.architecture != offered.architecture {
             return false;
         }
@@ -245,6 +254,10 @@ mod tests {
         assert!(p("linux/amd64").matches(&offered("linux/amd64")));
         assert!(!p("linux/arm/v6").matches(&offered("linux/arm/v7")));
         assert!(p("linux/arm").matches(&offered("linux/arm/v7")));
+        // As an image config names it.
+        assert!(p("linux/arm64").matches(&Platform::of_config("linux", "aarch64", Some(""))));
+        assert!(!p("linux/amd64").matches(&Platform::of_config("linux", "arm64", Some("v8"))));
+        assert!(!p("linux/amd64").matches(&Platform::of_config("", "", None)));
         assert!(!p("linux/amd64").matches(&offered("windows/amd64")));
         assert!(Platform::parse("linux").is_err());
     }
