@@ -393,6 +393,16 @@ EOF
 
 
 @RUN
+def test_run_sees_root_owned_files_as_root(store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path) -> None:
+    """Also rootless, where the runtime's user namespace maps only the caller (to root)."""
+    df = "FROM busybox:test\nRUN stat -c %u:%g /etc/passwd / > /owners && touch /f && chown 0:0 /f && stat -c %u:%g /f >> /owners\n"
+    img, _ = build(store, context(tmp_path, df))
+    fs = store.containers.create(img).fs
+    assert fs.read_text("/owners") == "0:0\n0:0\n0:0\n"
+    assert (fs.stat("/f").st_uid, fs.stat("/f").st_gid, fs.stat("/owners").st_uid) == (0, 0, 0)
+
+
+@RUN
 def test_run_as_the_image_user(store: ovlcore.Store, base: ovlcore.Image, tmp_path: Path) -> None:
     ctx = context(tmp_path, "FROM busybox:test\nUSER app:staff\nRUN id -u > /tmp/uid; id -g >> /tmp/uid; echo $HOME >> /tmp/uid\n")
     if os.geteuid() != 0:

@@ -314,6 +314,26 @@ def test_container_fuse_mount(ctr: ovlcore.Container, tmp_path: Path) -> None:
     ctr.fs.write_text("/etc/other", "x")  # writable again
 
 
+def test_container_fuse_mount_root_as(ctr: ovlcore.Container, tmp_path: Path) -> None:
+    """``root_as``: root's files show as that host user (whom a rootless runtime's user namespace maps
+    to its root), and that user stored as root; other owners are shown and stored as they are."""
+    me = (4321, 4321) if IS_ROOT else (os.geteuid(), os.getegid())
+    with pytest.raises(ValueError, match="fuse driver"):
+        with ctr.mount(tmp_path / "k", driver="kernel", root_as=me):
+            pass
+    with ctr.mount(tmp_path / "m", root_as=me) as p:
+        st = os.stat(p / "etc" / "passwd")
+        assert (st.st_uid, st.st_gid) == me
+        assert os.stat(p / "data" / "seed.txt").st_uid == 1234
+        (p / "new").write_text("x")
+        os.chown(p / "data" / "seed.txt", *me)
+        assert (os.stat(p / "new").st_uid, os.stat(p / "data" / "seed.txt").st_uid) == (me[0], me[0])
+    fs = ctr.fs
+    assert (fs.stat("/new").st_uid, fs.stat("/new").st_gid) == (0, 0)
+    assert (fs.stat("/data/seed.txt").st_uid, fs.stat("/data/seed.txt").st_gid) == (0, 0)
+    assert fs.stat("/etc/passwd").st_uid == 0
+
+
 def test_container_mount_auto_and_errors(ctr: ovlcore.Container, tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         with ctr.mount(tmp_path / "x", driver="nfs"):

@@ -286,20 +286,28 @@ class Container:
     # ----- kernel mount -----
 
     @contextlib.contextmanager
-    def mount(self, path: str | os.PathLike[str] | None = None, *, driver: str = "auto") -> Iterator[Path]:
+    def mount(
+        self, path: str | os.PathLike[str] | None = None, *, driver: str = "auto", root_as: tuple[int, int] | None = None
+    ) -> Iterator[Path]:
         """Mount the merged tree for real and yield the host path; unmounted on exit. Changes made there
         are the container's changes. ``driver``: ``"kernel"`` (overlayfs over the stored layer directories,
         volumes bind-mounted at their targets; needs the privilege to mount), ``"fuse"`` (ovlcore's own
         view served through FUSE, volumes routed by the view; no privilege needed) or ``"auto"`` (kernel
-        when privileged, else FUSE). While mounted, writes through :attr:`fs` are refused."""
+        when privileged, else FUSE). While mounted, writes through :attr:`fs` are refused.
+
+        ``root_as`` (FUSE only): show the container's root-owned files as this host ``(uid, gid)`` and
+        store that owner as root, for programs in a user namespace mapping its root to that user (a
+        rootless OCI runtime)."""
         if driver not in ("auto", "kernel", "fuse"):
             raise ValueError(f"unknown mount driver {driver!r} (auto, kernel or fuse)")
         if driver == "auto":
-            driver = "kernel" if os.geteuid() == 0 else "fuse"
+            driver = "kernel" if os.geteuid() == 0 and root_as is None else "fuse"
+        if root_as is not None and driver != "fuse":
+            raise ValueError("root_as needs the fuse driver")
         d = self._dirs
         target = Path(path) if path is not None else d.merged
         if driver == "fuse":
-            target = self.mount_fuse(target)
+            target = self.mount_fuse(target, root_as=root_as)
             try:
                 yield target
             finally:
@@ -313,9 +321,10 @@ class Container:
         with self._mount_kernel(target) as where:
             yield where
 
-    def mount_fuse(self, path: str | os.PathLike[str] | None = None) -> Path:
+    def mount_fuse(self, path: str | os.PathLike[str] | None = None, *, root_as: tuple[int, int] | None = None) -> Path:
         """Mount the container through FUSE and leave it mounted (served by a daemon that exits when
-        the mount goes away: ``umount``/``fusermount3 -u``). Returns the mount point."""
+        the mount goes away: ``umount``/``fusermount3 -u``). Returns the mount point. ``root_as``: as
+        for :meth:`mount`."""
         if not self._storage.writable:
             raise PermissionError(errno.EROFS, f"{os.strerror(errno.EROFS)} (the store is open read-only)", str(self.dir))
         d = self._dirs
@@ -337,6 +346,7 @@ class Container:
             mounts=self._mount_points(),
             marker=str(d.marker),
             fsname=f"ovlcore:{self.name}",
+            root_as=root_as,
         )
         # The daemon copies up in the scratch directory too: recovery cleans up after it if it dies.
         self._storage.use_scratch(self.id, fusemount.start(spec))

@@ -55,6 +55,9 @@ class FuseSpec:
     # cannot be opened for writing until closed: ETXTBSY), else its writeback cache.
     passthrough: bool = True
     writeback: bool = True
+    # Show the stored root as this host (uid, gid), and store it as root: for a rootless OCI runtime,
+    # whose user namespace maps its root to the caller.
+    root_as: tuple[int, int] | None = None
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -63,6 +66,8 @@ class FuseSpec:
     def from_json(cls, text: str) -> FuseSpec:
         d = json.loads(text)
         d["mounts"] = [tuple(m) for m in d.get("mounts", [])]
+        if d.get("root_as") is not None:
+            d["root_as"] = tuple(d["root_as"])
         return cls(**d)
 
 
@@ -190,6 +195,7 @@ def _serve(spec: FuseSpec, ready_fd: int | None) -> None:
             threads=4,
             passthrough=spec.passthrough,
             writeback=spec.writeback,
+            root_as=spec.root_as,
         )
     finally:
         if marker is not None:

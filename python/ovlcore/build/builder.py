@@ -895,7 +895,9 @@ class Build:
             if "HOME" not in names:
                 full_env.append("HOME=" + self.home(fs, uid))
             missing = [p for p in MOUNT_POINTS if not fs.lexists(p)]
-            with ctr.mount() as root:
+            # Rootless, the runtime's user namespace maps its root to this user: the mount shows root's files so.
+            root_as = (os.geteuid(), os.getegid()) if rootless() else None
+            with ctr.mount(root_as=root_as) as root:
                 config = bundle_config(
                     str(root), args, full_env, st.config.get("WorkingDir") or "/", uid, gid, hostname=ctr.short_id,
                     network=network, additional_gids=groups,

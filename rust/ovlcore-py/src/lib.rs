@@ -79,7 +79,7 @@ fn chain_id(parent: Option<&str>, diff_id: &str) -> String {
 /// every layer descriptor is closed when it returns. Once the mount is live, `ready_fd` (if given, still
 /// the caller's) gets one line `ok`.
 #[pyfunction]
-#[pyo3(signature = (lower, upper, mountpoint, *, scratch=None, shared=None, privilege="root", mounts=Vec::new(), ready_fd=None, fsname="ovlcore", subtype="ovlcore", allow_other=false, threads=4, passthrough=true, writeback=true))]
+#[pyo3(signature = (lower, upper, mountpoint, *, scratch=None, shared=None, privilege="root", mounts=Vec::new(), ready_fd=None, fsname="ovlcore", subtype="ovlcore", allow_other=false, threads=4, passthrough=true, writeback=true, root_as=None))]
 #[allow(clippy::too_many_arguments)]
 fn fuse_serve(
     py: Python<'_>,
@@ -97,12 +97,13 @@ fn fuse_serve(
     threads: usize,
     passthrough: bool,
     writeback: bool,
+    root_as: Option<(u32, u32)>,
 ) -> PyResult<()> {
     let privilege = view::parse_privilege(privilege)?;
     if upper.is_some() && scratch.is_none() {
         return Err(pyo3::exceptions::PyValueError::new_err("a writable layer needs a scratch directory"));
     }
-    let opts = ovlcore_core::FuseOptions { fsname: fsname.into(), subtype: subtype.into(), allow_other, threads, passthrough, writeback };
+    let opts = ovlcore_core::FuseOptions { fsname: fsname.into(), subtype: subtype.into(), allow_other, threads, passthrough, writeback, root_as };
     py.detach(|| {
         let make_view = || {
             let lower = std::sync::Arc::new(ovlcore_core::Lower::open(&lower, privilege)?);

@@ -53,6 +53,9 @@ pub struct FuseOptions {
     pub passthrough: bool,
     /// Otherwise let the kernel keep written pages and send them in large writes.
     pub writeback: bool,
+    /// Show the stored root (uid, gid 0) as this host user and group, and store them as root: for
+    /// programs in a user namespace that maps its root to that user (a rootless OCI runtime).
+    pub root_as: Option<(u32, u32)>,
 }
 
 impl Default for FuseOptions {
@@ -64,6 +67,7 @@ impl Default for FuseOptions {
             threads: 4,
             passthrough: true,
             writeback: true,
+            root_as: None,
         }
     }
 }
@@ -212,6 +216,7 @@ struct Fuse {
     /// (passthrough, writeback) and what the kernel offers.
     io: IoMode,
     wanted: (bool, bool),
+    root_as: Option<(u32, u32)>,
     /// Inodes whose attributes the kernel holds from an image layer (with its long timeout).
     lower_served: Mutex<HashSet<u64>>,
     /// How the open inodes' I/O is done (with passthrough only).
@@ -343,6 +348,28 @@ fn timespec(t: Option<TimeOrNow>) -> Timespec {
 }
 
 impl Fuse {
+    /// The attributes the kernel is given (owners as `root_as` maps them).
+    fn attr(&self, ino: u64, m: &Meta) -> FileAttr {
+        let mut a = attr_of(ino, m);
+        if let Some((uid, gid)) = self.root_as {
+            if a.uid == 0 {
+                a.uid = uid;
+            }
+            if a.gid == 0 {
+                a.gid = gid;
+            }
+        }
+        a
+    }
+
+    /// The owner to store for one the kernel sends (`root_as` back to root).
+    fn stored_owner(&self, uid: Option<u32>, gid: Option<u32>) -> (Option<u32>, Option<u32>) {
+        match self.root_as {
+            Some((ru, rg)) => (uid.map(|u| if u == ru { 0 } else { u }), gid.map(|g| if g == rg { 0 } else { g })),
+            None => (uid, gid),
+        }
+    }
+
     fn new(view: Arc<View>, root_daemon: bool, opts: &FuseOptions, notifier: Arc<std::sync::OnceLock<fuser::Notifier>>) -> Fuse {
         Fuse {
             notifier,
@@ -357,6 +384,7 @@ impl Fuse {
             generation: AtomicU64::new(0),
             io: IoMode::Cached,
             wanted: (opts.passthrough && root_daemon, opts.writeback),
+            root_as: opts.root_as,
             backings: Mutex::new(HashMap::default()),
             lower_served: Mutex::new(HashSet::default()),
         }
@@ -559,7 +587,7 @@ impl Fuse {
         match self.stat_path(path) {
             Ok((m, ttl)) => {
                 let ino = self.inodes.ino_keyed(path, link_key(&m));
-                reply.entry(&self.entry_ttl(ino, &m, ttl), &attr_of(ino, &m), Generation(0));
+                reply.entry(&self.entry_ttl(ino, &m, ttl), &self.attr(ino, &m), Generation(0));
             }
             Err(e) => reply.error(e),
         }
@@ -601,18 +629,18 @@ impl Fuse {
     fn getattr_ino(&self, ino: u64, fh: Option<FileHandle>) -> std::result::Result<(FileAttr, Duration), Errno> {
         if let Some(fh) = fh {
             if let Ok(file) = self.file(fh) {
-                return Ok((attr_of(ino, &self.stat_fd(ino, &file)?), UPPER_TTL));
+                return Ok((self.attr(ino, &self.stat_fd(ino, &file)?), UPPER_TTL));
             }
         }
         match self.inodes.path(ino) {
             Some(p) => {
                 let (m, ttl) = self.stat_path(&p)?;
-                Ok((attr_of(ino, &m), self.entry_ttl(ino, &m, ttl)))
+                Ok((self.attr(ino, &m), self.entry_ttl(ino, &m, ttl)))
             }
             None => match self.any_open(ino) {
-                Some(f) => Ok((attr_of(ino, &self.stat_fd(ino, &f)?), UPPER_TTL)),
+                Some(f) => Ok((self.attr(ino, &self.stat_fd(ino, &f)?), UPPER_TTL)),
                 None => match self.removed_dirs.lock().unwrap().get(&ino) {
-                    Some(m) => Ok((attr_of(ino, m), UPPER_TTL)),
+                    Some(m) => Ok((self.attr(ino, m), UPPER_TTL)),
                     None => Err(Errno::ENOENT),
                 },
             },
@@ -844,6 +872,7 @@ impl Filesystem for Fuse {
                 };
             };
             if uid.is_some() || gid.is_some() {
+                let (uid, gid) = self.stored_owner(uid, gid);
                 v.chown(&path, uid, gid, false).map_err(e)?;
             }
             if let Some(mode) = mode {
@@ -981,7 +1010,7 @@ impl Filesystem for Fuse {
             Ok((p, m, ttl)) => {
                 self.inodes.link(ino.0, &p, (m.dev, m.ino));
                 self.regroup(ino.0);
-                reply.entry(&self.entry_ttl(ino.0, &m, ttl), &attr_of(ino.0, &m), Generation(0));
+                reply.entry(&self.entry_ttl(ino.0, &m, ttl), &self.attr(ino.0, &m), Generation(0));
             }
             Err(e) => reply.error(e),
         }
@@ -1120,7 +1149,7 @@ impl Filesystem for Fuse {
                         let Ok((m, ttl)) = stat else { return false };
                         let ino = self.inodes.ino_keyed(path, link_key(&m));
                         let ttl = self.entry_ttl(ino, &m, ttl);
-                        reply.add(INodeNo(ino), (i + 1) as u64, name, &ttl, &attr_of(ino, &m), Generation(0))
+                        reply.add(INodeNo(ino), (i + 1) as u64, name, &ttl, &self.attr(ino, &m), Generation(0))
                     });
                 }
                 reply.ok();
@@ -1224,7 +1253,7 @@ impl Filesystem for Fuse {
             Ok((p, fh, backing)) => match self.stat_path(&p) {
                 Ok((m, ttl)) => {
                     let ino = self.inodes.ino(&p);
-                    let (attr, fh) = (attr_of(ino, &m), FileHandle(fh));
+                    let (attr, fh) = (self.attr(ino, &m), FileHandle(fh));
                     match backing {
                         Some(id) => reply.created_passthrough(&ttl, &attr, Generation(0), fh, FopenFlags::empty(), &id),
                         None => reply.created(&ttl, &attr, Generation(0), fh, FopenFlags::empty()),
