@@ -7,7 +7,7 @@
 //! On the host side new entries are created with `O_EXCL`/`O_NOFOLLOW`; an existing non-directory is
 //! replaced, never written through.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
 
 use crate::attrs::{apply_attrs, Kind, Meta, Privilege};
 use crate::error::{Error, Result};
-use crate::rw::copy_data;
+use crate::rw::{copy_data, copy_data_with};
 use crate::sys;
 use crate::union::{Resolved, View};
 
@@ -54,6 +55,7 @@ pub struct CopyOptions<'a> {
 
 struct Copier<'a> {
     owner: Owner,
+    files: FilesOut,
     progress: Option<CopyProgress<'a>>,
     done: u64,
     /// First copy of each multiply-linked inode: later names become hard links to it.
@@ -79,10 +81,11 @@ fn times(m: &Meta) -> Timestamps {
 /// Container → host: copy what `src` names to `name` in the host directory `dst_dir`.
 /// Returns the bytes of file content copied.
 pub fn copy_out(view: &View, src: &Path, dst_dir: &Path, name: &OsStr, opts: CopyOptions<'_>) -> Result<u64> {
+    let contents = opts.contents;
     let r = view.resolve(src, opts.follow)?.require()?;
-    let mut c = Copier { owner: opts.owner, progress: opts.progress, done: 0, links_out: HashMap::new(), links_in: HashMap::new() };
+    let mut c = Copier::new(opts);
     let dst = Arc::new(sys::open_dir(dst_dir)?);
-    if opts.contents {
+    if contents {
         if r.kind() != Some(Kind::Dir) {
             return Err(Error::os(libc::ENOTDIR, r.path.as_os_str()));
         }
@@ -96,6 +99,73 @@ pub fn copy_out(view: &View, src: &Path, dst_dir: &Path, name: &OsStr, opts: Cop
     Ok(c.done)
 }
 
+/// Copying single regular files out of the container.
+struct FilesOut {
+    owner: Owner,
+    /// Devices of source files whose file system refused `FICLONE` (not tried again for them).
+    no_clone: HashSet<u64>,
+}
+
+impl FilesOut {
+    /// Copy the regular file `r` (metadata `meta`) to `name` in the host directory `dir`, replacing a
+    /// non-directory there.
+    fn copy(&mut self, view: &View, r: &Resolved, meta: &Meta, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        let at = |e: Error| e.at(r.path.as_os_str());
+        let src = File::from(view.open_found(r, OFlags::RDONLY)?);
+        let create = || {
+            rustix::fs::openat(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
+        };
+        // Created exclusively: what is there already is looked at only when there is something.
+        let fd = match create() {
+            Err(Errno::EXIST) => {
+                if sys::lstat_at(dir, name).map(|s| Meta::from_stat(&s).is_dir()).unwrap_or(false) {
+                    return Err(Error::os(libc::EISDIR, r.path.as_os_str()));
+                }
+                // Replace, never write through what is there (it may be a symlink).
+                rustix::fs::unlinkat(dir, name, AtFlags::empty()).map_err(|e| at(e.into()))?;
+                create()
+            }
+            other => other,
+        }
+        .map_err(|e| at(e.into()))?;
+        let out = File::from(fd);
+        // A file system that refused FICLONE once is not asked again for every file.
+        let clone = !self.no_clone.contains(&meta.dev);
+        if !copy_data_with(&src, &out, meta.size, clone).map_err(at)? && clone {
+            self.no_clone.insert(meta.dev);
+        }
+        self.finish_fd(dir, name, out.as_fd(), meta).map_err(at)?;
+        rustix::fs::futimens(&out, &times(meta)).map_err(|e| at(e.into()))
+    }
+
+    /// Mode (and owner, as [`Copier::finish`]) of a new host file, through its open descriptor.
+    fn finish_fd(&self, dir: BorrowedFd<'_>, name: &OsStr, fd: BorrowedFd<'_>, meta: &Meta) -> Result<()> {
+        match self.owner {
+            Owner::Keep(privilege) => apply_attrs(dir, name, Some(fd), &meta.attrs(), privilege),
+            Owner::Real => {
+                if self.owner.chowns() {
+                    rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(meta.uid)), Some(rustix::fs::Gid::from_raw(meta.gid)))?;
+                }
+                Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.perm()))?)
+            }
+            Owner::Caller => Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.perm() & 0o777))?),
+        }
+    }
+}
+
+impl<'a> Copier<'a> {
+    fn new(opts: CopyOptions<'a>) -> Self {
+        Copier {
+            owner: opts.owner,
+            files: FilesOut { owner: opts.owner, no_clone: HashSet::new() },
+            progress: opts.progress,
+            done: 0,
+            links_out: HashMap::new(),
+            links_in: HashMap::new(),
+        }
+    }
+}
+
 fn open_host_dir(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd> {
     Ok(rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?)
 }
@@ -104,6 +174,11 @@ impl Copier<'_> {
     fn out_entry(&mut self, view: &View, r: &Resolved, dir: &Arc<OwnedFd>, name: &OsStr) -> Result<()> {
         let at = |e: Error| e.at(r.path.as_os_str());
         let meta = view.meta(r)?;
+        if meta.kind() == Kind::File && meta.nlink <= 1 {
+            // The common case, in the fewest calls: no look at the destination unless it is taken.
+            self.files.copy(view, r, &meta, dir.as_fd(), name)?;
+            return self.tick(meta.size);
+        }
         let existing = sys::lstat_at(dir.as_fd(), name).ok().map(|s| Meta::from_stat(&s));
         match meta.kind() {
             Kind::Dir => {
@@ -139,18 +214,7 @@ impl Copier<'_> {
                     }
                     self.links_out.insert((meta.dev, meta.ino), (dir.clone(), name.to_os_string()));
                 }
-                let src = File::from(view.open_found(r, OFlags::RDONLY)?);
-                let fd = rustix::fs::openat(
-                    dir.as_fd(),
-                    name,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(|e| at(e.into()))?;
-                let out = File::from(fd);
-                copy_data(&src, &out, meta.size).map_err(at)?;
-                self.finish(dir.as_fd(), name, &meta).map_err(at)?;
-                rustix::fs::futimens(&out, &times(&meta)).map_err(|e| at(e.into()))?;
+                self.files.copy(view, r, &meta, dir.as_fd(), name)?;
                 self.tick(meta.size)?;
             }
             Kind::Symlink => {
@@ -215,15 +279,17 @@ impl Copier<'_> {
 pub fn copy_in(view: &View, src_dir: &Path, name: &OsStr, dst: &Path, opts: CopyOptions<'_>) -> Result<u64> {
     let src_dir = sys::open_dir(src_dir)?;
     let src_dir = src_dir.as_fd();
-    let mut c = Copier { owner: opts.owner, progress: opts.progress, done: 0, links_out: HashMap::new(), links_in: HashMap::new() };
-    if opts.contents {
-        let nofollow = if opts.follow { OFlags::empty() } else { OFlags::NOFOLLOW };
+    let contents = opts.contents;
+    let follow = opts.follow;
+    let mut c = Copier::new(opts);
+    if contents {
+        let nofollow = if follow { OFlags::empty() } else { OFlags::NOFOLLOW };
         let sub = rustix::fs::openat(src_dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | nofollow, Mode::empty())?;
         for (child, _) in sorted_host(sub.as_fd())? {
             c.in_entry(view, sub.as_fd(), &child, &dst.join(&child), false)?;
         }
     } else {
-        c.in_entry(view, src_dir, name, dst, opts.follow)?;
+        c.in_entry(view, src_dir, name, dst, follow)?;
     }
     Ok(c.done)
 }

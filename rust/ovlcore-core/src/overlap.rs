@@ -1,9 +1,12 @@
 //! Writing on a helper thread, so that producing the next chunk (walking a layer, compressing, reading an
 //! archive) overlaps with writing the previous one (to a file, a pipe, or whatever the caller gives).
 
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+
+use rustix::io::Errno;
 
 use crate::error::{Error, Result};
 
@@ -12,33 +15,62 @@ const CHUNK: usize = 1 << 20;
 /// A new chunk starts this small and doubles as it fills: a small copy zeroes little memory.
 const FIRST: usize = 64 << 10;
 
+/// What the writing thread is handed: a chunk (and how much of it is filled), or `len` bytes of a file
+/// from its current offset (see [`OverlappedWriter::send_file`]).
+enum Job {
+    Chunk(Vec<u8>, usize),
+    File(File, u64),
+}
+
+/// How the writing thread copies a [`Job::File`] into its sink.
+type FileCopy<W> = fn(&mut W, &File, u64) -> io::Result<()>;
+
 /// A writer whose writes happen on its own thread, one chunk behind. [`OverlappedWriter::finish`] waits
 /// for the last write and gives the sink back; dropping it unfinished lets the thread finish on its own.
 pub struct OverlappedWriter<W: Write + Send + 'static> {
     /// The chunk being filled (`filled` bytes of it; the rest is room, zeroed once when made).
     batch: Vec<u8>,
     filled: usize,
-    full: Option<mpsc::SyncSender<(Vec<u8>, usize)>>,
+    full: Option<mpsc::SyncSender<Job>>,
     empty: mpsc::Receiver<Vec<u8>>,
     worker: Option<JoinHandle<io::Result<W>>>,
 }
 
 impl<W: Write + Send + 'static> OverlappedWriter<W> {
-    pub fn new(mut sink: W) -> Result<Self> {
-        let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(1);
+    pub fn new(sink: W) -> Result<Self> {
+        Self::with_file_copy(sink, copy_file_by_reading::<W>)
+    }
+
+    fn with_file_copy(mut sink: W, file_copy: FileCopy<W>) -> Result<Self> {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Job>(1);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
         let worker = std::thread::Builder::new()
             .name("ovlcore-write".into())
             .spawn(move || -> io::Result<W> {
-                for (buf, len) in full_rx {
-                    sink.write_all(&buf[..len])?;
-                    // The producer may be gone already: then nobody needs the buffer back.
-                    let _ = empty_tx.send(buf);
+                for job in full_rx {
+                    match job {
+                        Job::Chunk(buf, len) => {
+                            sink.write_all(&buf[..len])?;
+                            // The producer may be gone already: then nobody needs the buffer back.
+                            let _ = empty_tx.send(buf);
+                        }
+                        Job::File(file, len) => file_copy(&mut sink, &file, len)?,
+                    }
                 }
                 sink.flush()?;
                 Ok(sink)
             })?;
         Ok(OverlappedWriter { batch: Vec::new(), filled: 0, full: Some(full_tx), empty: empty_rx, worker: Some(worker) })
+    }
+
+    /// Write the next `len` bytes of `file` (from its offset) after everything written so far, on the
+    /// writing thread: straight from file to file where the sink is one ([`OverlappedWriter::to_file`]).
+    /// A file with fewer bytes left fails the writing (the content changed while being copied).
+    pub fn send_file(&mut self, file: File, len: u64) -> Result<()> {
+        if self.filled > 0 {
+            self.send()?;
+        }
+        self.hand_over(Job::File(file, len))
     }
 
     /// Room left in the current chunk, growing it if it is full but smaller than `CHUNK`.
@@ -78,8 +110,12 @@ impl<W: Write + Send + 'static> OverlappedWriter<W> {
     /// Hand the current chunk to the writing thread (reporting its failure, if it stopped on one).
     fn send(&mut self) -> Result<()> {
         let next = self.empty.try_recv().unwrap_or_default();
-        let chunk = (std::mem::replace(&mut self.batch, next), std::mem::take(&mut self.filled));
-        let sent = self.full.as_ref().map(|tx| tx.send(chunk).is_ok()).unwrap_or(false);
+        let chunk = Job::Chunk(std::mem::replace(&mut self.batch, next), std::mem::take(&mut self.filled));
+        self.hand_over(chunk)
+    }
+
+    fn hand_over(&mut self, job: Job) -> Result<()> {
+        let sent = self.full.as_ref().map(|tx| tx.send(job).is_ok()).unwrap_or(false);
         if !sent {
             // The writer stopped on an error: that error is the one to report.
             return Err(self.join().err().unwrap_or_else(|| Error::errno(libc::EPIPE)));
@@ -108,6 +144,46 @@ impl<W: Write + Send + 'static> OverlappedWriter<W> {
         }
         self.join()
     }
+}
+
+impl OverlappedWriter<File> {
+    /// A writer into a file that copies [`OverlappedWriter::send_file`]'s files with `copy_file_range`
+    /// (in the kernel: one copy of the bytes instead of a read and a write; shared extents where the file
+    /// system can), falling back to reading them where it cannot (a pipe, another kind of file system).
+    pub fn to_file(sink: File) -> Result<Self> {
+        Self::with_file_copy(sink, copy_file_range_all)
+    }
+}
+
+fn shrank() -> io::Error {
+    io::Error::other(Error::corrupt("a file shrank while being copied"))
+}
+
+fn copy_file_by_reading<W: Write>(sink: &mut W, file: &File, len: u64) -> io::Result<()> {
+    let n = io::copy(&mut file.take(len), sink)?;
+    if n < len {
+        return Err(shrank());
+    }
+    Ok(())
+}
+
+fn copy_file_range_all(sink: &mut File, file: &File, len: u64) -> io::Result<()> {
+    let mut done = 0u64;
+    while done < len {
+        let chunk = (len - done).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(file, None, &*sink, None, chunk) {
+            Ok(0) => return Err(shrank()),
+            Ok(n) => done += n as u64,
+            Err(Errno::INTR) => {}
+            // Not between these two files (a pipe, an O_APPEND output: EBADF, file systems that cannot):
+            // read and write.
+            Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS | Errno::BADF) if done == 0 => {
+                return copy_file_by_reading(sink, file, len);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 impl<W: Write + Send + 'static> Write for OverlappedWriter<W> {
@@ -218,6 +294,41 @@ mod tests {
         w.write_all(b"head ").unwrap();
         assert_eq!(w.write_from(&mut &b"body tail"[..], 4).unwrap(), 4);
         assert_eq!(w.finish().unwrap(), b"head body");
+    }
+
+    #[test]
+    fn files_sent_go_in_order_whole_and_a_short_one_fails() {
+        let dir = std::env::temp_dir().join(format!("ovlcore-overlap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("src");
+        let body: Vec<u8> = (0..300_001u32).map(|i| (i % 241) as u8).collect();
+        std::fs::write(&src, &body).unwrap();
+        let expected = [&b"head "[..], &body, b" tail"].concat();
+        // Into a file (copy_file_range) and into memory (read and written): the same bytes.
+        let out = dir.join("out");
+        let mut w = OverlappedWriter::to_file(File::create(&out).unwrap()).unwrap();
+        w.write_all(b"head ").unwrap();
+        w.send_file(File::open(&src).unwrap(), body.len() as u64).unwrap();
+        w.write_all(b" tail").unwrap();
+        w.finish().unwrap();
+        assert!(std::fs::read(&out).unwrap() == expected);
+        let mut w = OverlappedWriter::new(Vec::new()).unwrap();
+        w.write_all(b"head ").unwrap();
+        w.send_file(File::open(&src).unwrap(), body.len() as u64).unwrap();
+        w.write_all(b" tail").unwrap();
+        assert!(w.finish().unwrap() == expected);
+        // A file with fewer bytes than announced (it shrank): an error, whichever the sink.
+        for to_file in [true, false] {
+            let err = if to_file {
+                let mut w = OverlappedWriter::to_file(File::create(&out).unwrap()).unwrap();
+                w.send_file(File::open(&src).unwrap(), body.len() as u64 + 1).and_then(|_| w.finish().map(|_| ()))
+            } else {
+                let mut w = OverlappedWriter::new(Vec::new()).unwrap();
+                w.send_file(File::open(&src).unwrap(), body.len() as u64 + 1).and_then(|_| w.finish().map(|_| ()))
+            };
+            assert!(err.unwrap_err().to_string().contains("shrank"), "{to_file}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[derive(Debug)]

@@ -340,6 +340,58 @@ fn hard_links_are_kept_both_ways() {
     });
 }
 
+/// Many files (copied without a look at the destination first): every file keeps its bytes, mode, owner
+/// (archive mode) and time; links, symlinks and subdirectories among them are copied as such; host
+/// entries in the way are replaced (a symlink never written through) and a host directory where a file
+/// goes is EISDIR.
+#[test]
+fn out_a_big_directory_keeps_every_entry_and_replaces_what_is_in_the_way() {
+    each_env(|e| {
+        e.c.mkdir("/big", 0o755).unwrap();
+        for i in 0..300 {
+            e.c.write(&format!("/big/f{i:03}"), format!("file {i}\n").repeat(i % 7)).unwrap();
+            e.c.chmod(&format!("/big/f{i:03}"), 0o600 + (i as u32 % 0o100)).unwrap();
+            if i % 50 == 0 {
+                e.c.chown(&format!("/big/f{i:03}"), Some(1000 + i as u32), Some(2000 + i as u32)).unwrap();
+            }
+        }
+        e.c.link("/big/f007", "/big/hard").unwrap();
+        e.c.symlink("f001", "/big/sym").unwrap();
+        e.c.mkdir("/big/sub", 0o700).unwrap();
+        e.c.write("/big/sub/inner", "inner").unwrap();
+        let dest = e.host.join("big");
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("f010"), "old, longer than the new content").unwrap();
+        std::os::unix::fs::symlink(e.s.outside().join("secret"), dest.join("f011")).unwrap();
+        let owner = if rustix::process::geteuid().is_root() { Owner::Real } else { Owner::Caller };
+        let copied = out(&e.c, "/big", &dest, Opts { owner, ..CONTENTS }).unwrap();
+        let want: u64 = (0..300).map(|i| format!("file {i}\n").repeat(i % 7).len() as u64).sum::<u64>() + 5;
+        assert_eq!(copied, want, "file bytes (a hard link's are copied once)");
+        assert_eq!(std::fs::read_to_string(e.s.outside().join("secret")).unwrap(), SECRET, "never written through");
+        for i in 0..300 {
+            let p = dest.join(format!("f{i:03}"));
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            assert!(m.is_file(), "{i}");
+            assert_eq!(std::fs::read_to_string(&p).unwrap(), format!("file {i}\n").repeat(i % 7), "{i}");
+            assert_eq!(m.mode() & 0o7777, 0o600 + (i as u32 % 0o100), "{i}");
+            let st = e.c.st(&format!("/big/f{i:03}"));
+            assert_eq!(m.mtime(), st.mtime.0, "{i}");
+            if owner == Owner::Real {
+                assert_eq!((m.uid(), m.gid()), (st.uid, st.gid));
+            }
+        }
+        let ino = |n: &str| std::fs::symlink_metadata(dest.join(n)).unwrap().ino();
+        assert_eq!(ino("f007"), ino("hard"));
+        assert_eq!(std::fs::read_link(dest.join("sym")).unwrap(), Path::new("f001"));
+        assert_eq!(std::fs::read_to_string(dest.join("sub/inner")).unwrap(), "inner");
+        // A host directory where a file of the batch goes.
+        let again = e.host.join("again");
+        std::fs::create_dir_all(again.join("f150")).unwrap();
+        assert_errno(out(&e.c, "/big", &again, CONTENTS), libc::EISDIR);
+        assert!(again.join("f150").is_dir());
+    });
+}
+
 #[test]
 fn out_devices_need_root_and_fifos_do_not() {
     each_env(|e| {

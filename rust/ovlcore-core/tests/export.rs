@@ -370,3 +370,64 @@ fn export_keeps_hostile_links_as_links_and_never_reads_the_host() {
         assert!(model::apply(&[etc]).0["/etc/passwd"].data.as_deref().unwrap().starts_with(b"root:x"));
     }
 }
+
+#[test]
+fn export_into_a_file_copies_big_files_by_the_kernel_into_the_same_bytes() {
+    each_container(|_, c| {
+        // Big enough to be handed to the writer as files, odd sizes for the padding, and a hard link.
+        let big: Vec<u8> = (0..(700u32 << 10) + 77).map(|i| (i % 251) as u8).collect();
+        c.write("/big", &big).unwrap();
+        c.write("/usr/bigger", [&big[..], b"tail"].concat()).unwrap();
+        c.link("/big", "/big-link").unwrap();
+        let expected = export(c);
+        let dir = tempfile::tempdir().unwrap();
+        // An output that already holds bytes: the tar goes after them.
+        let path = dir.path().join("out.tar");
+        std::fs::write(&path, b"before").unwrap();
+        let mut out = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        out.flush().unwrap();
+        let tar = LayerTar::merged(c.view.clone()).unwrap().without_digest();
+        let mut stream = LayerStream::new(tar, Compression::None).unwrap();
+        let mut seen = Vec::new();
+        let n = stream
+            .copy_to_file(out, &mut |n| {
+                seen.push(n);
+                Ok(())
+            })
+            .unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert!(written[6..] == expected[..], "the same bytes as read");
+        assert_eq!((n, stream.bytes_out()), (expected.len() as u64, expected.len() as u64));
+        assert_eq!(seen.last(), Some(&n), "progress up to the end");
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]));
+        // Into a pipe (no copy_file_range there): the same bytes again.
+        let (rx, tx) = pipe();
+        let reader = std::thread::spawn(move || read_all(rx));
+        let tar = LayerTar::merged(c.view.clone()).unwrap().without_digest();
+        let mut stream = LayerStream::new(tar, Compression::None).unwrap();
+        stream.copy_to_file(tx, &mut |_| Ok(())).unwrap();
+        assert!(reader.join().unwrap() == expected, "the same bytes through a pipe");
+    });
+}
+
+#[test]
+fn a_hashed_stream_into_a_file_still_has_its_digest() {
+    each_container(|_, c| {
+        c.write("/big", vec![3u8; 600 << 10]).unwrap();
+        let expected = read_all(LayerTar::merged(c.view.clone()).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.tar");
+        let mut stream = LayerStream::new(LayerTar::merged(c.view.clone()).unwrap(), Compression::None).unwrap();
+        stream.copy_to_file(std::fs::File::create(&path).unwrap(), &mut |_| Ok(())).unwrap();
+        assert!(std::fs::read(&path).unwrap() == expected);
+        assert_eq!(stream.diff_id(), Some(sha256(&expected)));
+    });
+}
+
+fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors were just made and belong to nobody else.
+    unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) }
+}

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::errors::IntoPy;
-use crate::io::{Output, Progress, Source};
+use crate::io::{Output, Progress, Sink, Source};
 use crate::view::parse_privilege;
 
 /// The stack below a layer (top first), or none.
@@ -105,7 +105,11 @@ impl TarStream {
         let progress = Progress::new(progress);
         let copied = py.detach(|| {
             let mut st = self.inner.lock().unwrap();
-            let (n, _) = ovlcore_core::copy(&mut *st, sink, &mut |n| progress.report(n))?;
+            let mut report = |n| progress.report(n);
+            let n = match sink {
+                Sink::File(f) => st.copy_to_file(f, &mut report)?,
+                Sink::Python(w) => ovlcore_core::copy(&mut *st, w, &mut report)?.0,
+            };
             progress.report_now(n)?;
             Ok(n)
         });

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ use crate::digest::Hasher;
 use crate::error::{Error, Result};
 use crate::format::{opaque_entry, whiteout_entry};
 use crate::layer::tarsplit::{Record, SplitReader};
+use crate::overlap::OverlappedWriter;
 use crate::sys;
 use crate::tar::{entry_header, padding, END_OF_ARCHIVE};
 use crate::union::{Lower, Node, Resolved, View};
@@ -141,6 +142,61 @@ impl LayerTar {
 
     fn padded(&self) -> bool {
         !matches!(self.source, Source::Split { .. })
+    }
+
+    /// Write the rest of the stream into `out`; `progress` gets the running count of bytes. Unless the
+    /// stream is being hashed, the content of every file of [`HANDED_OVER`] bytes or more is handed to
+    /// the writer as the file itself (copied by the kernel when `out` writes into a file), not read.
+    pub fn copy_into<W: Write + Send + 'static>(&mut self, out: &mut OverlappedWriter<W>, progress: &mut dyn FnMut(u64) -> Result<()>) -> Result<u64> {
+        let start = self.hasher.count;
+        loop {
+            if let Some((file, size)) = self.take_whole_body() {
+                out.send_file(file, size)?;
+                self.hasher.count += size;
+                progress(self.hasher.count - start)?;
+                continue;
+            }
+            let n = out.write_from(&mut UpToWholeBody(self), 1 << 20)?;
+            if n == 0 && !self.at_whole_body() {
+                return Ok(self.hasher.count - start);
+            }
+            progress(self.hasher.count - start)?;
+        }
+    }
+
+    /// Whether the next bytes of the stream are the whole content of a file big enough to hand over.
+    fn at_whole_body(&self) -> bool {
+        !self.hashing && self.pos == self.buf.len() && matches!(&self.body, Some((_, remaining, total)) if remaining == total && *total >= HANDED_OVER)
+    }
+
+    /// The file whose whole content comes next, with its size, the stream moved past that content.
+    fn take_whole_body(&mut self) -> Option<(File, u64)> {
+        if !self.at_whole_body() {
+            return None;
+        }
+        let (file, _, total) = self.body.take()?;
+        self.buf.clear();
+        self.pos = 0;
+        if self.padded() {
+            self.buf.resize(padding(total), 0);
+        }
+        Some((file, total))
+    }
+}
+
+/// Files from this size on are copied by the writer from the file (below, reading them into the chunk
+/// costs less than a separate copy call and a partly filled write).
+const HANDED_OVER: u64 = 256 << 10;
+
+/// The stream up to the next content [`LayerTar::take_whole_body`] takes (reads 0 there).
+struct UpToWholeBody<'a>(&'a mut LayerTar);
+
+impl Read for UpToWholeBody<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.0.at_whole_body() {
+            return Ok(0);
+        }
+        self.0.read(out)
     }
 }
 

@@ -2,6 +2,7 @@
 //! it has been read to its end — the diff_id (sha256 of the plain tar, hashed on a helper thread while the
 //! tar is produced) and the digest of the bytes handed out (the blob digest, the same for a plain tar).
 
+use std::fs::File;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
@@ -9,10 +10,16 @@ use crate::compress::{Compression, Compressor};
 use crate::digest::{BackgroundHasher, Hasher};
 use crate::error::Result;
 use crate::layer::LayerTar;
+use crate::overlap::{self, OverlappedWriter};
+
+enum Out {
+    Plain(Box<DigestOnEnd>),
+    Compressed(Box<Compressor<DigestOnEnd>>),
+}
 
 pub struct LayerStream {
     /// The plain tar, or the compressor reading it.
-    out: Box<dyn Read + Send>,
+    out: Out,
     /// The bytes handed out: hashed when compressed (plain, their digest is the diff_id).
     blob: Hasher,
     compressed: bool,
@@ -28,9 +35,9 @@ impl LayerStream {
         let hasher = if tar.has_digest() { BackgroundHasher::start() } else { None };
         let tar = if hasher.is_some() { tar.without_digest() } else { tar };
         let plain = DigestOnEnd { tar, slot: diff_id.clone(), hasher };
-        let out: Box<dyn Read + Send> = match compression {
-            Compression::None => Box::new(plain),
-            c => Box::new(Compressor::new(plain, c)?),
+        let out = match compression {
+            Compression::None => Out::Plain(Box::new(plain)),
+            c => Out::Compressed(Box::new(Compressor::new(plain, c)?)),
         };
         Ok(LayerStream { out, blob: Hasher::default(), compressed: compression != Compression::None, diff_id, ended: false })
     }
@@ -53,11 +60,31 @@ impl LayerStream {
     pub fn bytes_out(&self) -> u64 {
         self.blob.count
     }
+
+    /// Write the rest of the stream into `sink` (on a helper thread, overlapped with producing it);
+    /// `progress` gets the running count. A plain tar nobody hashes has its bigger files' content copied
+    /// from file to file by the kernel, never read into memory. Returns the count.
+    pub fn copy_to_file(&mut self, sink: File, progress: &mut dyn FnMut(u64) -> Result<()>) -> Result<u64> {
+        match &mut self.out {
+            Out::Plain(plain) if plain.hasher.is_none() && !plain.tar.has_digest() => {
+                let mut out = OverlappedWriter::to_file(sink)?;
+                let n = plain.tar.copy_into(&mut out, progress)?;
+                out.finish()?;
+                self.blob.count += n;
+                self.ended = true;
+                Ok(n)
+            }
+            _ => Ok(overlap::copy(self, sink, progress)?.0),
+        }
+    }
 }
 
 impl Read for LayerStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.out.read(buf)?;
+        let n = match &mut self.out {
+            Out::Plain(p) => p.read(buf)?,
+            Out::Compressed(c) => c.read(buf)?,
+        };
         if self.compressed {
             self.blob.update(&buf[..n]);
         } else {

@@ -19,11 +19,23 @@ use crate::sys;
 
 /// Copy `len` bytes of `src` into the empty file `dst`, with the fastest means the file system offers.
 pub fn copy_data(src: &File, dst: &File, len: u64) -> Result<()> {
+    copy_data_with(src, dst, len, true).map(|_| ())
+}
+
+/// [`copy_data`], trying `FICLONE` only when `clone`. Returns whether `FICLONE` is still worth trying for
+/// files like these: false once the file system refused it (not supported, or not between these two
+/// files), so that a caller copying many files stops paying for the refusal.
+pub fn copy_data_with(src: &File, dst: &File, len: u64, clone: bool) -> Result<bool> {
     if len == 0 {
-        return Ok(());
+        return Ok(clone);
     }
-    if rustix::fs::ioctl_ficlone(dst, src).is_ok() {
-        return Ok(());
+    let mut cloning = clone;
+    if clone {
+        match rustix::fs::ioctl_ficlone(dst, src) {
+            Ok(()) => return Ok(true),
+            Err(Errno::OPNOTSUPP | Errno::XDEV | Errno::INVAL | Errno::NOTTY) => cloning = false,
+            Err(_) => {}
+        }
     }
     // A file that shrinks meanwhile (someone else is writing it) is copied as far as it goes, as cp does.
     let mut done = 0u64;
@@ -34,12 +46,13 @@ pub fn copy_data(src: &File, dst: &File, len: u64) -> Result<()> {
             Ok(n) => done += n as u64,
             Err(Errno::INTR) => continue,
             Err(Errno::XDEV) | Err(Errno::NOSYS) | Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) if done == 0 => {
-                return copy_by_reading(src, dst);
+                copy_by_reading(src, dst)?;
+                return Ok(cloning);
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(cloning)
 }
 
 fn copy_by_reading(mut src: &File, mut dst: &File) -> Result<()> {

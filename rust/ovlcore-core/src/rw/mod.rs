@@ -8,7 +8,7 @@ mod shared;
 mod usage;
 
 pub use commit::CommitReport;
-pub use copyup::copy_data;
+pub use copyup::{copy_data, copy_data_with};
 pub use diff::ChangeKind;
 pub use shared::SharedInodes;
 pub use usage::dir_usage;
