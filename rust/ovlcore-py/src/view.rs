@@ -49,31 +49,46 @@ pub fn stat_result<'py>(py: Python<'py>, m: &Meta) -> PyResult<Bound<'py, PyAny>
     };
     let t = |s: (i64, u32)| -> PyResult<_> { Ok((s.0, s.0 as f64 + s.1 as f64 * 1e-9, ns(s)?)) };
     let (a, m_, c) = (t(m.atime)?, t(m.mtime)?, t(m.ctime)?);
-    let fields = PyTuple::new(
-        py,
-        [
-            m.mode.into_pyobject(py)?.into_any(),
-            m.ino.into_pyobject(py)?.into_any(),
-            m.dev.into_pyobject(py)?.into_any(),
-            m.nlink.into_pyobject(py)?.into_any(),
-            m.uid.into_pyobject(py)?.into_any(),
-            m.gid.into_pyobject(py)?.into_any(),
-            m.size.into_pyobject(py)?.into_any(),
-            a.0.into_pyobject(py)?.into_any(),
-            m_.0.into_pyobject(py)?.into_any(),
-            c.0.into_pyobject(py)?.into_any(),
-            a.1.into_pyobject(py)?.into_any(),
-            m_.1.into_pyobject(py)?.into_any(),
-            c.1.into_pyobject(py)?.into_any(),
-            a.2,
-            m_.2,
-            c.2,
-            m.blksize.into_pyobject(py)?.into_any(),
-            m.blocks.into_pyobject(py)?.into_any(),
-            m.rdev.into_pyobject(py)?.into_any(),
-        ],
-    )?;
-    cls.call1((fields,))
+    let fields = [
+        m.mode.into_pyobject(py)?.into_any(),
+        m.ino.into_pyobject(py)?.into_any(),
+        m.dev.into_pyobject(py)?.into_any(),
+        m.nlink.into_pyobject(py)?.into_any(),
+        m.uid.into_pyobject(py)?.into_any(),
+        m.gid.into_pyobject(py)?.into_any(),
+        m.size.into_pyobject(py)?.into_any(),
+        a.0.into_pyobject(py)?.into_any(),
+        m_.0.into_pyobject(py)?.into_any(),
+        c.0.into_pyobject(py)?.into_any(),
+        a.1.into_pyobject(py)?.into_any(),
+        m_.1.into_pyobject(py)?.into_any(),
+        c.1.into_pyobject(py)?.into_any(),
+        a.2,
+        m_.2,
+        c.2,
+        m.blksize.into_pyobject(py)?.into_any(),
+        m.blocks.into_pyobject(py)?.into_any(),
+        m.rdev.into_pyobject(py)?.into_any(),
+    ];
+    // Filled in place, as os.stat does, where the type has exactly these fields (a call of the type
+    // with a tuple costs about as much again as the rest of a stat).
+    static FILLABLE: PyOnceLock<bool> = PyOnceLock::new();
+    let fillable = *FILLABLE.get_or_init(py, || cls.getattr("n_fields").and_then(|n| n.extract::<usize>()).is_ok_and(|n| n == 19));
+    if !fillable {
+        return cls.call1((PyTuple::new(py, fields)?,));
+    }
+    // SAFETY: `cls` is a struct sequence type of 19 fields (checked above); each field is set once with
+    // a new reference, which PyStructSequence_SetItem steals.
+    unsafe {
+        let obj = pyo3::ffi::PyStructSequence_New(cls.as_type_ptr());
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        for (i, f) in fields.into_iter().enumerate() {
+            pyo3::ffi::PyStructSequence_SetItem(obj, i as pyo3::ffi::Py_ssize_t, f.into_ptr());
+        }
+        Ok(Bound::from_owned_ptr(py, obj))
+    }
 }
 
 /// The merged view of a layer stack, an optional writable layer and mounts.
