@@ -5,6 +5,7 @@
 //! and a walk into the writable layer or a mount goes one component at a time with `O_NOFOLLOW`, so nothing
 //! outside the layers and mount sources is ever reached.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -217,7 +218,8 @@ impl View {
         let raw = path.as_os_str().as_bytes();
         let must_be_dir = raw.len() > 1 && raw.ends_with(b"/");
         let follow = follow || must_be_dir;
-        let mut todo: VecDeque<OsString> = split(raw);
+        // Components still to walk: the path's own borrowed, a symlink target's owned.
+        let mut todo: VecDeque<Cow<'_, OsStr>> = components(raw).map(Cow::Borrowed).collect();
         // The directories entered so far (root first) and, alongside, their canonical container path.
         let mut stack: Vec<Dir> = Vec::with_capacity(8);
         stack.push(self.root_dir());
@@ -227,10 +229,10 @@ impl View {
         let err = |errno: i32| Error::os(errno, path.as_os_str());
 
         while let Some(name) = todo.pop_front() {
-            if name == "." {
+            if *name == *"." {
                 continue;
             }
-            if name == ".." {
+            if *name == *".." {
                 if stack.len() > 1 {
                     stack.pop();
                     here.pop();
@@ -255,9 +257,10 @@ impl View {
                 }
                 // `link -> dir/`: what the link names must be a directory.
                 if tb.len() > 1 && tb.ends_with(b"/") {
-                    todo.push_front(OsString::from("."));
+                    todo.push_front(Cow::Borrowed(OsStr::new(".")));
                 }
-                for c in split(tb).into_iter().rev() {
+                let from_link: Vec<Cow<'_, OsStr>> = components(tb).map(|c| Cow::Owned(c.to_os_string())).collect();
+                for c in from_link.into_iter().rev() {
                     todo.push_front(c);
                 }
                 continue;
@@ -266,7 +269,7 @@ impl View {
                 if must_be_dir && found.exists() && found.kind() != Some(Kind::Dir) {
                     return Err(err(libc::ENOTDIR));
                 }
-                return Ok(Resolved { path: here, parent: Some(cur), name, found });
+                return Ok(Resolved { path: here, parent: Some(cur), name: name.into_owned(), found });
             }
             match found.kind() {
                 None => return Err(err(libc::ENOENT)),
@@ -656,6 +659,6 @@ impl View {
 }
 
 
-fn split(raw: &[u8]) -> VecDeque<OsString> {
-    raw.split(|b| *b == b'/').filter(|c| !c.is_empty()).map(|c| OsStr::from_bytes(c).to_os_string()).collect()
+fn components(raw: &[u8]) -> impl Iterator<Item = &OsStr> {
+    raw.split(|b| *b == b'/').filter(|c| !c.is_empty()).map(OsStr::from_bytes)
 }
