@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Workload:
     small: bool
     work: Path
     archive: Path  # ovlcore's docker-format save of the image, input of the load benches
+    container: str  # the container the image was committed from (its changes are still there)
     docker: str | None = None  # why Docker baselines skip; None when they run
     docker_objects: list[str] = field(default_factory=list)
 
@@ -61,7 +63,7 @@ def workload(small: bool, module_dir: Path, rootfs_tar: Any) -> Iterator[Workloa
     image = c.commit("saveload:1", message="bench")
     archive = work / "input.tar"
     store.images.save("saveload:1", archive)
-    w = Workload(work, store, image, "saveload:1", tiny, work, archive)
+    w = Workload(work, store, image, "saveload:1", tiny, work, archive, c.id)
     w.docker = docker_running()
     tag = f"ovlcore-bench-saveload-{os.getpid()}:1"
     if w.docker is None:
@@ -327,3 +329,60 @@ def test_layer_tar_gnu_tar(benchmark: Any, workload: Workload, compressor: str, 
     benchmark.group = f"layer-tar-{group}"
     benchmark.extra_info.update(role="baseline", what=f"tar -c | {compressor}", tar_bytes=layer.tar_size)
     benchmark.pedantic(lambda: sh(cmd), rounds=rounds(workload), iterations=1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# peak memory (RSS of a process doing one save, load, export or commit of the workload)
+# ----------------------------------------------------------------------------------------------------
+
+PEAK_RSS_LIMIT = 150 << 20
+
+PEAK = """
+import sys
+import ovlcore
+root, what, tag, container, out = sys.argv[1:6]
+store = ovlcore.Store(root)
+if what == "load":
+    store = ovlcore.Store(out)
+# The high-water mark counts from here (opening the store and importing are not the operation's).
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+if what == "save":
+    store.images.save(tag, out)
+elif what == "load":
+    store.images.load(sys.argv[6])
+elif what == "export":
+    store.containers.get(container).export(out)
+else:
+    store.containers.get(container).commit()
+# VmHWM: the peak RSS of this process's own address space (not ru_maxrss, which Linux carries across a
+# vfork + exec from the parent).
+print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")))
+"""
+
+
+@pytest.mark.benchmark(group="saveload-memory")
+@pytest.mark.parametrize("what", ["save", "load", "export", "commit"])
+def test_peak_rss(benchmark: Any, workload: Workload, what: str) -> None:
+    """Issue 14's goal: under 150 MB for each, with the 1 GiB file of the workload in the image."""
+    benchmark.extra_info.update(role="info", what=f"peak RSS of a process doing {what}")
+    out = workload.work / f"rss-{what}"
+    peaks: list[int] = []
+
+    def run() -> None:
+        args = [str(workload.root / "store"), what, workload.tag, workload.container, str(out), str(workload.archive)]
+        done = subprocess.run([sys.executable, "-c", PEAK, *args], check=True, capture_output=True, text=True)
+        peaks.append(int(done.stdout.split()[-1]))
+
+    try:
+        benchmark.pedantic(run, setup=settle, rounds=1, iterations=1)
+    finally:
+        if out.is_dir():
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            out.unlink(missing_ok=True)
+    peak = max(peaks)
+    benchmark.extra_info.update(peak_rss_bytes=peak, limit_bytes=PEAK_RSS_LIMIT)
+    print(f"\n[ovlcore benches] peak RSS of {what}: {peak / MB:.1f} MiB")
+    if not workload.small:
+        assert peak < PEAK_RSS_LIMIT, f"{what} peaked at {peak / MB:.1f} MiB"

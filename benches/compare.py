@@ -30,11 +30,15 @@ TARGETS = [
     ("build-rebuild", "test_build_rebuild_ovlcore", "test_build_rebuild_docker", 0.1),
 ]
 
-#: Peak memory (bench_registry.py): (test, the largest acceptable peak RSS in bytes, from extra_info).
+#: Peak memory (bench_registry.py, bench_save_load.py): (test, the largest acceptable peak RSS in bytes, from extra_info).
 MEMORY_TARGETS = [
     ("test_peak_rss[push]", 150 << 20),
     ("test_peak_rss[push-zstd]", 150 << 20),
     ("test_peak_rss[pull]", 150 << 20),
+    ("test_peak_rss[save]", 150 << 20),
+    ("test_peak_rss[load]", 150 << 20),
+    ("test_peak_rss[export]", 150 << 20),
+    ("test_peak_rss[commit]", 150 << 20),
 ]
 
 
