@@ -713,7 +713,7 @@ class Build:
                 uid, gid = self.user_ids(ctr.fs, chown, ins) if chown else (0, 0)
                 for e in entries:
                     # A local archive is extracted; a downloaded one is not (as Docker does).
-                    if add and not e.is_dir and e.host not in fetched and self.is_archive(e.host):
+                    if add and not e.is_dir and e.host not in fetched and _ovlcore.is_tar_archive(e.host):
                         self.extract(ctr, e, dest)
                     else:
                         self.place(ctr, e, dest, uid, gid, chmod, bool(chown))
@@ -740,9 +740,6 @@ class Build:
                 when = email.utils.parsedate_to_datetime(last_modified).timestamp()
                 os.utime(path, (when, when))
         return Entry(name, str(path), os.lstat(path))
-
-    def is_archive(self, host: str) -> bool:
-        return _ovlcore.is_tar_archive(host)
 
     def extract(self, ctr: Container, e: Entry, dest: str) -> None:
         # Docker ignores --chown (and --chmod) here: the entries keep the archive's owners, and the

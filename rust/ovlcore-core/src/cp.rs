@@ -134,22 +134,8 @@ impl FilesOut {
         if !copy_data_with(&src, &out, meta.size, clone).map_err(at)? && clone {
             self.no_clone.insert(meta.dev);
         }
-        self.finish_fd(dir, name, out.as_fd(), meta).map_err(at)?;
+        finish(self.owner, dir, name, Some(out.as_fd()), meta).map_err(at)?;
         rustix::fs::futimens(&out, &times(meta)).map_err(|e| at(e.into()))
-    }
-
-    /// Mode (and owner, as [`Copier::finish`]) of a new host file, through its open descriptor.
-    fn finish_fd(&self, dir: BorrowedFd<'_>, name: &OsStr, fd: BorrowedFd<'_>, meta: &Meta) -> Result<()> {
-        match self.owner {
-            Owner::Keep(privilege) => apply_attrs(dir, name, Some(fd), &meta.attrs(), privilege),
-            Owner::Real => {
-                if self.owner.chowns() {
-                    rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(meta.uid)), Some(rustix::fs::Gid::from_raw(meta.gid)))?;
-                }
-                Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.perm()))?)
-            }
-            Owner::Caller => Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.perm() & 0o777))?),
-        }
     }
 }
 
@@ -164,6 +150,30 @@ impl<'a> Copier<'a> {
             links_in: HashMap::new(),
         }
     }
+}
+
+/// Owner and mode of a new host entry `name` in `dir`, through its open descriptor `fd` when there is
+/// one (a new directory stays writable by its owner while its content is copied).
+fn finish(owner: Owner, dir: BorrowedFd<'_>, name: &OsStr, fd: Option<BorrowedFd<'_>>, meta: &Meta) -> Result<()> {
+    let own = if meta.is_dir() { 0o700 } else { 0 };
+    let mode = match owner {
+        Owner::Keep(privilege) => return apply_attrs(dir, name, fd, &meta.attrs(), privilege),
+        Owner::Real => {
+            if owner.chowns() {
+                match fd {
+                    Some(fd) => rustix::fs::fchown(fd, Some(rustix::fs::Uid::from_raw(meta.uid)), Some(rustix::fs::Gid::from_raw(meta.gid)))?,
+                    None => sys::chown_at(dir, name, Some(meta.uid), Some(meta.gid))?,
+                }
+            }
+            Mode::from_raw_mode(meta.perm() | own)
+        }
+        Owner::Caller => Mode::from_raw_mode(meta.perm() & 0o777 | own),
+    };
+    match fd {
+        Some(fd) => rustix::fs::fchmod(fd, mode)?,
+        None => rustix::fs::chmodat(dir, name, mode, AtFlags::empty())?,
+    }
+    Ok(())
 }
 
 fn open_host_dir(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd> {
@@ -191,7 +201,7 @@ impl Copier<'_> {
                 for child in view.children(r)? {
                     self.out_entry(view, &child, &sub, &child.name)?;
                 }
-                self.finish(dir.as_fd(), name, &meta).map_err(at)?;
+                finish(self.owner, dir.as_fd(), name, None, &meta).map_err(at)?;
                 return rustix::fs::utimensat(dir.as_fd(), name, &times(&meta), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| at(e.into()));
             }
             _ => {
@@ -238,7 +248,7 @@ impl Copier<'_> {
                     // A device in a rootless store: an empty file with its override.
                     rustix::fs::openat(dir.as_fd(), name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
                         .map_err(|e| at(e.into()))?;
-                    self.finish(dir.as_fd(), name, &meta).map_err(at)?;
+                    finish(self.owner, dir.as_fd(), name, None, &meta).map_err(at)?;
                 } else {
                     return Err(Error::os(libc::EPERM, r.path.as_os_str()));
                 }
@@ -249,22 +259,6 @@ impl Copier<'_> {
     }
 
     /// Mode (and with `Keep`, owner) of a new host file or directory.
-    fn finish(&self, dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta) -> Result<()> {
-        match self.owner {
-            Owner::Keep(privilege) => apply_attrs(dir, name, None, &meta.attrs(), privilege),
-            Owner::Real => {
-                if self.owner.chowns() {
-                    sys::chown_at(dir, name, Some(meta.uid), Some(meta.gid))?;
-                }
-                Ok(rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.perm() | if meta.is_dir() { 0o700 } else { 0 }), AtFlags::empty())?)
-            }
-            Owner::Caller => {
-                let perm = meta.perm() & 0o777 | if meta.is_dir() { 0o700 } else { 0 };
-                Ok(rustix::fs::chmodat(dir, name, Mode::from_raw_mode(perm), AtFlags::empty())?)
-            }
-        }
-    }
-
     fn finish_path(&self, dir: BorrowedFd<'_>, name: &OsStr, meta: &Meta) -> Result<()> {
         if self.owner.chowns() {
             sys::chown_at(dir, name, Some(meta.uid), Some(meta.gid))?;

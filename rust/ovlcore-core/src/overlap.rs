@@ -3,10 +3,9 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-
-use rustix::io::Errno;
 
 use crate::error::{Error, Result};
 
@@ -168,22 +167,11 @@ fn copy_file_by_reading<W: Write>(sink: &mut W, file: &File, len: u64) -> io::Re
 }
 
 fn copy_file_range_all(sink: &mut File, file: &File, len: u64) -> io::Result<()> {
-    let mut done = 0u64;
-    while done < len {
-        let chunk = (len - done).min(1 << 30) as usize;
-        match rustix::fs::copy_file_range(file, None, &*sink, None, chunk) {
-            Ok(0) => return Err(shrank()),
-            Ok(n) => done += n as u64,
-            Err(Errno::INTR) => {}
-            // Not between these two files (a pipe, an O_APPEND output: EBADF, file systems that cannot):
-            // read and write.
-            Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS | Errno::BADF) if done == 0 => {
-                return copy_file_by_reading(sink, file, len);
-            }
-            Err(e) => return Err(e.into()),
-        }
+    match crate::sys::copy_range(file.as_fd(), sink.as_fd(), len)? {
+        None => copy_file_by_reading(sink, file, len),
+        Some(n) if n < len => Err(shrank()),
+        Some(_) => Ok(()),
     }
-    Ok(())
 }
 
 impl<W: Write + Send + 'static> Write for OverlappedWriter<W> {

@@ -252,6 +252,25 @@ pub fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<bool> {
 }
 
 /// Flush the whole file system holding `fd` (one call instead of one fsync per file of a new layer).
+/// Copy up to `len` bytes from `src` to `dst` (both at their offsets) in the kernel, with
+/// `copy_file_range`. Returns the bytes copied (fewer when `src` ends first), or `None` when the kernel
+/// refused these two files before any byte (another file system, a pipe, an `O_APPEND` output): the
+/// caller then reads and writes.
+pub fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> std::io::Result<Option<u64>> {
+    let mut done = 0u64;
+    while done < len {
+        let chunk = (len - done).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(src, None, dst, None, chunk) {
+            Ok(0) => break,
+            Ok(n) => done += n as u64,
+            Err(Errno::INTR) => {}
+            Err(Errno::XDEV | Errno::INVAL | Errno::OPNOTSUPP | Errno::NOSYS | Errno::BADF) if done == 0 => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Some(done))
+}
+
 pub fn syncfs(fd: BorrowedFd<'_>) -> Result<()> {
     Ok(rustix::fs::syncfs(fd)?)
 }

@@ -51,8 +51,11 @@ fn unmount(py: Python<'_>, target: PathBuf, lazy: bool) -> PyResult<()> {
 /// Whether `ADD` extracts the host file `path` (Docker's `IsArchivePath`): a tar, perhaps compressed.
 #[pyfunction]
 fn is_tar_archive(py: Python<'_>, path: PathBuf) -> PyResult<bool> {
-    let file = std::fs::File::open(&path).map_err(ovlcore_core::Error::from).py()?;
-    Ok(py.detach(|| ovlcore_core::is_tar_archive(std::io::BufReader::new(file))))
+    py.detach(|| -> ovlcore_core::Result<bool> {
+        let file = std::fs::File::open(&path)?;
+        Ok(ovlcore_core::is_tar_archive(std::io::BufReader::new(file)))
+    })
+    .py()
 }
 
 /// Bytes of content below a host directory (files once per inode, symlink targets).

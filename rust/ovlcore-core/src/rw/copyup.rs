@@ -38,19 +38,8 @@ pub fn copy_data_with(src: &File, dst: &File, len: u64, clone: bool) -> Result<b
         }
     }
     // A file that shrinks meanwhile (someone else is writing it) is copied as far as it goes, as cp does.
-    let mut done = 0u64;
-    while done < len {
-        let chunk = (len - done).min(1 << 30) as usize;
-        match rustix::fs::copy_file_range(src, None, dst, None, chunk) {
-            Ok(0) => break,
-            Ok(n) => done += n as u64,
-            Err(Errno::INTR) => continue,
-            Err(Errno::XDEV) | Err(Errno::NOSYS) | Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) if done == 0 => {
-                copy_by_reading(src, dst)?;
-                return Ok(cloning);
-            }
-            Err(e) => return Err(e.into()),
-        }
+    if sys::copy_range(src.as_fd(), dst.as_fd(), len)?.is_none() {
+        copy_by_reading(src, dst)?;
     }
     Ok(cloning)
 }
