@@ -47,7 +47,7 @@ pub use layer::{import_layer, ImportOptions, ImportReport, LayerStream, LayerTar
 
 // The union view and the writable layer.
 pub use rw::{dir_usage, ChangeKind, CommitReport};
-pub use union::{Lower, MountPoint, Resolved, Upper, View};
+pub use union::{Lower, MountPoint, ReadAhead, Resolved, Upper, View};
 
 // Between a view and the host.
 pub use cp::{copy_in, copy_out, CopyOptions, CopyProgress, Owner};

@@ -9,6 +9,7 @@ use std::path::Path;
 use common::kernel::kernel_resolve;
 use common::tar::mode;
 use common::*;
+use ovlcore_core::{ReadAhead, View};
 use rustix::fs::OFlags;
 
 const PASSWD: &str = "image:x:0:0:image passwd:/:/bin/sh\n";
@@ -148,18 +149,50 @@ fn listings_are_sorted_and_merged() {
 
 #[test]
 fn listings_with_metadata_agree_with_lstat() {
-    for (_, fs) in views() {
+    for (s, fs) in views() {
+        // A view of its own, whose entries are each read on their own (not by the listing's one pass).
+        let single = s.view();
         for dir in ["/", "/etc", "/usr/share", "/lib", "/deep/a"] {
             let entries = fs.view.list_meta(Path::new(dir)).unwrap();
             let names: Vec<String> = entries.iter().map(|(n, _)| n.to_str().unwrap().to_owned()).collect();
-            assert_eq!(names, fs.ls(dir), "{dir}");
+            assert_eq!(names, single.ls(dir), "{dir}");
             for (name, meta) in &entries {
                 let path = Path::new(dir).join(name);
-                assert_eq!(*meta, fs.lst(path.to_str().unwrap()), "{}", path.display());
+                assert_eq!(*meta, single.lst(path.to_str().unwrap()), "{}", path.display());
             }
         }
         assert_errno_at(fs.view.list_meta(Path::new("/etc/passwd")), libc::ENOTDIR, "/etc/passwd");
         assert_errno(fs.view.list_meta(Path::new("/nope")), libc::ENOENT);
+    }
+}
+
+#[test]
+fn a_listed_directory_has_its_subdirectories_read_ahead_one_level_down() {
+    for (s, _) in views() {
+        let lower = s.lower();
+        let ahead = ReadAhead::start(lower.clone()).unwrap();
+        ahead.listed(lower.root());
+        let subdirs = lower.subdirs(lower.root()).unwrap();
+        let names: Vec<_> = subdirs.iter().map(|n| n.rel.to_str().unwrap().to_owned()).collect();
+        assert!(names.contains(&"deep".to_owned()) && names.contains(&"etc".to_owned()), "{names:?}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !subdirs.iter().all(|n| n.is_read()) {
+            assert!(std::time::Instant::now() < deadline, "not read ahead: {names:?}");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(ahead);
+        assert!(!lower.root().is_read(), "the listed directory is its listing's own work");
+        let deep = lower.dir_node(Path::new("deep/a")).unwrap().unwrap();
+        assert!(!deep.is_read(), "only one level down");
+        // What was read ahead is what each entry's own lookup reads.
+        let view = View::new(lower, None, Vec::new()).unwrap();
+        let single = s.view();
+        for dir in ["/etc", "/deep", "/usr"] {
+            for (name, meta) in view.list_meta(Path::new(dir)).unwrap() {
+                let path = Path::new(dir).join(&name);
+                assert_eq!(meta, single.lst(path.to_str().unwrap()), "{}", path.display());
+            }
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use rustix::fs::{OFlags, Timespec, Timestamps};
 use crate::attrs::{Attrs, Kind, Meta, Privilege};
 use crate::error::{Error, Result};
 use crate::format::OVERRIDE_XATTR;
-use crate::union::{Dir, Found, Resolved, View};
+use crate::union::{Dir, Found, ReadAhead, Resolved, View};
 use inodes::{Inodes, ROOT};
 
 const NAME_MAX: usize = 255;
@@ -221,6 +221,8 @@ struct Fuse {
     lower_served: Mutex<HashSet<u64>>,
     /// How the open inodes' I/O is done (with passthrough only).
     backings: Mutex<HashMap<u64, InodeIo>>,
+    /// Reads the image layers' directories ahead of a walk.
+    read_ahead: Option<ReadAhead>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -371,6 +373,7 @@ impl Fuse {
     }
 
     fn new(view: Arc<View>, root_daemon: bool, opts: &FuseOptions, notifier: Arc<std::sync::OnceLock<fuser::Notifier>>) -> Fuse {
+        let read_ahead = if view.lower.is_empty() { None } else { ReadAhead::start(view.lower.clone()).ok() };
         Fuse {
             notifier,
             view,
@@ -387,6 +390,7 @@ impl Fuse {
             root_as: opts.root_as,
             backings: Mutex::new(HashMap::default()),
             lower_served: Mutex::new(HashSet::default()),
+            read_ahead,
         }
     }
 
@@ -702,6 +706,9 @@ impl Fuse {
 
     fn list(&self, ino: INodeNo) -> std::result::Result<Listing, Errno> {
         let (path, dir) = self.dir_of(ino.0)?;
+        if let (Some(ahead), Dir::Union { lower: Some(node), .. }) = (&self.read_ahead, &dir) {
+            ahead.listed(node);
+        }
         let mut entries = self.view.list_dir(&dir, &path).map_err(|e| errno_of(&e))?;
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(Listing { path, entries })
@@ -1139,8 +1146,12 @@ impl Filesystem for Fuse {
         match self.listing(ino.0, offset) {
             Ok(listing) => {
                 if let Some(l) = listing {
-                    // Entries are resolved in the directory entered once, not each from its path.
+                    // Entries are resolved in the directory entered once, not each from its path, and
+                    // the image layers' part is read in one pass (unless read ahead already).
                     let dir = self.dir_of(ino.0).ok();
+                    if let Some((_, d)) = &dir {
+                        self.view.read_ahead(d);
+                    }
                     l.each(offset, |i, name, _kind, path| {
                         let stat = match &dir {
                             Some(dir) if i >= 2 => self.stat_in(dir, name),

@@ -41,6 +41,8 @@ pub struct Node {
     pub layers: Vec<u16>,
     children: OnceLock<HashMap<OsString, Arc<Child>>>,
     sorted: OnceLock<Vec<OsString>>,
+    /// Its children's metadata has all been read (`read_ahead`).
+    read: std::sync::atomic::AtomicBool,
 }
 
 /// One name in a merged directory: where it comes from and, lazily, what it is.
@@ -248,6 +250,40 @@ impl Lower {
         Ok(m)
     }
 
+    /// Read a directory before it is needed: its children and each one's metadata, through one open
+    /// descriptor per layer rather than a path walk per entry.
+    pub fn read_ahead(&self, node: &Node) -> Result<()> {
+        if node.is_read() {
+            return Ok(());
+        }
+        let mut dirs: Vec<Option<OwnedFd>> = (0..self.layers.len()).map(|_| None).collect();
+        for (name, child) in self.children(node)? {
+            if child.meta.get().is_some() {
+                continue;
+            }
+            let dir = match &mut dirs[child.layer as usize] {
+                Some(fd) => fd,
+                slot => slot.insert(open_rel_dir(self.fd(child.layer), &node.rel)?),
+            };
+            let _ = child.meta.set(sys::read_meta(dir.as_fd(), name, self.privilege)?);
+        }
+        node.read.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The merged directories below `node`, in name order (as a walk enters them).
+    pub fn subdirs(&self, node: &Node) -> Result<Vec<Arc<Node>>> {
+        let children = self.children(node)?;
+        let mut out = Vec::new();
+        for name in self.names(node)? {
+            let child = &children[name];
+            if child.kind == Kind::Dir {
+                out.push(self.node(node, name, child));
+            }
+        }
+        Ok(out)
+    }
+
     /// The metadata of the merged root directory (from the top layer).
     pub fn root_meta(&self) -> Result<Option<Meta>> {
         match self.root.layers.first() {
@@ -321,7 +357,12 @@ impl Lower {
 
 impl Node {
     fn new(rel: PathBuf, layers: Vec<u16>) -> Node {
-        Node { rel, layers, children: OnceLock::new(), sorted: OnceLock::new() }
+        Node { rel, layers, children: OnceLock::new(), sorted: OnceLock::new(), read: Default::default() }
+    }
+
+    /// Whether `read_ahead` has read every child's metadata.
+    pub fn is_read(&self) -> bool {
+        self.read.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -495,11 +495,14 @@ impl View {
     /// The entries of a resolved directory, each resolved (without following a final symlink), sorted by
     /// name. One walk to the directory instead of one from the root per entry.
     pub fn children(&self, r: &Resolved) -> Result<Vec<Resolved>> {
-        let dir = self.enter(r)?;
+        self.children_in(&self.enter(r)?, &r.path)
+    }
+
+    fn children_in(&self, dir: &Dir, here: &Path) -> Result<Vec<Resolved>> {
         let mut out = Vec::new();
-        for (name, _) in self.list_dir(&dir, &r.path).map_err(|e| e.at(r.path.as_os_str()))? {
-            let path = r.path.join(&name);
-            let found = self.lookup(&dir, &path, &name)?;
+        for (name, _) in self.list_dir(dir, here).map_err(|e| e.at(here.as_os_str()))? {
+            let path = here.join(&name);
+            let found = self.lookup(dir, &path, &name)?;
             if found.exists() {
                 out.push(Resolved { path, parent: Some(dir.clone()), name, found });
             }
@@ -511,12 +514,23 @@ impl View {
     /// listings with details (fsspec's `ls`, `walk`) without one walk from the root per entry.
     pub fn list_meta(&self, path: &Path) -> Result<Vec<(OsString, Meta)>> {
         let r = self.resolve(path, true)?;
+        let dir = self.enter(&r)?;
+        self.read_ahead(&dir);
         let mut out = Vec::new();
-        for c in self.children(&r)? {
+        for c in self.children_in(&dir, &r.path)? {
             let meta = self.meta(&c)?;
             out.push((c.name, meta));
         }
         Ok(out)
+    }
+
+    /// Read the image layers' part of an entered directory in one pass (one open directory per layer
+    /// instead of a walk per entry), for listings that go on to read every entry's metadata. An entry
+    /// it cannot read is left to the caller's own lookup to report.
+    pub fn read_ahead(&self, dir: &Dir) {
+        if let Dir::Union { lower: Some(node), .. } = dir {
+            let _ = self.lower.read_ahead(node);
+        }
     }
 
     /// The merged listing of a directory: (name, kind), sorted by name.
