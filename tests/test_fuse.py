@@ -175,6 +175,44 @@ def test_helper_listings_stay_true_while_cached(layers: dict[str, Path]) -> None
     assert set(os.listdir(d["m"])) == {"a", "b", "big", "dir", "gone"}
 
 
+def test_helper_entry_changes_keep_entered_directories_true(layers: dict[str, Path]) -> None:
+    """Entered directories stay cached across changes that copy no directory up (a new file in a
+    directory of the writable layer); changes that do copy one up (the first file in an image
+    directory, a hard link to a file in another image directory) show in every directory above."""
+    d = layers
+    (d["l2"] / "dir" / "other").mkdir()
+    (d["l2"] / "dir" / "other" / "o").write_text("other\n")
+    (d["l2"] / "dir" / "sub" / "g").write_text("image\n")
+    helper_mount(d)
+    m = d["m"]
+    # Every directory entered (and cached) while only in the image.
+    assert sorted(os.listdir(m / "dir")) == ["other", "sub"]
+    assert sorted(os.listdir(m / "dir" / "sub")) == ["f", "g"]
+    assert os.listdir(m / "dir" / "other") == ["o"]
+    (m / "dir" / "sub" / "new1").write_text("1")  # copies dir and dir/sub up
+    (m / "dir" / "sub" / "new2").write_text("2")  # dir/sub is in the writable layer now
+    os.remove(m / "dir" / "sub" / "f")  # a whiteout
+    os.symlink("new1", m / "dir" / "sub" / "s")
+    os.mknod(m / "dir" / "sub" / "fifo", 0o644 | stat.S_IFIFO)
+    os.link(m / "dir" / "other" / "o", m / "dir" / "sub" / "o2")  # copies dir/other up
+    with open(m / "dir" / "sub" / "g", "a") as f:  # copy-up of a file in a settled directory
+        f.write("more\n")
+    assert sorted(os.listdir(m / "dir" / "sub")) == ["fifo", "g", "new1", "new2", "o2", "s"]
+    assert sorted(os.listdir(m / "dir")) == ["other", "sub"]
+    assert os.listdir(m / "dir" / "other") == ["o"]
+    assert (m / "dir" / "sub" / "g").read_text() == "image\nmore\n"
+    assert os.readlink(m / "dir" / "sub" / "s") == "new1" and (m / "dir" / "sub" / "s").read_text() == "1"
+    assert os.stat(m / "dir" / "sub" / "o2").st_nlink == 2 == os.stat(m / "dir" / "other" / "o").st_nlink
+    (m / "dir" / "other" / "o").write_text("changed\n")
+    assert (m / "dir" / "sub" / "o2").read_text() == "changed\n"
+    # What the writable layer holds: every parent copied up, the whiteout, the link.
+    assert (d["u"] / "dir" / "other" / "o").stat().st_ino == (d["u"] / "dir" / "sub" / "o2").stat().st_ino
+    assert stat.S_ISCHR((d["u"] / "dir" / "sub" / "f").lstat().st_mode)
+    # A walk after the changes (read ahead from the image layers) agrees with them.
+    walked = {os.path.relpath(os.path.join(r, n), m) for r, ds, fs in os.walk(m) for n in ds + fs}
+    assert {"dir/sub/new1", "dir/sub/o2", "dir/other/o"} <= walked and "dir/sub/f" not in walked
+
+
 def _kernel_at_least(major: int, minor: int) -> bool:
     release = os.uname().release.split("-")[0].split(".")
     return (int(release[0]), int(release[1])) >= (major, minor)

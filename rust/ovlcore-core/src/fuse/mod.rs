@@ -473,14 +473,40 @@ impl Fuse {
     /// Something changed at inode `ino` (an entry of a directory `ino`, or the file `ino`): every cached
     /// directory is looked up again, and the kernel drops what it holds of `ino` and its parents.
     fn changed(&self, ino: u64) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.changed_in(ino, false);
+    }
+
+    /// Whether directory `dir` is entered (cached) and already in the writable layer, so that a change
+    /// of an entry inside it that is not a directory copies no directory up: every entered directory
+    /// then stays what it is made of. Asked before the change.
+    fn settled(&self, dir: u64) -> bool {
+        let generation = self.generation.load(Ordering::SeqCst);
+        matches!(self.dirs.lock().unwrap().get(&dir),
+            Some((g, _, Dir::Union { upper: Some(_), .. } | Dir::Mount { .. })) if *g == generation)
+    }
+
+    /// Whether the parent directory of the file `ino` is `settled`.
+    fn settled_parent(&self, ino: u64) -> bool {
+        let parent = self.inodes.path(ino).and_then(|p| p.parent().and_then(|d| self.inodes.known(d)));
+        parent.is_some_and(|d| self.settled(d))
+    }
+
+    /// Something changed at inode `ino` that is not a directory's make-up when `settled` held.
+    fn changed_in(&self, ino: u64, settled: bool) {
+        if !settled {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
         self.stale_up(ino);
     }
 
     /// The file `ino` itself changed (data, metadata, xattrs): its copy-up may also have parted the
     /// names of a hard-linked file.
     fn changed_file(&self, ino: u64) {
-        self.changed(ino);
+        self.changed_file_in(ino, false);
+    }
+
+    fn changed_file_in(&self, ino: u64, settled: bool) {
+        self.changed_in(ino, settled);
         self.regroup(ino);
     }
 
@@ -688,12 +714,14 @@ impl Fuse {
             (f, lower)
         } else {
             self.check_writable(ino.0)?;
-            let mut fd = self.view.open_write(&path, self.write_flags(oflags) | OFlags::NOFOLLOW, 0);
+            let settled = self.settled_parent(ino.0);
+            let r = self.resolve_path(&path)?;
+            let mut fd = self.view.open_write_resolved(r.clone(), self.write_flags(oflags) | OFlags::NOFOLLOW, 0);
             if matches!(fd, Err(ref e) if e.raw_errno() == Some(libc::EACCES)) && self.io == IoMode::Writeback {
                 // A write-only file: the kernel then writes whole pages only.
-                fd = self.view.open_write(&path, (oflags - OFlags::APPEND) | OFlags::NOFOLLOW, 0);
+                fd = self.view.open_write_resolved(r, (oflags - OFlags::APPEND) | OFlags::NOFOLLOW, 0);
             }
-            self.changed_file(ino.0);
+            self.changed_file_in(ino.0, settled);
             (fd.map_err(|e| errno_of(&e))?, false)
         };
         let file = File::from(fd);
@@ -905,6 +933,7 @@ impl Filesystem for Fuse {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        let settled = self.settled(parent.0);
         let res: R<PathBuf> = (|| {
             let p = self.child(parent, name)?;
             let kind = Kind::from_mode(mode);
@@ -917,7 +946,7 @@ impl Filesystem for Fuse {
             self.own(req, &p)?;
             Ok(p)
         })();
-        self.changed(parent.0);
+        self.changed_in(parent.0, settled);
         self.reply_entry(res, reply);
     }
 
@@ -933,13 +962,14 @@ impl Filesystem for Fuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let settled = self.settled(parent.0);
         let res: R<()> = (|| {
             let p = self.child(parent, name)?;
             self.view.remove(&p).map_err(|e| errno_of(&e))?;
             self.inodes.detach(&p);
             Ok(())
         })();
-        self.changed(parent.0);
+        self.changed_in(parent.0, settled);
         reply_empty(res, reply);
     }
 
@@ -960,13 +990,14 @@ impl Filesystem for Fuse {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let settled = self.settled(parent.0);
         let res: R<PathBuf> = (|| {
             let p = self.child(parent, link_name)?;
             self.view.symlink(target.as_os_str(), &p).map_err(|e| errno_of(&e))?;
             self.own(req, &p)?;
             Ok(p)
         })();
-        self.changed(parent.0);
+        self.changed_in(parent.0, settled);
         self.reply_entry(res, reply);
     }
 
@@ -1003,14 +1034,16 @@ impl Filesystem for Fuse {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        // The source may be copied up (with its parent) for the new name.
+        let settled = self.settled(newparent.0) && self.settled_parent(ino.0);
         let res: R<PathBuf> = (|| {
             let src = self.path(ino)?;
             let dst = self.child(newparent, newname)?;
             self.view.link(&src, &dst).map_err(|e| errno_of(&e))?;
             Ok(dst)
         })();
-        self.changed(newparent.0);
-        self.changed(ino.0);
+        self.changed_in(newparent.0, settled);
+        self.changed_in(ino.0, settled);
         // The new name is the same inode: the kernel updates that inode's attributes (nlink) from
         // this reply, so no name of it shows a stale count.
         match res.and_then(|p| self.stat_path(&p).map(|(m, ttl)| (p, m, ttl))) {
@@ -1208,17 +1241,16 @@ impl Filesystem for Fuse {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let res: R<Vec<u8>> = (|| {
-            let p = self.path(ino)?;
             let attr = CString::new(name.as_bytes()).map_err(|_| Errno::from_i32(libc::EINVAL))?;
-            self.view.getxattr(&p, &attr, false).map_err(|e| errno_of(&e))?.ok_or(Errno::from_i32(libc::ENODATA))
+            let r = self.resolve_path(&self.path(ino)?)?;
+            self.view.getxattr_of(r, &attr).map_err(|e| errno_of(&e))?.ok_or(Errno::from_i32(libc::ENODATA))
         })();
         xattr_reply(res, size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let res: R<Vec<u8>> = (|| {
-            let p = self.path(ino)?;
-            let names = self.view.listxattr(&p, false).map_err(|e| errno_of(&e))?;
+            let names = self.view.listxattr_of(self.resolve_path(&self.path(ino)?)?).map_err(|e| errno_of(&e))?;
             let mut out = Vec::new();
             for n in names {
                 out.extend_from_slice(&n);
@@ -1247,11 +1279,12 @@ impl Filesystem for Fuse {
     }
 
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+        let settled = self.settled(parent.0);
         let res: R<(PathBuf, u64, Option<Arc<BackingId>>)> = (|| {
             let p = self.child(parent, name)?;
             let oflags = OFlags::from_bits_retain(flags as u32) | OFlags::CREATE | OFlags::NOFOLLOW;
             let oflags = self.write_flags(oflags - OFlags::NOCTTY);
-            let fd = self.view.open_write(&p, oflags, mode & 0o7777).map_err(|e| errno_of(&e))?;
+            let fd = self.view.open_write_resolved(self.resolve_in(parent.0, name)?, oflags, mode & 0o7777).map_err(|e| errno_of(&e))?;
             self.own(req, &p)?;
             let ino = self.inodes.ino(&p);
             let file = File::from(fd);
@@ -1259,7 +1292,7 @@ impl Filesystem for Fuse {
             let fh = self.add_handle(Handle { ino, file: Arc::new(file), backing: backing.clone() });
             Ok((p, fh, backing))
         })();
-        self.changed(parent.0);
+        self.changed_in(parent.0, settled);
         match res {
             Ok((p, fh, backing)) => match self.stat_path(&p) {
                 Ok((m, ttl)) => {

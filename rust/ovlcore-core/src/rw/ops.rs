@@ -287,7 +287,12 @@ impl View {
         // O_CREAT|O_EXCL never follows a final symlink (POSIX), O_NOFOLLOW never does.
         let exclusive = flags.contains(OFlags::CREATE | OFlags::EXCL);
         let follow = !(flags.contains(OFlags::NOFOLLOW) || exclusive);
-        let r = self.resolve(path, follow)?;
+        self.open_write_resolved(self.resolve(path, follow)?, flags, mode)
+    }
+
+    /// `open_write` of a path resolved already (a final symlink followed as `flags` say).
+    pub fn open_write_resolved(&self, r: Resolved, flags: OFlags, mode: u32) -> Result<OwnedFd> {
+        let exclusive = flags.contains(OFlags::CREATE | OFlags::EXCL);
         let at = |e: Errno| Error::from(e).at(r.path.as_os_str());
         let open_flags = (flags - OFlags::CREATE - OFlags::EXCL) | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         match &r.found {

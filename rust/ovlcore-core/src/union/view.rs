@@ -636,14 +636,27 @@ impl View {
         if crate::format::is_internal_xattr(attr.to_bytes()) {
             return Ok(None);
         }
-        let r = self.resolve(path, follow)?.require()?;
+        self.getxattr_of(self.resolve(path, follow)?, attr)
+    }
+
+    /// An extended attribute of a resolved entry.
+    pub fn getxattr_of(&self, r: Resolved, attr: &std::ffi::CStr) -> Result<Option<Vec<u8>>> {
+        if crate::format::is_internal_xattr(attr.to_bytes()) {
+            return Ok(None);
+        }
+        let r = r.require()?;
         let (fd, name) = self.entry_location(&r)?;
         sys::xattr_get(fd.as_fd(), &name, attr).map_err(|e| e.at(r.path.as_os_str()))
     }
 
     /// The content xattr names of an entry, sorted.
     pub fn listxattr(&self, path: &Path, follow: bool) -> Result<Vec<Vec<u8>>> {
-        let r = self.resolve(path, follow)?.require()?;
+        self.listxattr_of(self.resolve(path, follow)?)
+    }
+
+    /// The extended attribute names of a resolved entry, sorted.
+    pub fn listxattr_of(&self, r: Resolved) -> Result<Vec<Vec<u8>>> {
+        let r = r.require()?;
         let (fd, name) = self.entry_location(&r)?;
         let mut names: Vec<Vec<u8>> = sys::xattr_list(fd.as_fd(), &name)
             .map_err(|e| e.at(r.path.as_os_str()))?
