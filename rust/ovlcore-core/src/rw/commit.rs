@@ -1,7 +1,8 @@
 //! `docker commit`: the writable layer becomes a new immutable layer.
 //!
 //! Docker tars the writable layer, hashes the tar and untars it again. Here two things run side by side:
-//! the deterministic layer tar is streamed into a hasher (its sha256 is the diff_id), while the new layer
+//! the deterministic layer tar is streamed into a hasher on threads of its own (its sha256 is the
+//! diff_id; reading and hashing overlap), while the new layer
 //! directory is built by *hard-linking* the writable layer's files instead of copying them. The container
 //! keeps the same inodes; the list of shared inodes is returned so that the container's next change to
 //! such a file copies it first (see `ops.rs`), keeping the committed layer immutable.
@@ -17,7 +18,8 @@ use rustix::io::Errno;
 
 use crate::attrs::{Kind, Meta, Privilege};
 use crate::error::{Error, Result};
-use crate::layer::LayerTar;
+use crate::compress::Compression;
+use crate::layer::{LayerStream, LayerTar};
 use crate::rw::copyup::clone_entry;
 use crate::sys;
 use crate::union::{Lower, Node, View};
@@ -35,7 +37,7 @@ pub struct CommitReport {
 impl View {
     /// Build the layer made of this view's writable layer into the empty directory `dest`, and record
     /// the inodes it now shares with the container (so that the container's next change copies them).
-    /// `progress`, if any, is told how many bytes of the layer tar have been hashed; an error from it
+    /// `progress`, if any, is told how many bytes of the layer tar have been read; an error from it
     /// stops the commit.
     pub fn commit(&self, dest: &Path, progress: Option<&(dyn Fn(u64) -> Result<()> + Sync)>) -> Result<CommitReport> {
         let up = self.upper.as_ref().ok_or_else(|| Error::os(libc::EROFS, dest.as_os_str()))?;
@@ -58,14 +60,16 @@ fn commit_layer(
     let (hashed, mirrored) = std::thread::scope(|s| {
         let tar_lower = lower.clone();
         let hasher = s.spawn(move || -> Result<(String, u64)> {
-            let mut tar = LayerTar::walk(upper, privilege, tar_lower)?;
+            // The sha256 (half the work) runs on a thread of its own, overlapping the reading.
+            let mut tar = LayerStream::new(LayerTar::walk(upper, privilege, tar_lower)?, Compression::None)?;
             let mut buf = vec![0u8; 1 << 20];
             while tar.read(&mut buf)? > 0 {
                 if let Some(p) = progress {
-                    p(tar.bytes_read())?;
+                    p(tar.bytes_out())?;
                 }
             }
-            Ok((tar.digest(), tar.bytes_read()))
+            let diff_id = tar.diff_id().ok_or_else(|| Error::corrupt("the layer tar ended without its digest"))?;
+            Ok((diff_id, tar.bytes_out()))
         });
         let mirrored = Mirror::run(upper, dest, lower.as_deref(), privilege);
         (hasher.join().expect("hashing thread panicked"), mirrored)
