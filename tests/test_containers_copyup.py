@@ -301,6 +301,9 @@ def test_delete_image_file_leaves_whiteout(sample: SampleImages, c: ovlcore.Cont
     fs.remove("/etc/fresh")
     assert not os.path.lexists(up(c, "/etc/fresh"))
     check_diff(sample, c)
+    # The whiteouts share one inode, kept in the scratch directory: not a leftover for check().
+    assert os.lstat(up(c, "/etc/motd")).st_ino == os.lstat(up(c, "/lib")).st_ino
+    assert sample.store.check().problems == []
 
 
 def test_rmtree_image_dir_is_one_whiteout(sample: SampleImages, c: ovlcore.Container) -> None:

@@ -44,9 +44,10 @@ class Sandbox:
 
 def leftovers(root: Path) -> list[str]:
     """What a finished or recovered operation must not leave behind: staging (``tmp/``), trash and every
-    container's scratch directory. (Store internals: the one place that knows these names.)"""
+    container's scratch directory but for its shared whiteout. (Store internals: the one place that
+    knows these names.)"""
     out = [f"tmp/{p.name}" for p in (root / "tmp").iterdir()]
     out += [f"trash/{p.name}" for p in (root / "trash").iterdir()]
     for c in (root / "containers").iterdir():
-        out += [f"containers/{c.name}/scratch/{p.name}" for p in (c / "scratch").iterdir()]
+        out += [f"containers/{c.name}/scratch/{p.name}" for p in (c / "scratch").iterdir() if p.name != "whiteout"]
     return out

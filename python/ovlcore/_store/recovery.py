@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 __all__ = ["recover", "leftovers", "scratch_owner"]
 
 
+# The one whiteout every whiteout of the writable layer links to (the core's rw/whiteout.rs): it lives in
+# the scratch directory, belongs to no operation and is not a leftover.
+SHARED_WHITEOUT = "whiteout"
+
+
 def scratch_owner(name: str) -> int | None:
     """Scratch entries are named ``tmp-<pid>-<suffix>`` by the core: the pid, if it is one."""
     parts = name.split("-")
@@ -142,7 +147,7 @@ def leftovers(storage: Storage) -> list[str]:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for e in sorted(os.listdir(scratch)):
                 owner = scratch_owner(e)
-                if owner is None or not pid_alive(owner):
+                if e != SHARED_WHITEOUT and (owner is None or not pid_alive(owner)):
                     out.append(f"containers/{cid}/scratch/{e}")
     return out
 
@@ -157,7 +162,7 @@ def clean_all_scratch(storage: Storage) -> list[str]:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for e in os.listdir(scratch):
                 owner = scratch_owner(e)
-                if owner is None or not pid_alive(owner):
+                if e != SHARED_WHITEOUT and (owner is None or not pid_alive(owner)):
                     _ovlcore.remove_tree(str(scratch / e))
                     out.append(f"containers/{cid}/scratch/{e}")
     return out

@@ -295,6 +295,35 @@ fn deleting_an_image_file_leaves_a_whiteout() {
 }
 
 #[test]
+fn deletions_share_one_whiteout_inode_as_the_kernels_do() {
+    use std::os::unix::fs::MetadataExt;
+    each_container(|s, c| {
+        let ino = |p: &str| std::fs::symlink_metadata(c.up(p)).unwrap().ino();
+        c.remove("/etc/motd").unwrap();
+        c.remove("/etc/passwd").unwrap();
+        c.remove("/usr/share/doc/c.txt").unwrap();
+        assert_eq!(ino("/etc/motd"), ino("/etc/passwd"));
+        assert_eq!(ino("/etc/motd"), ino("/usr/share/doc/c.txt"));
+        // The scratch directory holds the shared one and nothing else.
+        let names: Vec<_> = std::fs::read_dir(c.scratch()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["whiteout"]);
+        // Gone (the scratch directory's recovery may take it): the next deletion makes another.
+        std::fs::remove_file(c.scratch().join("whiteout")).unwrap();
+        c.remove("/etc/secret").unwrap();
+        c.remove("/etc/group").unwrap();
+        assert!(is_whiteout(&c.up("/etc/secret")));
+        assert_eq!(ino("/etc/secret"), ino("/etc/group"));
+        assert_ne!(ino("/etc/secret"), ino("/etc/motd"));
+        // Removing one name of a shared whiteout (a name made again) leaves the others whiteouts.
+        c.write("/etc/motd", "again\n").unwrap();
+        assert!(is_whiteout(&c.up("/etc/passwd")));
+        assert_eq!(c.text("/etc/motd"), "again\n");
+        check_diff(s, c);
+        check_kernel(s, c);
+    });
+}
+
+#[test]
 fn rmtree_of_an_image_directory_is_one_whiteout() {
     each_container(|s, c| {
         c.write("/usr/share/doc/new.txt", "n").unwrap();

@@ -8,6 +8,7 @@
 //! non-directory with more than one link is also known by its backing `(dev, ino)`, and a new name
 //! resolving to a known backing inode joins that number.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -175,10 +176,15 @@ impl Inodes {
     /// The path (and everything below it) is gone: its numbers keep serving open files only.
     pub fn detach(&self, path: &Path) {
         let mut t = self.t.lock().unwrap();
-        let gone: Vec<PathBuf> = t.by_path.keys().filter(|p| p.starts_with(path)).cloned().collect();
+        let gone: Vec<PathBuf> = t.by_path.keys().filter(|p| below(p, path)).cloned().collect();
         for p in gone {
             t.unname(&p);
         }
+    }
+
+    /// `detach` of a non-directory, which has nothing below it (no walk over every known path).
+    pub fn detach_one(&self, path: &Path) {
+        self.t.lock().unwrap().unname(path);
     }
 
     /// `src` was renamed to `dst` (whatever was at `dst` is gone).
@@ -186,7 +192,7 @@ impl Inodes {
         self.detach(dst);
         let mut t = self.t.lock().unwrap();
         let moved: Vec<(PathBuf, u64)> =
-            t.by_path.iter().filter(|(p, _)| p.starts_with(src)).map(|(p, i)| (p.clone(), *i)).collect();
+            t.by_path.iter().filter(|(p, _)| below(p, src)).map(|(p, i)| (p.clone(), *i)).collect();
         for (p, _) in &moved {
             t.by_path.remove(p);
         }
@@ -215,6 +221,13 @@ impl Inodes {
     }
 }
 
+/// `path.starts_with(root)` for the table's paths (absolute, normalised: joined from names), on bytes:
+/// it runs over every known path on each directory removal or rename.
+fn below(path: &Path, root: &Path) -> bool {
+    let (p, r) = (path.as_os_str().as_bytes(), root.as_os_str().as_bytes());
+    p.starts_with(r) && (p.len() == r.len() || r.ends_with(b"/") || p[r.len()] == b'/')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +246,13 @@ mod tests {
         t.detach(Path::new("/c"));
         assert!(t.unlinked(ab));
         assert_eq!(t.path(ab), None);
+    }
+
+    #[test]
+    fn below_is_starts_with_on_normalised_paths() {
+        for (p, r) in [("/a/b", "/a"), ("/a", "/a"), ("/ab", "/a"), ("/a", "/"), ("/", "/"), ("/a b/c", "/a"), ("/b", "/a/b")] {
+            assert_eq!(below(Path::new(p), Path::new(r)), Path::new(p).starts_with(r), "{p} below {r}");
+        }
     }
 
     #[test]

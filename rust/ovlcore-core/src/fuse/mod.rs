@@ -476,10 +476,14 @@ impl Fuse {
         self.changed_in(ino, false);
     }
 
-    /// Whether directory `dir` is entered (cached) and already in the writable layer, so that a change
+    /// Whether directory `dir` is (entered and) already in the writable layer, so that a change
     /// of an entry inside it that is not a directory copies no directory up: every entered directory
     /// then stays what it is made of. Asked before the change.
     fn settled(&self, dir: u64) -> bool {
+        // Entered now if it is not cached: the change resolves its entry through it anyway.
+        if self.dir_of(dir).is_err() {
+            return false;
+        }
         let generation = self.generation.load(Ordering::SeqCst);
         matches!(self.dirs.lock().unwrap().get(&dir),
             Some((g, _, Dir::Union { upper: Some(_), .. } | Dir::Mount { .. })) if *g == generation)
@@ -965,8 +969,8 @@ impl Filesystem for Fuse {
         let settled = self.settled(parent.0);
         let res: R<()> = (|| {
             let p = self.child(parent, name)?;
-            self.view.remove(&p).map_err(|e| errno_of(&e))?;
-            self.inodes.detach(&p);
+            self.view.remove_resolved(self.resolve_in(parent.0, name)?).map_err(|e| errno_of(&e))?;
+            self.inodes.detach_one(&p);
             Ok(())
         })();
         self.changed_in(parent.0, settled);
@@ -976,8 +980,9 @@ impl Filesystem for Fuse {
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let res: R<()> = (|| {
             let p = self.child(parent, name)?;
-            let before = self.stat_path(&p).ok();
-            self.view.rmdir(&p).map_err(|e| errno_of(&e))?;
+            let r = self.resolve_in(parent.0, name)?;
+            let before = self.stat_resolved(r.clone()).ok();
+            self.view.rmdir_resolved(r).map_err(|e| errno_of(&e))?;
             if let (Some(ino), Some((mut m, _))) = (self.inodes.known(&p), before) {
                 m.nlink = 0;
                 self.removed_dirs.lock().unwrap().insert(ino, m);

@@ -6,6 +6,7 @@ mod diff;
 mod ops;
 mod shared;
 mod usage;
+mod whiteout;
 
 pub use commit::CommitReport;
 pub use copyup::{copy_data, copy_data_with};

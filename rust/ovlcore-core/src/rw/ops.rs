@@ -17,6 +17,7 @@ use rustix::io::Errno;
 use crate::attrs::{apply_attrs, Kind, Meta, Privilege};
 use crate::error::{Error, Result};
 use crate::rw::copyup::{clone_entry, copy_up_entry, place, scratch_name};
+use crate::rw::whiteout;
 use crate::sys;
 use crate::union::{open_subdir, Dir, Found, Resolved, Upper, View};
 
@@ -243,15 +244,20 @@ impl View {
             (Found::Root, _) | (Found::MountRoot { .. }, _) | (Found::Virtual, _) => Err(Error::os(libc::EBUSY, r.path.as_os_str())),
             (Found::Missing { .. }, _) => Err(Error::os(libc::ENOENT, r.path.as_os_str())),
             (_, Some(Dir::Mount { fd, .. })) => sys::remove_all_at(fd.as_fd(), &r.name).map_err(at),
-            (Found::Lower { .. }, _) => {
-                let dir = self.upper_dir(r.path.parent().unwrap_or(Path::new("/")))?;
-                sys::make_whiteout(dir.as_fd(), &r.name).map_err(at)
+            // The whiteout goes into the parent's writable directory, copied up first if need be.
+            (Found::Lower { .. }, parent) => {
+                let up = self.upper_or_rofs(&r.path)?;
+                let dir = match parent {
+                    Some(Dir::Union { upper: Some(dir), .. }) => dir.clone(),
+                    _ => self.upper_dir(r.path.parent().unwrap_or(Path::new("/")))?,
+                };
+                whiteout::make(up.scratch.as_fd(), dir.as_fd(), &r.name).map_err(at)
             }
             (Found::Upper { kind }, Some(Dir::Union { upper: Some(dir), .. })) => {
                 let up = self.upper_or_rofs(&r.path)?;
                 if self.lower_has(r)? {
                     let tmp = scratch_name();
-                    sys::make_whiteout(up.scratch.as_fd(), &tmp).map_err(at)?;
+                    whiteout::make(up.scratch.as_fd(), up.scratch.as_fd(), &tmp).map_err(at)?;
                     let flags = if *kind == Kind::Dir { RenameFlags::EXCHANGE } else { RenameFlags::empty() };
                     let res = rustix::fs::renameat_with(up.scratch.as_fd(), &tmp, dir.as_fd(), &r.name, flags);
                     let cleanup = sys::remove_all_at(up.scratch.as_fd(), &tmp);
@@ -360,7 +366,12 @@ impl View {
 
     /// Remove a non-directory.
     pub fn remove(&self, path: &Path) -> Result<()> {
-        let r = self.resolve(path, false)?.require()?;
+        self.remove_resolved(self.resolve(path, false)?)
+    }
+
+    /// `remove` of a path resolved already (not following a final symlink).
+    pub fn remove_resolved(&self, r: Resolved) -> Result<()> {
+        let r = r.require()?;
         if r.kind() == Some(Kind::Dir) {
             return Err(Error::os(libc::EISDIR, r.path.as_os_str()));
         }
@@ -369,7 +380,12 @@ impl View {
 
     /// Remove an empty directory (empty in the merged view).
     pub fn rmdir(&self, path: &Path) -> Result<()> {
-        let r = self.resolve(path, false)?.require()?;
+        self.rmdir_resolved(self.resolve(path, false)?)
+    }
+
+    /// `rmdir` of a path resolved already.
+    pub fn rmdir_resolved(&self, r: Resolved) -> Result<()> {
+        let r = r.require()?;
         if r.kind() != Some(Kind::Dir) {
             return Err(Error::os(libc::ENOTDIR, r.path.as_os_str()));
         }
@@ -493,7 +509,7 @@ impl View {
                 Err(e) => return Err(err2(e)),
             }
             rustix::fs::renameat(src_t.dir.as_fd(), &src_t.name, dst_dir.as_fd(), &rd.name).map_err(err2)?;
-            return sys::make_whiteout(src_t.dir.as_fd(), &src_t.name);
+            return whiteout::make(up.scratch.as_fd(), src_t.dir.as_fd(), &src_t.name);
         }
         rustix::fs::renameat(src_t.dir.as_fd(), &src_t.name, dst_dir.as_fd(), &rd.name).map_err(err2)
     }
