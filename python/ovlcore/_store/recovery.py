@@ -38,6 +38,12 @@ def scratch_owner(name: str) -> int | None:
     return int(parts[1]) if len(parts) >= 3 and parts[0] == "tmp" and parts[1].isdigit() else None
 
 
+def _abandoned_scratch(entry: str) -> bool:
+    """A scratch entry whose process is gone (or that no process names): not the shared whiteout."""
+    owner = scratch_owner(entry)
+    return entry != SHARED_WHITEOUT and (owner is None or not pid_alive(owner))
+
+
 def _is_lock(entry: str) -> bool:
     return entry.endswith(".lock") and not entry.startswith(".")
 
@@ -146,8 +152,7 @@ def leftovers(storage: Storage) -> list[str]:
         scratch = layout.container(cid).scratch
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for e in sorted(os.listdir(scratch)):
-                owner = scratch_owner(e)
-                if e != SHARED_WHITEOUT and (owner is None or not pid_alive(owner)):
+                if _abandoned_scratch(e):
                     out.append(f"containers/{cid}/scratch/{e}")
     return out
 
@@ -161,8 +166,7 @@ def clean_all_scratch(storage: Storage) -> list[str]:
         scratch = layout.container(cid).scratch
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             for e in os.listdir(scratch):
-                owner = scratch_owner(e)
-                if e != SHARED_WHITEOUT and (owner is None or not pid_alive(owner)):
+                if _abandoned_scratch(e):
                     _ovlcore.remove_tree(str(scratch / e))
                     out.append(f"containers/{cid}/scratch/{e}")
     return out
