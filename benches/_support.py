@@ -435,6 +435,24 @@ def docker_running() -> str | None:
     return None
 
 
+def docker_load(store: ovlcore.Store, image: ovlcore.Image, tag: str, scratch: Path) -> None:
+    """Give Docker the very same image, as ``tag``: ovlcore's docker-archive save, ``docker load``-ed."""
+    archive = scratch / "docker-load.tar"
+    store.images.tag(image, tag)
+    store.images.save(tag, archive)
+    try:
+        subprocess.run(["docker", "load", "-i", str(archive)], check=True, capture_output=True)
+    finally:
+        archive.unlink()
+
+
+def rotated_runs(contenders: tuple[str, ...], rounds: int) -> list[tuple[int, str]]:
+    """(round, contender) pairs, round-major, each round starting one contender further on: as test items,
+    every contender runs once per round, so noise from other jobs on the machine (and drift over the run)
+    falls on all sides alike."""
+    return [(r, contenders[(r + i) % len(contenders)]) for r in range(rounds) for i in range(len(contenders))]
+
+
 def curve_point(benchmark: Any, curve: str, line: str, x: int, x_label: str, **info: Any) -> None:
     """Mark a benchmark as the point ``x`` of the line ``line`` of the cost curve ``curve`` (its
     ``extra_info``), which ``report.py`` draws; ``role="curve"`` keeps it out of the ours/baseline ratios."""

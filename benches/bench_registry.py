@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 import ovlcore
-from _support import MIB, docker_running, small_mode
+from _support import MIB, docker_running, rotated_runs, small_mode
 from support.registry import Registry, start_registry
 
 #: files of 4 KiB in the extra layer, size of its big file
@@ -166,14 +166,12 @@ PULLERS = ("ovlcore", "docker", "podman")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """One test item per (round, contender), round-major and rotated: every contender runs once per round,
-    so noise from other jobs on the machine (and any drift over the run) falls on all sides alike. Each
-    item is one timed call; ``compare.py`` takes each contender's median over its items
-    (``extra_info["series"]``)."""
+    """One test item per (round, contender) (:func:`rotated_runs`). Each item is one timed call;
+    ``compare.py`` takes each contender's median over its items (``extra_info["series"]``)."""
     n = 1 if small_mode(metafunc.config) else int(os.environ.get("OVLCORE_BENCH_REGISTRY_ROUNDS", "5"))
     for arg, names in (("push_run", PUSHERS), ("pull_run", PULLERS)):
         if arg in metafunc.fixturenames:
-            runs = [(r, names[(r + i) % len(names)]) for r in range(n) for i in range(len(names))]
+            runs = rotated_runs(names, n)
             metafunc.parametrize(arg, runs, ids=[f"{who}-r{r}" for r, who in runs])
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import ovlcore
-from _support import apply_container_workload, docker_running
+from _support import apply_container_workload, docker_load, docker_running
 
 MB = 1 << 20
 
@@ -67,11 +67,7 @@ def workload(small: bool, module_dir: Path, rootfs_tar: Any) -> Iterator[Workloa
     w.docker = docker_running()
     tag = f"ovlcore-bench-saveload-{os.getpid()}:1"
     if w.docker is None:
-        store.images.tag(image, tag)
-        tagged = work / "tagged.tar"
-        store.images.save(tag, tagged)
-        sh(f"docker load -i {tagged}")
-        tagged.unlink()
+        docker_load(store, image, tag, work)
         w.docker_objects.append(tag)
         w.tag = tag
     yield w

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import ovlcore
+from _support import docker_load
 
 MB = 1 << 20
 
@@ -169,13 +170,8 @@ def docker_container(setup: Setup) -> str:
     r = subprocess.run(["docker", "info"], capture_output=True, text=True) if shutil.which("docker") else None
     if r is None or r.returncode != 0:
         pytest.skip("Docker baseline: no Docker engine running")
-    img = setup.container.commit("volumes-cp:1")
-    archive = setup.host / "cp-image.tar"
     tag = f"ovlcore-bench-cp-{os.getpid()}:1"
-    setup.store.images.tag(img, tag)
-    setup.store.images.save(tag, archive)
-    subprocess.run(["docker", "load", "-i", str(archive)], check=True, capture_output=True)
-    archive.unlink()
+    docker_load(setup.store, setup.container.commit("volumes-cp:1"), tag, setup.host)
     name = f"ovlcore-bench-cp-{os.getpid()}"
     subprocess.run(["docker", "rm", "-f", name], capture_output=True)
     subprocess.run(["docker", "create", "--name", name, tag, "true"], check=True, capture_output=True)
