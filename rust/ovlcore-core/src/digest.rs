@@ -63,11 +63,14 @@ impl<R: Read> Read for HashingReader<R> {
 /// being pushed, so a larger batch costs memory for no speed).
 const BATCH: usize = 1 << 20;
 
-/// A sha256 computed on its own thread from batches of copied bytes (at most a few batches in flight).
-/// sha256 is the slowest part of producing a plain layer tar: this way it costs one copy.
+/// A sha256 computed on its own thread from batches of bytes (at most a few batches in flight).
+/// sha256 is the slowest part of producing a plain layer tar: this way it costs one copy into a batch,
+/// or none when the bytes are read straight into it ([`BackgroundHasher::read_from`]).
 pub struct BackgroundHasher {
+    /// The batch being filled (always `BATCH` long) and how much of it is.
     batch: Vec<u8>,
-    full: Option<mpsc::SyncSender<Vec<u8>>>,
+    filled: usize,
+    full: Option<mpsc::SyncSender<(Vec<u8>, usize)>>,
     empty: mpsc::Receiver<Vec<u8>>,
     worker: JoinHandle<Hasher>,
 }
@@ -75,46 +78,56 @@ pub struct BackgroundHasher {
 impl BackgroundHasher {
     /// `None` when no thread can be started (the caller then hashes inline).
     pub fn start() -> Option<BackgroundHasher> {
-        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(2);
+        let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(2);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
         let worker = std::thread::Builder::new()
             .name("ovlcore-sha256".into())
             .spawn(move || {
                 let mut h = Hasher::default();
-                for buf in full_rx {
-                    h.update(&buf);
+                for (buf, len) in full_rx {
+                    h.update(&buf[..len]);
                     // The producer may be gone already: then nobody needs the buffer back.
                     let _ = empty_tx.send(buf);
                 }
                 h
             })
             .ok()?;
-        Some(BackgroundHasher { batch: Vec::with_capacity(BATCH), full: Some(full_tx), empty: empty_rx, worker })
+        Some(BackgroundHasher { batch: vec![0; BATCH], filled: 0, full: Some(full_tx), empty: empty_rx, worker })
     }
 
-    pub fn update(&mut self, data: &[u8]) {
-        self.batch.extend_from_slice(data);
-        if self.batch.len() >= BATCH {
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let n = data.len().min(BATCH - self.filled);
+            self.batch[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+            self.filled += n;
+            data = &data[n..];
+            if self.filled == BATCH {
+                self.flush();
+            }
+        }
+    }
+
+    /// One `read` of `r` straight into the batch being filled; how many bytes it gave (0: its end).
+    pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
+        let n = r.read(&mut self.batch[self.filled..])?;
+        self.filled += n;
+        if self.filled == BATCH {
             self.flush();
         }
+        Ok(n)
     }
 
     fn flush(&mut self) {
-        if self.batch.is_empty() {
+        if self.filled == 0 {
             return;
         }
-        let next = match self.empty.try_recv() {
-            Ok(mut b) => {
-                b.clear();
-                b
-            }
-            Err(_) => Vec::with_capacity(BATCH),
-        };
+        let next = self.empty.try_recv().unwrap_or_else(|_| vec![0; BATCH]);
         let full = std::mem::replace(&mut self.batch, next);
         if let Some(tx) = &self.full {
             // Fails only if the worker died (it cannot, short of a panic, reported by join below).
-            let _ = tx.send(full);
+            let _ = tx.send((full, self.filled));
         }
+        self.filled = 0;
     }
 
     /// `sha256:<hex>` of everything given.
@@ -145,6 +158,21 @@ mod tests {
         let mut bg = BackgroundHasher::start().unwrap();
         for chunk in data.chunks(777_777) {
             bg.update(chunk);
+        }
+        assert_eq!(bg.finish(), r.hasher.digest());
+        // read straight into the batches, in reads of every size, mixed with copied bytes
+        let mut bg = BackgroundHasher::start().unwrap();
+        let (mut rest, mut turn) = (&data[..], 0usize);
+        while !rest.is_empty() {
+            turn += 1;
+            let take = rest.len().min(1 + turn * 40_961 % 900_001);
+            if turn % 3 == 0 {
+                bg.update(&rest[..take]);
+            } else {
+                let mut part = &rest[..take];
+                while bg.read_from(&mut part).unwrap() > 0 {}
+            }
+            rest = &rest[take..];
         }
         assert_eq!(bg.finish(), r.hasher.digest());
         assert_eq!(r.hasher.digest(), sha256(&data));

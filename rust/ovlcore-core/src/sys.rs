@@ -281,6 +281,14 @@ pub fn sync_fs(path: &Path) -> Result<()> {
 }
 
 /// A process-unique counter mixed with the time, for temporary names.
+/// Raise the calling thread's nice value by `by` (at most to 19), so that it runs on what CPU the
+/// process's other threads leave idle. Best effort: a failure leaves the priority as it was.
+pub fn yield_cpu_to_siblings(by: i32) {
+    if let Ok(now) = rustix::process::getpriority_process(None) {
+        let _ = rustix::process::setpriority_process(None, (now + by).min(19));
+    }
+}
+
 pub fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);

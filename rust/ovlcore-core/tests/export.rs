@@ -431,3 +431,43 @@ fn pipe() -> (std::fs::File, std::fs::File) {
     // SAFETY: both descriptors were just made and belong to nobody else.
     unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) }
 }
+
+/// A walk read ahead (what commit hashes) is the same stream byte for byte: small files read in
+/// advance, bigger ones left to the reader, more of them than its memory budget holds at once; a stream
+/// dropped half-way stops its helper thread.
+#[test]
+fn a_walk_read_ahead_is_the_same_tar() {
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [0usize, 1, 511, 512, 513, (64 << 10) - 1, 64 << 10, (64 << 10) + 1, 300 << 10];
+    for (i, size) in sizes.iter().cycle().take(9 * 70).enumerate() {
+        let sub = dir.path().join(format!("d{}", i % 7));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(format!("f{i:04}")), vec![(i % 251) as u8; *size]).unwrap();
+    }
+    for p in privileges() {
+        let plain = read_all(LayerTar::walk(dir.path(), p, None).unwrap());
+        assert!(plain.len() > 32 << 20, "more than the read-ahead budget: {}", plain.len());
+        let ahead = read_all(LayerTar::walk(dir.path(), p, None).unwrap().read_ahead().unwrap());
+        assert!(plain == ahead, "{p:?}: the read-ahead stream differs");
+
+        // (only this test of this binary reads ahead)
+        let helpers = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter(|t| std::fs::read_to_string(t.as_ref().unwrap().path().join("comm")).is_ok_and(|c| c.starts_with("ovlcore-tar-ahe")))
+                .count()
+        };
+        let mut half = LayerTar::walk(dir.path(), p, None).unwrap().read_ahead().unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..3 {
+            half.read_exact(&mut buf).unwrap();
+        }
+        assert_eq!(helpers(), 1, "the helper waits for the reader");
+        drop(half);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while helpers() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(helpers(), 0, "the helper of a dropped stream goes on");
+    }
+}

@@ -22,6 +22,7 @@ use crate::attrs::{Kind, Meta, Privilege};
 use crate::digest::Hasher;
 use crate::error::{Error, Result};
 use crate::format::{opaque_entry, whiteout_entry};
+use crate::layer::ahead::Ahead;
 use crate::layer::tarsplit::{Record, SplitReader};
 use crate::overlap::OverlappedWriter;
 use crate::sys;
@@ -29,14 +30,15 @@ use crate::tar::{entry_header, padding, END_OF_ARCHIVE};
 use crate::union::{Lower, Node, Resolved, View};
 
 /// One tar entry about to be written: its header blocks and, for regular files, the content to follow.
-struct Item {
-    header: Vec<u8>,
-    body: Option<(File, u64)>,
+pub(super) struct Item {
+    pub(super) header: Vec<u8>,
+    pub(super) body: Option<(File, u64)>,
 }
 
 enum Source {
     Split { records: SplitReader, root: OwnedFd },
     Walk(Box<Walker>),
+    Ahead(Ahead),
     Merged(Box<MergedWalker>),
 }
 
@@ -64,6 +66,15 @@ impl LayerTar {
     /// whiteouts and opaque markers mean something.
     pub fn walk(dir: &Path, privilege: Privilege, lower: Option<Arc<Lower>>) -> Result<LayerTar> {
         Ok(LayerTar::new(Source::Walk(Box::new(Walker::new(dir, privilege, lower)?))))
+    }
+
+    /// The same walk with its entries made ahead on a helper thread (see `ahead.rs`): for a stream read
+    /// as fast as it is hashed, at the cost of up to a few tens of MB.
+    pub fn read_ahead(mut self) -> Result<LayerTar> {
+        if let Source::Walk(w) = self.source {
+            self.source = Source::Ahead(Ahead::start(w)?);
+        }
+        Ok(self)
     }
 
     /// The flattened merged file system of a view (`docker export`): mount contents left out.
@@ -118,6 +129,7 @@ impl LayerTar {
     fn next_item(&mut self) -> Result<Option<Item>> {
         match &mut self.source {
             Source::Walk(w) => w.next_item(),
+            Source::Ahead(a) => a.next_item(),
             Source::Merged(w) => w.next_item(),
             Source::Split { records, root } => match records.next_record()? {
                 None => Ok(None),
@@ -271,7 +283,7 @@ struct Frame {
     below: Option<Arc<Node>>,
 }
 
-struct Walker {
+pub(super) struct Walker {
     privilege: Privilege,
     lower: Option<Arc<Lower>>,
     stack: Vec<Frame>,
@@ -287,7 +299,7 @@ impl Walker {
         Ok(Walker { privilege, lower, stack: vec![Frame { rel: PathBuf::new(), fd, names, below }], links: HashMap::new(), pending: Vec::new() })
     }
 
-    fn next_item(&mut self) -> Result<Option<Item>> {
+    pub(super) fn next_item(&mut self) -> Result<Option<Item>> {
         loop {
             if let Some(item) = self.pending.pop() {
                 return Ok(Some(item));

@@ -1,5 +1,6 @@
 //! Layers as OCI tar streams: import into the on-disk format, export back out.
 
+mod ahead;
 mod export;
 mod extract;
 mod import;

@@ -77,6 +77,32 @@ impl LayerStream {
             _ => Ok(overlap::copy(self, sink, progress)?.0),
         }
     }
+
+    /// Read the rest of the stream only for its digests and size (what a commit wants): a plain tar is
+    /// read straight into the hashing thread's batches, with no copy on the way. `progress` gets the
+    /// running count. Returns the count.
+    pub fn drain(&mut self, progress: &mut dyn FnMut(u64) -> Result<()>) -> Result<u64> {
+        if let Out::Plain(plain) = &mut self.out {
+            if let Some(hasher) = plain.hasher.as_mut() {
+                loop {
+                    let n = hasher.read_from(&mut plain.tar)?;
+                    if n == 0 {
+                        break;
+                    }
+                    self.blob.count += n as u64;
+                    progress(self.blob.count)?;
+                }
+                plain.end();
+                self.ended = true;
+                return Ok(self.blob.count);
+            }
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        while self.read(&mut buf)? > 0 {
+            progress(self.blob.count)?;
+        }
+        Ok(self.blob.count)
+    }
 }
 
 impl Read for LayerStream {
@@ -111,12 +137,19 @@ impl Read for DigestOnEnd {
             h.update(&buf[..n]);
         }
         if n == 0 && !buf.is_empty() {
-            if let Some(h) = self.hasher.take() {
-                *self.slot.lock().unwrap() = Some(h.finish());
-            } else if self.tar.has_digest() {
-                *self.slot.lock().unwrap() = Some(self.tar.digest());
-            }
+            self.end();
         }
         Ok(n)
+    }
+}
+
+impl DigestOnEnd {
+    /// The tar has ended: record its digest.
+    fn end(&mut self) {
+        if let Some(h) = self.hasher.take() {
+            *self.slot.lock().unwrap() = Some(h.finish());
+        } else if self.tar.has_digest() {
+            *self.slot.lock().unwrap() = Some(self.tar.digest());
+        }
     }
 }

@@ -8,7 +8,6 @@
 //! such a file copies it first (see `ops.rs`), keeping the committed layer immutable.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
@@ -61,18 +60,18 @@ fn commit_layer(
         let tar_lower = lower.clone();
         let hasher = s.spawn(move || -> Result<(String, u64)> {
             // The sha256 (half the work) runs on a thread of its own, overlapping the reading.
-            let mut tar = LayerStream::new(LayerTar::walk(upper, privilege, tar_lower)?, Compression::None)?;
-            let mut buf = vec![0u8; 1 << 20];
-            while tar.read(&mut buf)? > 0 {
-                if let Some(p) = progress {
-                    p(tar.bytes_out())?;
-                }
-            }
+            let mut tar = LayerStream::new(LayerTar::walk(upper, privilege, tar_lower)?.read_ahead()?, Compression::None)?;
+            let size = tar.drain(&mut |n| progress.map_or(Ok(()), |p| p(n)))?;
             let diff_id = tar.diff_id().ok_or_else(|| Error::corrupt("the layer tar ended without its digest"))?;
-            Ok((diff_id, tar.bytes_out()))
+            Ok((diff_id, size))
         });
-        let mirrored = Mirror::run(upper, dest, lower.as_deref(), privilege);
-        (hasher.join().expect("hashing thread panicked"), mirrored)
+        let mirror = s.spawn(|| {
+            // The hard links are the smaller half of the work: they get the CPU the tar and its hashing
+            // leave idle (the hashing is the longest path), not a share of it.
+            sys::yield_cpu_to_siblings(19);
+            Mirror::run(upper, dest, lower.as_deref(), privilege)
+        });
+        (hasher.join().expect("hashing thread panicked"), mirror.join().expect("mirroring thread panicked"))
     });
     let (diff_id, tar_size) = hashed?;
     let (size, shared) = mirrored?;
