@@ -16,10 +16,14 @@ from dataclasses import dataclass
 #: (group, ours, baseline, the largest acceptable ratio of ours to the baseline, by mean and median)
 TARGETS = [
     ("layer-apply", "test_apply_ovlcore", "test_apply_tar_x", 1.0),
-    ("union-stat", "test_stat_ovlcore", "test_stat_kernel", 2.0),
-    ("union-listdir", "test_listdir_ovlcore", "test_listdir_kernel", 2.0),
-    ("save", "test_save_ovlcore", "test_save_docker", 0.25),
-    ("export-docker", "test_export_path_ovlcore", "test_export_docker", 1 / 3),
+    ("layer-apply", "test_apply_ovlcore", "test_apply_tar_x_sync", 1.0),
+    ("union-stat", "test_stat_ovlcore", "test_stat_kernel", 0.5),
+    ("union-listdir", "test_listdir_ovlcore", "test_listdir_kernel", 0.5),
+    ("diff-docker", "test_diff_ovlcore_vs_docker", "test_diff_docker_vs_docker", 0.1),
+    ("commit-docker", "test_commit_ovlcore_vs_docker", "test_commit_docker_vs_docker", 1 / 15),
+    ("save", "test_save_ovlcore", "test_save_docker", 1 / 15),
+    ("export-docker", "test_export_path_ovlcore", "test_export_docker", 1 / 6),
+    ("cp out", "test_cp_out_ovlcore", "test_cp_out_docker", 1 / 5),
     ("layer-tar-plain", "test_layer_tar_ovlcore[None]", "test_layer_tar_gnu_tar[cat-plain]", 1.0),
     ("registry-push", "test_push_ovlcore", "test_push_docker", 0.5),
     ("registry-push", "test_push_ovlcore", "test_push_skopeo", 1 / 1.5),
