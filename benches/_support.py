@@ -435,6 +435,14 @@ def docker_running() -> str | None:
     return None
 
 
+def sh(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run a baseline's command; its stderr in the failure if it fails."""
+    r = subprocess.run(list(args), capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr[-2000:]}")
+    return r
+
+
 def docker_load(store: ovlcore.Store, image: ovlcore.Image, tag: str, scratch: Path) -> None:
     """Give Docker the very same image, as ``tag``: ovlcore's docker-archive save, ``docker load``-ed."""
     archive = scratch / "docker-load.tar"

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 import ovlcore
-from _support import ContainerWorkload, apply_container_workload, docker_load, docker_running, rotated_runs, small_mode
+from _support import ContainerWorkload, apply_container_workload, docker_load, docker_running, rotated_runs, sh, small_mode
 from support.kernel import MountRefused, mount_overlay, unmount
 
 MB = 1 << 20
@@ -44,13 +44,6 @@ def workload(small: bool, module_dir: Path, rootfs_tar: Any) -> Iterator[Contain
 
 def rounds(w: ContainerWorkload) -> int:
     return 3 if w.files < 1000 else 5
-
-
-def sh(*args: str) -> str:
-    r = subprocess.run(list(args), capture_output=True, text=True)
-    if r.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr[-2000:]}")
-    return r.stdout
 
 
 @dataclass
@@ -79,7 +72,7 @@ def docker_twin(workload: ContainerWorkload, module_dir: Path) -> Iterator[Docke
     docker_load(workload.store, workload.base, tag, module_dir)
     try:
         sh("docker", "create", "--name", twin.name, "--network", "none", tag, "sh")
-        upper = sh("docker", "inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", twin.name).strip()
+        upper = sh("docker", "inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", twin.name).stdout.strip()
         # Both writable layers are in the kernel's format (whiteouts are 0/0 devices, opaque xattrs).
         sh("cp", "-a", f"{workload.container.upper}/.", upper)
         os.sync()
@@ -165,7 +158,7 @@ def test_diff_python(benchmark: Any, workload: ContainerWorkload) -> None:
 
 
 def docker_diff(name: str) -> set[tuple[str, str]]:
-    return {(line[0], line[2:]) for line in sh("docker", "diff", name).splitlines()}
+    return {(line[0], line[2:]) for line in sh("docker", "diff", name).stdout.splitlines()}
 
 
 @pytest.mark.benchmark(group="diff-docker")
@@ -263,9 +256,9 @@ def test_commit_against_docker(benchmark: Any, workload: ContainerWorkload, dock
         assert made.diff_ids[:-1] == workload.base.diff_ids
         assert made.fs.read_bytes("/data/f00000") == workload.container.fs.read_bytes("/data/f00000")
     else:
-        image = benchmark.pedantic(sh, args=("docker", "commit", docker_twin.name), setup=os.sync, rounds=1, iterations=1).strip()
+        image = benchmark.pedantic(sh, args=("docker", "commit", docker_twin.name), setup=os.sync, rounds=1, iterations=1).stdout.strip()
         docker_twin.committed.append(image)
-        layers = json.loads(sh("docker", "inspect", "-f", "{{json .RootFS.Layers}}", image))
+        layers = json.loads(sh("docker", "inspect", "-f", "{{json .RootFS.Layers}}", image).stdout)
         assert layers[:-1] == workload.base.diff_ids and len(layers) == len(workload.base.diff_ids) + 1
 
 

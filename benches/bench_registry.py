@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 import ovlcore
-from _support import MIB, docker_running, rotated_runs, small_mode
+from _support import MIB, docker_running, rotated_runs, sh, small_mode
 from support.registry import Registry, start_registry
 
 #: files of 4 KiB in the extra layer, size of its big file
@@ -39,13 +39,6 @@ FULL = (2000, 256 * MIB)
 SMALL = (100, 1 * MIB)
 #: the largest acceptable peak RSS of a push or pull of the image (full size)
 PEAK_RSS_LIMIT = 150 * MIB
-
-
-def sh(*args: str) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(list(args), capture_output=True, text=True)
-    if r.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr[-2000:]}")
-    return r
 
 
 @dataclass
