@@ -280,7 +280,6 @@ pub fn sync_fs(path: &Path) -> Result<()> {
     syncfs(open_dir(path)?.as_fd()).map_err(|e| e.at(path.as_os_str()))
 }
 
-/// A process-unique counter mixed with the time, for temporary names.
 /// Raise the calling thread's nice value by `by` (at most to 19), so that it runs on what CPU the
 /// process's other threads leave idle. Best effort: a failure leaves the priority as it was.
 pub fn yield_cpu_to_siblings(by: i32) {
@@ -289,6 +288,7 @@ pub fn yield_cpu_to_siblings(by: i32) {
     }
 }
 
+/// A process-unique counter mixed with the time, for temporary names.
 pub fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);

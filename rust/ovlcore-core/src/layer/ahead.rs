@@ -59,7 +59,7 @@ impl Drop for Ahead {
 }
 
 fn make_ahead(mut walker: Walker, tx: &mpsc::Sender<Result<Option<Item>>>, budget: &Budget) {
-    // Ahead is on idle CPU: the stream's own reading must not wait for it.
+    // Reading ahead uses idle CPU: the stream's own reading must never wait for it.
     sys::yield_cpu_to_siblings(5);
     loop {
         let item = walker.next_item().and_then(|i| i.map(read_small_body).transpose());
