@@ -8,7 +8,8 @@ file (random bytes, so that no compressor gets it for free); committed. Docker g
 The base is the shared root-file-system tar of ``conftest.py`` (``rootfs_tar``). Full size needs
 pytest-benchmark enabled; with ``--benchmark-disable`` or ``OVLCORE_BENCH_SMALL=1`` the data is tiny (a few
 MB, 100 files, a 1 MB file) so CI runs every bench in seconds. Each group puts ovlcore and its baselines side
-by side (``benches/compare.py`` prints the ratios and checks the targets)::
+by side (``benches/compare.py`` prints the ratios and checks the targets); against Docker, save, export and
+load run one timed call per (round, contender), the contenders' order rotating every round::
 
     pytest benches/bench_save_load.py --benchmark-only --benchmark-group-by=group --benchmark-json=/tmp/b.json
 """
@@ -30,13 +31,9 @@ from typing import Any
 import pytest
 
 import ovlcore
-from _support import apply_container_workload, docker_load, docker_running
+from _support import apply_container_workload, docker_load, docker_running, rotated_runs, sh, small_mode
 
 MB = 1 << 20
-
-
-def sh(cmd: str) -> None:
-    subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True, capture_output=True)
 
 
 @dataclass
@@ -122,43 +119,49 @@ def check_docker_archive(path: Path, w: Workload) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# save
+# against Docker: save, export, load, one test item per (round, contender), rotated
 # ----------------------------------------------------------------------------------------------------
 
+#: contenders, in the order of the first round (each later round starts one further on)
+SAVERS = ("ovlcore", "ovlcore_oci", "docker")
+EXPORTERS = ("path_ovlcore", "file_ovlcore", "docker")
+LOADERS = ("ovlcore", "docker")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each item is one timed call; ``compare.py`` merges each contender's items by ``extra_info["series"]``,
+    so noise and drift over the run fall on every contender alike."""
+    n = 1 if small_mode(metafunc.config) else 3
+    for arg, names in (("save_run", SAVERS), ("export_run", EXPORTERS), ("load_run", LOADERS)):
+        if arg in metafunc.fixturenames:
+            runs = rotated_runs(names, n)
+            metafunc.parametrize(arg, runs, ids=[f"{who}-r{r}" for r, who in runs])
+
+
+def timed_once(benchmark: Any, call: Any, setup: Any) -> Any:
+    out: list[Any] = []
+    benchmark.pedantic(lambda *a: out.append(call(*a)), setup=setup, rounds=1, iterations=1)
+    return out[-1]
+
+
+SAVE: dict[str, tuple[str, str, Any]] = {
+    "ovlcore": ("ours", "images.save (docker-archive)", lambda w, out: w.store.images.save(w.tag, out)),
+    "ovlcore_oci": ("info", "images.save (OCI layout)", lambda w, out: w.store.images.save(w.tag, out, format="oci")),
+    "docker": ("baseline", "docker save -o", lambda w, out: sh("docker", "save", "-o", str(out), w.tag)),
+}
+
 
 @pytest.mark.benchmark(group="save")
-def test_save_ovlcore(benchmark: Any, workload: Workload) -> None:
-    out = workload.work / "save-ovlcore.tar"
-    benchmark.extra_info.update(role="ours", what="images.save (docker-archive)")
-    benchmark.pedantic(lambda: workload.store.images.save(workload.tag, out), setup=fresh(out), rounds=rounds(workload), iterations=1)
-    check_docker_archive(out, workload)
-    out.unlink()
-
-
-@pytest.mark.benchmark(group="save")
-def test_save_ovlcore_oci(benchmark: Any, workload: Workload) -> None:
-    out = workload.work / "save-ovlcore-oci.tar"
-    benchmark.extra_info.update(role="info", what="images.save (OCI layout)")
-    benchmark.pedantic(
-        lambda: workload.store.images.save(workload.tag, out, format="oci"), setup=fresh(out), rounds=rounds(workload), iterations=1
-    )
+def test_save(benchmark: Any, workload: Workload, save_run: tuple[int, str]) -> None:
+    rnd, who = save_run
+    role, what, call = SAVE[who]
+    if who == "docker":
+        need_docker(workload)
+    out = workload.work / f"save-{who}.tar"
+    benchmark.extra_info.update(role=role, what=what, series=f"test_save_{who}", round=rnd)
+    timed_once(benchmark, lambda: call(workload, out), fresh(out))
     check_docker_archive(out, workload)  # the OCI output carries a docker manifest.json too
     out.unlink()
-
-
-@pytest.mark.benchmark(group="save")
-def test_save_docker(benchmark: Any, workload: Workload) -> None:
-    need_docker(workload)
-    out = workload.work / "save-docker.tar"
-    benchmark.extra_info.update(role="baseline", what="docker save -o")
-    benchmark.pedantic(lambda: sh(f"docker save -o {out} {workload.tag}"), setup=fresh(out), rounds=rounds(workload), iterations=1)
-    check_docker_archive(out, workload)
-    out.unlink()
-
-
-# ----------------------------------------------------------------------------------------------------
-# export
-# ----------------------------------------------------------------------------------------------------
 
 
 def check_export(path: Path, w: Workload) -> int:
@@ -175,96 +178,85 @@ def export_container(workload: Workload) -> ovlcore.Container:
     return workload.store.containers.create(workload.image, name="export-bench")
 
 
-@pytest.mark.benchmark(group="export-docker")
-def test_export_path_ovlcore(benchmark: Any, workload: Workload, export_container: ovlcore.Container) -> None:
-    out = workload.work / "export-ovlcore.tar"
-    benchmark.extra_info.update(role="ours", what="container.export(path)")
-    benchmark.pedantic(lambda: export_container.export(out), setup=fresh(out), rounds=rounds(workload), iterations=1)
-    check_export(out, workload)
-    out.unlink()
+def docker_export_name() -> str:
+    return f"ovlcore-bench-export-{os.getpid()}"
 
 
-@pytest.mark.benchmark(group="export-docker")
-def test_export_file_ovlcore(benchmark: Any, workload: Workload, export_container: ovlcore.Container) -> None:
+def make_docker_export_container(w: Workload) -> None:
+    """Docker's container of the image, made by the first Docker export round (before its timed call) and
+    removed by the first Docker load round."""
+    if subprocess.run(["docker", "inspect", docker_export_name()], capture_output=True).returncode != 0:
+        sh("docker", "create", "--name", docker_export_name(), "--network", "none", w.tag, "sh")
+
+
+def export_to_file(c: ovlcore.Container, out: Path) -> None:
     """To an open file (no temp name and rename), as `docker export > file` writes."""
-    out = workload.work / "export-ovlcore-f.tar"
-    benchmark.extra_info.update(role="info", what="container.export(open file)")
+    with open(out, "wb") as f:
+        c.export(f)
 
-    def run() -> None:
-        with open(out, "wb") as f:
-            export_container.export(f)
 
-    benchmark.pedantic(run, setup=fresh(out), rounds=rounds(workload), iterations=1)
+EXPORT: dict[str, tuple[str, str, Any]] = {
+    "path_ovlcore": ("ours", "container.export(path)", lambda w, c, out: c.export(out)),
+    "file_ovlcore": ("info", "container.export(open file)", lambda w, c, out: export_to_file(c, out)),
+    "docker": ("baseline", "docker export -o", lambda w, c, out: sh("docker", "export", "-o", str(out), docker_export_name())),
+}
+
+
+@pytest.mark.benchmark(group="export-docker")
+def test_export(benchmark: Any, workload: Workload, export_container: ovlcore.Container, export_run: tuple[int, str]) -> None:
+    rnd, who = export_run
+    role, what, call = EXPORT[who]
+    if who == "docker":
+        need_docker(workload)
+        make_docker_export_container(workload)
+    out = workload.work / f"export-{who}.tar"
+    benchmark.extra_info.update(role=role, what=what, series=f"test_export_{who}", round=rnd)
+    timed_once(benchmark, lambda: call(workload, export_container, out), fresh(out))
+    # Docker adds its init entries (.dockerenv, /dev, /proc, /sys, /etc/hosts ...): about a dozen.
     check_export(out, workload)
     out.unlink()
 
 
-@pytest.mark.benchmark(group="export-docker")
-def test_export_docker(benchmark: Any, workload: Workload) -> None:
-    need_docker(workload)
-    name = f"ovlcore-bench-export-{os.getpid()}"
-    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
-    sh(f"docker create --name {name} --network none {workload.tag} sh")
-    out = workload.work / "export-docker.tar"
-    benchmark.extra_info.update(role="baseline", what="docker export -o")
-    try:
-        benchmark.pedantic(lambda: sh(f"docker export -o {out} {name}"), setup=fresh(out), rounds=rounds(workload), iterations=1)
-    finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
-    n = check_export(out, workload)
-    # Docker adds its init entries (.dockerenv, /dev, /proc, /sys, /etc/hosts ...): about a dozen.
-    assert n > 0
-    out.unlink()
+def retag_docker(w: Workload) -> None:
+    """docker load restores the archive's tag (saveload:1); give the image the bench's tag back."""
+    inspect = json.loads(sh("docker", "image", "inspect", "saveload:1").stdout)
+    assert inspect[0]["Id"] == w.image.id
+    sh("docker", "tag", "saveload:1", w.tag)
+    if "saveload:1" not in w.docker_objects:
+        w.docker_objects.append("saveload:1")
 
 
-# ----------------------------------------------------------------------------------------------------
-# load
-# ----------------------------------------------------------------------------------------------------
+def unloaded(w: Workload, who: str) -> Any:
+    """A load round's setup: the image is in neither store (ovlcore's is a new, empty one; Docker has
+    removed the image, its layers and the export container using them, so that the load really extracts)."""
+
+    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if who == "docker":
+            subprocess.run(["docker", "rm", "-f", docker_export_name()], capture_output=True)
+            subprocess.run(["docker", "rmi", "-f", w.image.id], capture_output=True)
+            settle()
+            return (w,), {}
+        shutil.rmtree(w.work / "load-store", ignore_errors=True)
+        settle()
+        return (ovlcore.Store(w.work / "load-store"),), {}
+
+    return setup
 
 
 @pytest.mark.benchmark(group="load")
-def test_load_ovlcore(benchmark: Any, workload: Workload) -> None:
-    stores: list[Path] = []
-    loaded: list[Any] = []
-
-    def setup() -> tuple[tuple[ovlcore.Store], dict[str, Any]]:
-        for p in stores:
-            shutil.rmtree(p, ignore_errors=True)
-        stores.clear()
-        p = workload.work / f"load-store-{len(loaded)}"
-        stores.append(p)
-        settle()
-        return (ovlcore.Store(p),), {}
-
-    def run(store: ovlcore.Store) -> None:
-        loaded.append(store.images.load(workload.archive))
-
-    benchmark.extra_info.update(role="ours", what="images.load (into an empty store)")
-
-    benchmark.pedantic(run, setup=setup, rounds=rounds(workload), iterations=1)
-    (img,) = loaded[-1]
+def test_load(benchmark: Any, workload: Workload, load_run: tuple[int, str]) -> None:
+    rnd, who = load_run
+    if who == "docker":
+        need_docker(workload)
+    role, what = ("ours", "images.load (into an empty store)") if who == "ovlcore" else ("baseline", "docker load -i (image and layers removed first)")
+    benchmark.extra_info.update(role=role, what=what, series=f"test_load_{who}", round=rnd)
+    if who == "docker":
+        timed_once(benchmark, lambda w: sh("docker", "load", "-i", str(w.archive)), unloaded(workload, who))
+        retag_docker(workload)
+        return
+    (img,) = timed_once(benchmark, lambda store: store.images.load(workload.archive), unloaded(workload, who))
     assert img.id == workload.image.id
     assert [x.diff_id for x in img.layers] == [x.diff_id for x in workload.image.layers]
-    for p in stores:
-        shutil.rmtree(p, ignore_errors=True)
-
-
-@pytest.mark.benchmark(group="load")
-def test_load_docker(benchmark: Any, workload: Workload) -> None:
-    need_docker(workload)
-
-    def setup() -> None:
-        # By id: every tag and every layer goes, so that the load really extracts.
-        subprocess.run(["docker", "rmi", "-f", workload.image.id], capture_output=True)
-        settle()
-
-    benchmark.extra_info.update(role="baseline", what="docker load -i (image and layers removed first)")
-    benchmark.pedantic(lambda: sh(f"docker load -i {workload.archive}"), setup=setup, rounds=rounds(workload), iterations=1)
-    # docker load restores the archive's tag (saveload:1); give it the bench's tag back for what follows.
-    inspect = json.loads(subprocess.run(["docker", "image", "inspect", "saveload:1"], check=True, capture_output=True).stdout)
-    assert inspect[0]["Id"] == workload.image.id
-    sh(f"docker tag saveload:1 {workload.tag}")
-    workload.docker_objects.append("saveload:1")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -324,7 +316,7 @@ def test_layer_tar_gnu_tar(benchmark: Any, workload: Workload, compressor: str, 
     cmd = f"tar -C {layer.path} -cf - . | {compressor} > /dev/null"
     benchmark.group = f"layer-tar-{group}"
     benchmark.extra_info.update(role="baseline", what=f"tar -c | {compressor}", tar_bytes=layer.tar_size)
-    benchmark.pedantic(lambda: sh(cmd), rounds=rounds(workload), iterations=1)
+    benchmark.pedantic(lambda: sh("bash", "-o", "pipefail", "-c", cmd), rounds=rounds(workload), iterations=1)
 
 
 # ----------------------------------------------------------------------------------------------------
