@@ -166,7 +166,8 @@ def main(path: str) -> int:
     report = load(path)
     benches = {b["name"]: b for b in report["benchmarks"]}
     print(f"machine: {report.get('machine_info', {}).get('cpu', {}).get('brand_raw', '?')}, "
-          f"{report.get('machine_info', {}).get('cpu', {}).get('count', '?')} CPUs; {report.get('datetime', '')}")
+          f"{report.get('machine_info', {}).get('cpu', {}).get('count', '?')} CPUs; {report.get('datetime', '')}; "
+          f"VM memory: {report.get('machine_info', {}).get('vm_memory', '?')}")
     for group, items in by_group(report["benchmarks"]).items():
         ours = [b for b in items if b.get("extra_info", {}).get("role") == "ours"]
         print(f"\n[{group}]")

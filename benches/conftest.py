@@ -41,6 +41,7 @@ from _support import (  # noqa: E402
     ScratchFS,
     StatStack,
     cached_rootfs,
+    guest_memory_held,
     make_listdir_stack,
     make_stat_stack,
     small_mode,
@@ -63,6 +64,23 @@ def pytest_report_header(config: pytest.Config) -> str:
 @pytest.fixture(scope="session")
 def small(request: pytest.FixtureRequest) -> bool:
     return small_mode(request.config)
+
+
+#: What was done about this virtual machine's memory for the run (see ``guest_memory_held``): in the
+#: JSON's machine_info, so that a report says under which conditions its figures were measured.
+_VM_MEMORY: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vm_memory(small: bool) -> Iterator[None]:
+    with guest_memory_held(small) as done:
+        _VM_MEMORY.append(done)
+        yield
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, object]) -> None:
+    if _VM_MEMORY:
+        machine_info["vm_memory"] = _VM_MEMORY[0]
 
 
 @pytest.fixture(scope="session")

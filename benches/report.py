@@ -174,6 +174,7 @@ def render(report: dict[str, Any], title: str = "ovlcore benchmarks", note: str 
         f"<p>{html.escape(str(report.get('datetime', '')))}; {html.escape(str(cpu.get('brand_raw', '?')))}, "
         f"{html.escape(str(cpu.get('count', '?')))} CPUs; commit {html.escape(str(commit.get('id', '?'))[:12])}"
         f"{' (dirty)' if commit.get('dirty') else ''}. Ratios are ours / baseline, in one run: below 1 is faster.</p>",
+        f"<p>Virtual machine memory: {html.escape(str(vm))}.</p>" if (vm := report.get("machine_info", {}).get("vm_memory")) else "",
         f"<p><strong>{html.escape(note)}</strong></p>" if note else "",
         "<h2>Ours against the baselines</h2>",
         ratio_table(ratios(benchmarks), benches),

@@ -19,7 +19,7 @@ def _bench(name: str, group: str, median: float, **info: object) -> dict:
 
 
 SYNTHETIC = {
-    "datetime": "2026-12-02T07:00:00", "machine_info": {"cpu": {"brand_raw": "test cpu", "count": 2}},
+    "datetime": "2026-12-02T07:00:00", "machine_info": {"cpu": {"brand_raw": "test cpu", "count": 2}, "vm_memory": "reporting <stopped>"},
     "commit_info": {"id": "0123456789abcdef", "dirty": False},
     "benchmarks": [
         # A target met (stat: 1.5 us against 3.6 us, target: 2x faster) and one missed (listdir 3x the kernel).
@@ -66,6 +66,11 @@ def test_ratio_table(page: str) -> None:
     assert "3.00x" in listdir and 'class="missed"' in listdir
     load = next(r for r in rows if ">load<" in r)
     assert "0.25x" in load and "<td>—</td>" in load
+
+
+def test_run_conditions(page: str) -> None:
+    assert "test cpu, 2 CPUs" in page
+    assert "<p>Virtual machine memory: reporting &lt;stopped&gt;.</p>" in page
 
 
 def test_targets_and_missing(page: str) -> None:
