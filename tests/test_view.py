@@ -95,6 +95,27 @@ class TestStat:
         assert stat.S_ISDIR(fs.stat("/").st_mode)
         assert stat.S_IMODE(fs.stat("/usr/share").st_mode) == 0o700  # the top layer's metadata
 
+    def test_path_forms(self, fs):
+        """A str (relative ones from /), an os.PathLike; bytes are refused; errors name the path from /."""
+        import pathlib
+
+        want = fs.stat("/etc/hosts")
+        for p in ("etc/hosts", pathlib.PurePosixPath("/etc/hosts"), pathlib.PurePosixPath("etc/hosts"), "//etc/./hosts"):
+            assert fs.stat(p) == want, p
+            assert fs.is_file(p) and fs.exists(p), p
+        assert fs.listdir("etc") == fs.listdir("/etc")
+        with pytest.raises(TypeError, match="container paths are str, not bytes"):
+            fs.stat(b"/etc/hosts")  # type: ignore[arg-type]
+        for bad in (7, None):
+            with pytest.raises(TypeError, match="os.PathLike"):
+                fs.stat(bad)  # type: ignore[arg-type]
+        assert_oserror(FileNotFoundError, errno.ENOENT, "/etc/nope", lambda: fs.stat("etc/nope"))
+        assert ovlcore._ovlcore.container_path("a/b") == "/a/b"
+        assert ovlcore._ovlcore.container_path(pathlib.PurePosixPath("/a")) == "/a"
+        undecodable = os.fsdecode(b"/caf\xe9")
+        assert ovlcore._ovlcore.container_path(undecodable) == undecodable
+        assert_oserror(FileNotFoundError, errno.ENOENT, undecodable, lambda: fs.stat(undecodable))
+
     def test_stat_follows_lstat_does_not(self, fs):
         assert stat.S_ISDIR(fs.stat("/lib").st_mode)
         lst = fs.lstat("/lib")

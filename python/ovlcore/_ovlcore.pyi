@@ -15,6 +15,7 @@ __all__ = [
     "__version__",
     "bind_mount_in",
     "chain_id",
+    "container_path",
     "dir_usage",
     "erase_credentials",
     "fuse_serve",
@@ -80,6 +81,8 @@ class ArchiveWriter:
     def written(self) -> int: ...
     def abort(self) -> None: ...
     def close(self) -> None: ...
+
+def container_path(path: _Path) -> str: ...
 
 @final
 class View:

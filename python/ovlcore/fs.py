@@ -19,11 +19,10 @@ from . import _ovlcore
 __all__ = ["ContainerFS", "DirEntry"]
 
 
-def _p(path: str | os.PathLike[str]) -> str:
-    p = os.fspath(path)
-    if not isinstance(p, str):
-        raise TypeError(f"container paths are str, not {type(p).__name__}")
-    return p if p.startswith("/") else "/" + p
+#: The container path a ``str`` or ``os.PathLike`` names (relative paths from ``/``; ``TypeError`` for
+#: anything else), as every ``View`` method takes its path arguments: methods that only hand a path on
+#: to the view pass it as given.
+_p = _ovlcore.container_path
 
 
 class DirEntry:
@@ -117,35 +116,35 @@ class ContainerFS:
 
     def stat(self, path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> os.stat_result:
         """Like :func:`os.stat` (owner, mode and type as the image records them)."""
-        return self._view.stat(_p(path), follow_symlinks)
+        return self._view.stat(path, follow_symlinks)
 
     def lstat(self, path: str | os.PathLike[str]) -> os.stat_result:
         """Like :func:`os.lstat`: a final symlink is not followed."""
-        return self._view.stat(_p(path), False)
+        return self._view.stat(path, False)
 
     def exists(self, path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` names something (symlinks followed)."""
-        return self._view.kind(_p(path), True) is not None
+        return self._view.kind(path, True) is not None
 
     def lexists(self, path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` names something (a final symlink counts, dangling or not)."""
-        return self._view.kind(_p(path), False) is not None
+        return self._view.kind(path, False) is not None
 
     def is_file(self, path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` is a regular file (symlinks followed)."""
-        return self._view.kind(_p(path), True) == "file"
+        return self._view.kind(path, True) == "file"
 
     def is_dir(self, path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` is a directory (symlinks followed)."""
-        return self._view.kind(_p(path), True) == "dir"
+        return self._view.kind(path, True) == "dir"
 
     def is_symlink(self, path: str | os.PathLike[str]) -> bool:
         """Whether ``path`` itself is a symlink."""
-        return self._view.kind(_p(path), False) == "symlink"
+        return self._view.kind(path, False) == "symlink"
 
     def listdir(self, path: str | os.PathLike[str] = "/") -> list[str]:
         """The merged directory's names, sorted."""
-        return self._view.listdir(_p(path))
+        return self._view.listdir(path)
 
     def scandir(self, path: str | os.PathLike[str] = "/") -> Iterator[DirEntry]:
         """Like :func:`os.scandir`: :class:`DirEntry` objects, sorted by name."""
@@ -155,7 +154,7 @@ class ContainerFS:
     def scandir_stat(self, path: str | os.PathLike[str] = "/") -> list[tuple[str, os.stat_result]]:
         """``(name, lstat)`` of every entry of a directory, sorted by name, read in one pass (the core
         resolves the directory once, not once per entry): for listings with details."""
-        return self._view.scandir_stat(_p(path))
+        return self._view.scandir_stat(path)
 
     def walk(
         self,
@@ -193,7 +192,7 @@ class ContainerFS:
 
     def readlink(self, path: str | os.PathLike[str]) -> str:
         """Like :func:`os.readlink`: a symlink's target as stored."""
-        return self._view.readlink(_p(path))
+        return self._view.readlink(path)
 
     def open(
         self,
@@ -353,11 +352,11 @@ class ContainerFS:
 
     def getxattr(self, path: str | os.PathLike[str], attribute: str, *, follow_symlinks: bool = True) -> bytes:
         """Like :func:`os.getxattr` (``OSError`` ENODATA when absent)."""
-        return self._view.getxattr(_p(path), attribute, follow_symlinks)
+        return self._view.getxattr(path, attribute, follow_symlinks)
 
     def listxattr(self, path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> list[str]:
         """Like :func:`os.listxattr`, without the store's own attributes."""
-        return self._view.listxattr(_p(path), follow_symlinks)
+        return self._view.listxattr(path, follow_symlinks)
 
 
 def _flags_for(mode: str) -> int:

@@ -135,6 +135,7 @@ fn fuse_serve(
 fn _ovlcore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<view::View>()?;
+    m.add_function(wrap_pyfunction!(view::container_path, m)?)?;
     m.add_class::<layers::TarStream>()?;
     m.add_function(wrap_pyfunction!(layers::import_layer, m)?)?;
     m.add_function(wrap_pyfunction!(layers::layer_tar, m)?)?;

@@ -1,20 +1,70 @@
 //! `View`: the merged (union) file system of an image or container, read side.
 
+use std::borrow::Cow;
 use std::ffi::{CString, OsString};
 use std::os::fd::IntoRawFd;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ovlcore_core::{copy_in, copy_out, dir_usage, put_archive, CopyOptions, Kind, LayerTar, Lower, Meta, MountPoint, Owner, Privilege, Upper, View as CoreView};
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 use rustix::fs::OFlags;
 
 use crate::errors::IntoPy;
 use crate::io::{Progress, Source};
 use crate::layers::TarStream;
+
+/// A path in a container or an image, as the `View` methods take one: a `str` or an `os.PathLike`
+/// giving one, relative paths taken from `/`. A `str` that is valid UTF-8 is used as it is (no copy: a
+/// cached lookup costs little more than the conversion); one carrying undecodable bytes (as
+/// `os.fsdecode` gives them back) and path-like objects go through `os.fspath` and the file-system
+/// encoding.
+pub struct ViewPath<'a>(Cow<'a, Path>);
+
+impl<'a> FromPyObject<'a, '_> for ViewPath<'a> {
+    type Error = PyErr;
+
+    fn extract(ob: Borrowed<'a, '_, PyAny>) -> PyResult<Self> {
+        if let Ok(s) = <&'a str>::extract(ob) {
+            return Ok(ViewPath::rooted(Cow::Borrowed(Path::new(s))));
+        }
+        let py = ob.py();
+        static FSPATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let p = FSPATH.import(py, "os", "fspath")?.call1((ob,))?;
+        if !p.is_instance_of::<PyString>() {
+            return Err(PyTypeError::new_err(format!("container paths are str, not {}", p.get_type().name()?)));
+        }
+        Ok(ViewPath::rooted(Cow::Owned(p.extract::<PathBuf>()?)))
+    }
+}
+
+impl ViewPath<'_> {
+    fn rooted(p: Cow<'_, Path>) -> ViewPath<'_> {
+        if p.as_os_str().as_bytes().starts_with(b"/") {
+            ViewPath(p)
+        } else {
+            ViewPath(Cow::Owned(Path::new("/").join(p)))
+        }
+    }
+}
+
+impl std::ops::Deref for ViewPath<'_> {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// The container path `path` names (as the `View` methods take it), as a `str`.
+#[pyfunction]
+pub fn container_path(path: ViewPath<'_>) -> OsString {
+    path.0.into_owned().into_os_string()
+}
 
 pub fn parse_privilege(s: &str) -> PyResult<Privilege> {
     match s {
@@ -135,14 +185,14 @@ impl View {
     }
 
     #[pyo3(signature = (path, follow_symlinks=true))]
-    fn stat<'py>(&self, py: Python<'py>, path: PathBuf, follow_symlinks: bool) -> PyResult<Bound<'py, PyAny>> {
+    fn stat<'py>(&self, py: Python<'py>, path: ViewPath<'_>, follow_symlinks: bool) -> PyResult<Bound<'py, PyAny>> {
         let m = py.detach(|| self.inner.stat(&path, follow_symlinks)).py()?;
         stat_result(py, &m)
     }
 
     /// The kind of entry at `path` (`"file"`, `"dir"`, ...) or `None` when nothing is there.
     #[pyo3(signature = (path, follow_symlinks=true))]
-    fn kind(&self, py: Python<'_>, path: PathBuf, follow_symlinks: bool) -> PyResult<Option<&'static str>> {
+    fn kind(&self, py: Python<'_>, path: ViewPath<'_>, follow_symlinks: bool) -> PyResult<Option<&'static str>> {
         py.detach(|| match self.inner.resolve(&path, follow_symlinks) {
             Ok(r) => Ok(r.kind().map(kind_name)),
             Err(e) if e.is_errno(libc::ENOENT) || e.is_errno(libc::ENOTDIR) || e.is_errno(libc::ELOOP) => Ok(None),
@@ -151,52 +201,52 @@ impl View {
         .py()
     }
 
-    fn listdir(&self, py: Python<'_>, path: PathBuf) -> PyResult<Vec<OsString>> {
+    fn listdir(&self, py: Python<'_>, path: ViewPath<'_>) -> PyResult<Vec<OsString>> {
         let entries = py.detach(|| self.inner.list(&path)).py()?;
         Ok(entries.into_iter().map(|(n, _)| n).collect())
     }
 
     /// `(name, kind)` pairs of a directory, sorted by name.
-    fn scandir(&self, py: Python<'_>, path: PathBuf) -> PyResult<Vec<(OsString, &'static str)>> {
+    fn scandir(&self, py: Python<'_>, path: ViewPath<'_>) -> PyResult<Vec<(OsString, &'static str)>> {
         let entries = py.detach(|| self.inner.list(&path)).py()?;
         Ok(entries.into_iter().map(|(n, k)| (n, kind_name(k))).collect())
     }
 
     /// `(name, stat_result)` of every entry of a directory (a final symlink not followed), sorted by name.
-    fn scandir_stat<'py>(&self, py: Python<'py>, path: PathBuf) -> PyResult<Vec<(OsString, Bound<'py, PyAny>)>> {
+    fn scandir_stat<'py>(&self, py: Python<'py>, path: ViewPath<'_>) -> PyResult<Vec<(OsString, Bound<'py, PyAny>)>> {
         let entries = py.detach(|| self.inner.list_meta(&path)).py()?;
         entries.iter().map(|(n, m)| Ok((n.clone(), stat_result(py, m)?))).collect()
     }
 
     /// The path with symlinks resolved inside the container's root (the missing rest kept as written).
-    fn canonical(&self, py: Python<'_>, path: PathBuf) -> PyResult<OsString> {
+    fn canonical(&self, py: Python<'_>, path: ViewPath<'_>) -> PyResult<OsString> {
         Ok(py.detach(|| self.inner.canonical(&path)).py()?.into_os_string())
     }
 
-    fn readlink(&self, py: Python<'_>, path: PathBuf) -> PyResult<OsString> {
+    fn readlink(&self, py: Python<'_>, path: ViewPath<'_>) -> PyResult<OsString> {
         py.detach(|| self.inner.readlink(&path)).py()
     }
 
     /// Open an existing entry read-only; returns a file descriptor the caller owns.
     #[pyo3(signature = (path, follow_symlinks=true))]
-    fn open_read(&self, py: Python<'_>, path: PathBuf, follow_symlinks: bool) -> PyResult<i32> {
+    fn open_read(&self, py: Python<'_>, path: ViewPath<'_>, follow_symlinks: bool) -> PyResult<i32> {
         let extra = if follow_symlinks { OFlags::empty() } else { OFlags::NOFOLLOW };
         let fd = py.detach(|| self.inner.open_read(&path, extra)).py()?;
         Ok(fd.into_raw_fd())
     }
 
     #[pyo3(signature = (path, attribute, follow_symlinks=true))]
-    fn getxattr<'py>(&self, py: Python<'py>, path: PathBuf, attribute: &str, follow_symlinks: bool) -> PyResult<Bound<'py, PyBytes>> {
+    fn getxattr<'py>(&self, py: Python<'py>, path: ViewPath<'_>, attribute: &str, follow_symlinks: bool) -> PyResult<Bound<'py, PyBytes>> {
         let attr = CString::new(attribute).map_err(|_| PyValueError::new_err("xattr name contains NUL"))?;
         let v = py.detach(|| self.inner.getxattr(&path, &attr, follow_symlinks)).py()?;
         match v {
             Some(v) => Ok(PyBytes::new(py, &v)),
-            None => Err(pyo3::exceptions::PyOSError::new_err((libc::ENODATA, "No data available", path.into_os_string()))),
+            None => Err(pyo3::exceptions::PyOSError::new_err((libc::ENODATA, "No data available", path.as_os_str().to_os_string()))),
         }
     }
 
     #[pyo3(signature = (path, follow_symlinks=true))]
-    fn listxattr(&self, py: Python<'_>, path: PathBuf, follow_symlinks: bool) -> PyResult<Vec<String>> {
+    fn listxattr(&self, py: Python<'_>, path: ViewPath<'_>, follow_symlinks: bool) -> PyResult<Vec<String>> {
         let names = py.detach(|| self.inner.listxattr(&path, follow_symlinks)).py()?;
         Ok(names.into_iter().map(|n| String::from_utf8_lossy(&n).into_owned()).collect())
     }
@@ -204,79 +254,79 @@ impl View {
     // ----- writes (containers) -----
 
     /// Open for writing with `os.open` flags; returns a descriptor the caller owns.
-    fn open_write(&self, py: Python<'_>, path: PathBuf, flags: i32, mode: u32) -> PyResult<i32> {
+    fn open_write(&self, py: Python<'_>, path: ViewPath<'_>, flags: i32, mode: u32) -> PyResult<i32> {
         let flags = OFlags::from_bits_retain(flags as u32);
         let fd = py.detach(|| self.inner.open_write(&path, flags, mode)).py()?;
         Ok(fd.into_raw_fd())
     }
 
-    fn mkdir(&self, py: Python<'_>, path: PathBuf, mode: u32) -> PyResult<()> {
+    fn mkdir(&self, py: Python<'_>, path: ViewPath<'_>, mode: u32) -> PyResult<()> {
         py.detach(|| self.inner.mkdir(&path, mode)).py()
     }
 
-    fn symlink(&self, py: Python<'_>, target: OsString, path: PathBuf) -> PyResult<()> {
+    fn symlink(&self, py: Python<'_>, target: OsString, path: ViewPath<'_>) -> PyResult<()> {
         py.detach(|| self.inner.symlink(&target, &path)).py()
     }
 
-    fn link(&self, py: Python<'_>, src: PathBuf, dst: PathBuf) -> PyResult<()> {
+    fn link(&self, py: Python<'_>, src: ViewPath<'_>, dst: ViewPath<'_>) -> PyResult<()> {
         py.detach(|| self.inner.link(&src, &dst)).py()
     }
 
-    fn remove(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    fn remove(&self, py: Python<'_>, path: ViewPath<'_>) -> PyResult<()> {
         py.detach(|| self.inner.remove(&path)).py()
     }
 
-    fn rmdir(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    fn rmdir(&self, py: Python<'_>, path: ViewPath<'_>) -> PyResult<()> {
         py.detach(|| self.inner.rmdir(&path)).py()
     }
 
-    fn rmtree(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+    fn rmtree(&self, py: Python<'_>, path: ViewPath<'_>) -> PyResult<()> {
         py.detach(|| self.inner.rmtree(&path)).py()
     }
 
-    fn rename(&self, py: Python<'_>, src: PathBuf, dst: PathBuf) -> PyResult<()> {
+    fn rename(&self, py: Python<'_>, src: ViewPath<'_>, dst: ViewPath<'_>) -> PyResult<()> {
         py.detach(|| self.inner.rename(&src, &dst)).py()
     }
 
     #[pyo3(signature = (path, mode, follow_symlinks=true))]
-    fn chmod(&self, py: Python<'_>, path: PathBuf, mode: u32, follow_symlinks: bool) -> PyResult<()> {
+    fn chmod(&self, py: Python<'_>, path: ViewPath<'_>, mode: u32, follow_symlinks: bool) -> PyResult<()> {
         py.detach(|| self.inner.chmod(&path, mode, follow_symlinks)).py()
     }
 
     /// `-1` keeps the current uid or gid.
     #[pyo3(signature = (path, uid, gid, follow_symlinks=true))]
-    fn chown(&self, py: Python<'_>, path: PathBuf, uid: i64, gid: i64, follow_symlinks: bool) -> PyResult<()> {
+    fn chown(&self, py: Python<'_>, path: ViewPath<'_>, uid: i64, gid: i64, follow_symlinks: bool) -> PyResult<()> {
         let id = |v: i64| if v < 0 { None } else { Some(v as u32) };
         py.detach(|| self.inner.chown(&path, id(uid), id(gid), follow_symlinks)).py()
     }
 
     /// `ns`: (atime_ns, mtime_ns), or None for now.
     #[pyo3(signature = (path, ns=None, follow_symlinks=true))]
-    fn utime(&self, py: Python<'_>, path: PathBuf, ns: Option<(i128, i128)>, follow_symlinks: bool) -> PyResult<()> {
+    fn utime(&self, py: Python<'_>, path: ViewPath<'_>, ns: Option<(i128, i128)>, follow_symlinks: bool) -> PyResult<()> {
         let ts = |n: i128| rustix::fs::Timespec { tv_sec: n.div_euclid(1_000_000_000) as i64, tv_nsec: n.rem_euclid(1_000_000_000) as _ };
         let times = ns.map(|(a, m)| rustix::fs::Timestamps { last_access: ts(a), last_modification: ts(m) });
         py.detach(|| self.inner.utime(&path, times, follow_symlinks)).py()
     }
 
-    fn truncate(&self, py: Python<'_>, path: PathBuf, size: u64) -> PyResult<()> {
+    fn truncate(&self, py: Python<'_>, path: ViewPath<'_>, size: u64) -> PyResult<()> {
         py.detach(|| self.inner.truncate(&path, size)).py()
     }
 
     #[pyo3(signature = (path, attribute, value, flags=0, follow_symlinks=true))]
-    fn setxattr(&self, py: Python<'_>, path: PathBuf, attribute: &str, value: Vec<u8>, flags: i32, follow_symlinks: bool) -> PyResult<()> {
+    fn setxattr(&self, py: Python<'_>, path: ViewPath<'_>, attribute: &str, value: Vec<u8>, flags: i32, follow_symlinks: bool) -> PyResult<()> {
         let attr = CString::new(attribute).map_err(|_| PyValueError::new_err("xattr name contains NUL"))?;
         py.detach(|| self.inner.setxattr(&path, &attr, &value, flags, follow_symlinks)).py()
     }
 
     #[pyo3(signature = (path, attribute, follow_symlinks=true))]
-    fn removexattr(&self, py: Python<'_>, path: PathBuf, attribute: &str, follow_symlinks: bool) -> PyResult<()> {
+    fn removexattr(&self, py: Python<'_>, path: ViewPath<'_>, attribute: &str, follow_symlinks: bool) -> PyResult<()> {
         let attr = CString::new(attribute).map_err(|_| PyValueError::new_err("xattr name contains NUL"))?;
         py.detach(|| self.inner.removexattr(&path, &attr, follow_symlinks)).py()
     }
 
     /// `kind`: "fifo", "char" or "block".
     #[pyo3(signature = (path, kind, mode=0o644, device=0))]
-    fn mknod(&self, py: Python<'_>, path: PathBuf, kind: &str, mode: u32, device: u64) -> PyResult<()> {
+    fn mknod(&self, py: Python<'_>, path: ViewPath<'_>, kind: &str, mode: u32, device: u64) -> PyResult<()> {
         let k = match kind {
             "fifo" => Kind::Fifo,
             "char" => Kind::Char,
@@ -390,14 +440,14 @@ impl View {
     // ----- docker-py's archive API -----
 
     /// A tar of the entry at `path` and everything below it (named from its base name).
-    fn get_archive(&self, py: Python<'_>, path: PathBuf) -> PyResult<TarStream> {
+    fn get_archive(&self, py: Python<'_>, path: ViewPath<'_>) -> PyResult<TarStream> {
         let view = self.inner.clone();
         let tar = py.detach(|| LayerTar::subtree(view, &path)).py()?;
         TarStream::new(tar, None)
     }
 
     /// Extract a tar (path or binary file object; plain, gzip, zstd, bzip2 or xz) into the existing directory `path`.
-    fn put_archive(&self, py: Python<'_>, path: PathBuf, source: Source) -> PyResult<u64> {
+    fn put_archive(&self, py: Python<'_>, path: ViewPath<'_>, source: Source) -> PyResult<u64> {
         let reader = source.reader()?;
         py.detach(|| put_archive(&self.inner, &path, reader)).py()
     }

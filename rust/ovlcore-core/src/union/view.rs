@@ -218,8 +218,9 @@ impl View {
         let raw = path.as_os_str().as_bytes();
         let must_be_dir = raw.len() > 1 && raw.ends_with(b"/");
         let follow = follow || must_be_dir;
-        // Components still to walk: the path's own borrowed, a symlink target's owned.
-        let mut todo: VecDeque<Cow<'_, OsStr>> = components(raw).map(Cow::Borrowed).collect();
+        // Components still to walk: a symlink target's (owned) first, then the rest of the path's own.
+        let mut todo: VecDeque<Cow<'_, OsStr>> = VecDeque::new();
+        let mut rest = components(raw).peekable();
         // The directories entered so far (root first) and, alongside, their canonical container path.
         let mut stack: Vec<Dir> = Vec::with_capacity(8);
         stack.push(self.root_dir());
@@ -228,7 +229,7 @@ impl View {
         let mut links = 0;
         let err = |errno: i32| Error::os(errno, path.as_os_str());
 
-        while let Some(name) = todo.pop_front() {
+        while let Some(name) = todo.pop_front().or_else(|| rest.next().map(Cow::Borrowed)) {
             if *name == *"." {
                 continue;
             }
@@ -239,17 +240,23 @@ impl View {
                 }
                 continue;
             }
-            let last = todo.is_empty();
-            let cur = stack.last().expect("root stays").clone();
+            let last = todo.is_empty() && rest.peek().is_none();
+            let cur = stack.last().expect("root stays");
             here.push(&name);
-            let found = self.lookup(&cur, &here, &name)?;
+            if !last {
+                if let Some(entered) = self.enter_lower_dir(cur, &name)? {
+                    stack.push(entered);
+                    continue;
+                }
+            }
+            let found = self.lookup(cur, &here, &name)?;
             if found.kind() == Some(Kind::Symlink) && (follow || !last) {
                 links += 1;
                 if links > MAX_SYMLINKS {
                     return Err(err(libc::ELOOP));
                 }
                 here.pop();
-                let target = self.readlink_found(&cur, &name, &found)?;
+                let target = self.readlink_found(cur, &name, &found)?;
                 let tb = target.as_bytes();
                 if tb.starts_with(b"/") {
                     stack.truncate(1);
@@ -269,12 +276,12 @@ impl View {
                 if must_be_dir && found.exists() && found.kind() != Some(Kind::Dir) {
                     return Err(err(libc::ENOTDIR));
                 }
-                return Ok(Resolved { path: here, parent: Some(cur), name: name.into_owned(), found });
+                return Ok(Resolved { path: here, parent: Some(cur.clone()), name: name.into_owned(), found });
             }
             match found.kind() {
                 None => return Err(err(libc::ENOENT)),
                 Some(Kind::Dir) => {
-                    let d = self.descend(&cur, &name, &found).map_err(|e| e.at(path.as_os_str()))?;
+                    let d = self.descend(cur, &name, &found).map_err(|e| e.at(path.as_os_str()))?;
                     stack.push(d);
                 }
                 Some(_) => return Err(err(libc::ENOTDIR)),
@@ -289,6 +296,20 @@ impl View {
         let cur = stack.last().expect("root stays").clone();
         let found = self.lookup(&cur, &here, &name)?;
         Ok(Resolved { path: here, parent: Some(cur), name, found })
+    }
+
+    /// The directory `name` of `dir` entered straight from the image layers, when `dir` is only in them
+    /// and `name` is a directory there (no mount anywhere): the common step of a walk, made without the
+    /// reference counting of a [`Found`]. `None`: anything else, for [`View::lookup`] to tell.
+    fn enter_lower_dir(&self, dir: &Dir, name: &OsStr) -> Result<Option<Dir>> {
+        let Dir::Union { upper: None, lower: Some(node) } = dir else { return Ok(None) };
+        if !self.mounts.is_empty() {
+            return Ok(None);
+        }
+        Ok(match self.lower.children(node)?.get(name) {
+            Some(child) if child.kind == Kind::Dir => Some(Dir::Union { upper: None, lower: Some(self.lower.node(node, name, child)) }),
+            _ => None,
+        })
     }
 
     /// What `name` is in the directory `dir` (whose container path plus name is `here`).
