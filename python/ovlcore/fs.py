@@ -20,8 +20,8 @@ __all__ = ["ContainerFS", "DirEntry"]
 
 
 #: The container path a ``str`` or ``os.PathLike`` names (relative paths from ``/``; ``TypeError`` for
-#: anything else), as every ``View`` method takes its path arguments: methods that only hand a path on
-#: to the view pass it as given.
+#: anything else), as the ``View`` methods take container paths: methods that only hand a path on to
+#: the view pass it as given.
 _p = _ovlcore.container_path
 
 

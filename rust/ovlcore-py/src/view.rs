@@ -390,7 +390,7 @@ impl View {
     fn copy_out(
         &self,
         py: Python<'_>,
-        src: PathBuf,
+        src: ViewPath<'_>,
         dst_dir: PathBuf,
         name: OsString,
         follow_symlinks: bool,
@@ -421,7 +421,7 @@ impl View {
         py: Python<'_>,
         src_dir: PathBuf,
         name: OsString,
-        dst: PathBuf,
+        dst: ViewPath<'_>,
         follow_symlinks: bool,
         archive: bool,
         contents: bool,
