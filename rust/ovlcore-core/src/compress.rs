@@ -108,16 +108,16 @@ pub enum Encoder<W: Write> {
 }
 
 impl<W: Write> Encoder<W> {
-    pub fn new(out: W, c: Compression) -> Result<Self> {
+    /// An encoder whose zstd compresses on `threads` worker threads. zstd always runs in its
+    /// multi-threaded mode (at least one worker), whose bytes do not depend on the number of workers: a
+    /// blob's digest is then the same on every machine and however many layers are compressed at once.
+    pub fn with_threads(out: W, c: Compression, threads: u32) -> Result<Self> {
         Ok(match c {
             Compression::None => Encoder::None(out),
             Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(out, flate2::Compression::fast())),
             Compression::Zstd => {
                 let mut e = zstd::stream::write::Encoder::new(out, 3)?;
-                let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u32;
-                if threads > 1 {
-                    e.multithread(threads)?;
-                }
+                e.multithread(threads.max(1))?;
                 Encoder::Zstd(e)
             }
         })
@@ -158,6 +158,12 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
+/// Threads for each of `streams` streams compressed at the same time: the cores shared out, at least one.
+pub fn threads_per_stream(streams: usize) -> u32 {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (cores / streams.max(1)).max(1) as u32
+}
+
 /// A reader handing out the compressed form of what it reads from `inner`: produced as it is read, in
 /// bounded memory. gzip is made in parallel on rayon's shared pool (one pool for all the layers being
 /// compressed, so never more threads than cores), as independent gzip members of fixed-size pieces
@@ -167,6 +173,7 @@ impl<W: Write> Write for Encoder<W> {
 pub struct Compressor<R> {
     inner: R,
     kind: Compression,
+    threads: usize,
     zstd: Option<Encoder<Vec<u8>>>,
     /// gzip: the input of each parallel task and the members it made
     ins: Vec<Vec<u8>>,
@@ -230,19 +237,27 @@ fn fill<R: Read>(r: &mut R, buf: &mut Vec<u8>, len: usize) -> io::Result<usize> 
 }
 
 impl<R: Read> Compressor<R> {
+    /// A compressor using every core.
     pub fn new(inner: R, kind: Compression) -> Result<Self> {
+        Self::with_threads(inner, kind, threads_per_stream(1))
+    }
+
+    /// A compressor using `threads` threads (zstd's workers, gzip's tasks on rayon's pool): its share
+    /// of the cores when several streams are compressed at once. zstd buffers a few jobs per worker, so
+    /// memory grows with workers × streams; the bytes made do not depend on `threads`.
+    pub fn with_threads(inner: R, kind: Compression, threads: u32) -> Result<Self> {
+        let threads = threads.max(1);
         let zstd = if kind == Compression::Zstd {
-            let mut e = Encoder::new(Vec::new(), kind)?;
+            let mut e = Encoder::with_threads(Vec::new(), kind, threads)?;
             if let Encoder::Zstd(z) = &mut e {
-                if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) > 1 {
-                    z.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
-                }
+                z.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB))?;
             }
             Some(e)
         } else {
             None
         };
-        Ok(Compressor { inner, kind, zstd, ins: Vec::new(), outs: Vec::new(), input: Vec::new(), out: Vec::new(), pos: 0, done: false })
+        let (ins, outs, input, out) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        Ok(Compressor { inner, kind, threads: threads as usize, zstd, ins, outs, input, out, pos: 0, done: false })
     }
 
     /// Compress the next stretch of input into `self.out`.
@@ -255,7 +270,7 @@ impl<R: Read> Compressor<R> {
             }
             Compression::Gzip => {
                 use rayon::prelude::*;
-                let tasks = rayon::current_num_threads().max(1);
+                let tasks = rayon::current_num_threads().clamp(1, self.threads);
                 self.ins.resize_with(tasks, Vec::new);
                 self.outs.resize_with(tasks, Vec::new);
                 let mut n = 0;
@@ -317,7 +332,7 @@ mod tests {
 
     fn round_trip(c: Compression) {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        let mut e = Encoder::new(Vec::new(), c).unwrap();
+        let mut e = Encoder::with_threads(Vec::new(), c, 2).unwrap();
         e.write_all(&data).unwrap();
         let packed = e.finish().unwrap();
         assert_eq!(Format::detect(&packed), Format::from(c));
@@ -361,6 +376,26 @@ mod tests {
             })
         };
         let one = with(1);
+        assert_eq!(one, with(3));
+        let mut shared = Vec::new();
+        Compressor::with_threads(&data[..], Compression::Gzip, 1).unwrap().read_to_end(&mut shared).unwrap();
+        assert_eq!(one, shared, "one task at a time (a stream among others) makes the same members");
+        let mut back = Vec::new();
+        decompressed(&one[..]).unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn zstd_bytes_do_not_depend_on_the_number_of_workers() {
+        // Pushing a layer alone or beside others (fewer workers each) must make the same blob.
+        let data: Vec<u8> = (0..(5 << 20) as u32 + 333).map(|i| (i % 239) as u8 ^ (i >> 13) as u8).collect();
+        let with = |threads: u32| {
+            let mut out = Vec::new();
+            Compressor::with_threads(&data[..], Compression::Zstd, threads).unwrap().read_to_end(&mut out).unwrap();
+            out
+        };
+        let one = with(1);
+        assert_eq!(one, with(2));
         assert_eq!(one, with(3));
         let mut back = Vec::new();
         decompressed(&one[..]).unwrap().read_to_end(&mut back).unwrap();

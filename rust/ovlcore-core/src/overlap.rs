@@ -207,21 +207,57 @@ pub fn copy<W: Write + Send + 'static>(input: &mut dyn Read, sink: W, progress: 
     Ok((total, out.finish()?))
 }
 
-/// Reading ahead on a helper thread: the producer sends chunks (an empty one ends the stream), this
-/// `Read` hands them on. Dropping it stops a producer that is still sending.
+/// A read-ahead channel holding up to `depth` chunks: the producing half, for a helper thread, and the
+/// reader. Chunks go back to the producer once read, so a stream of any length reuses the same few
+/// buffers (allocating a fresh one per megabyte, freed on another thread, left the allocator's arenas
+/// fragmented: tens of MB more at the peak of a push of several layers at once). `early` is the error
+/// when the producer goes away before the end.
+pub fn chunk_channel(depth: usize, early: fn() -> io::Error) -> (ChunkSender, ChunkReader) {
+    let (full_tx, full_rx) = mpsc::sync_channel(depth);
+    let (empty_tx, empty_rx) = mpsc::channel();
+    (ChunkSender { full: full_tx, empty: empty_rx }, ChunkReader { rx: full_rx, back: empty_tx, cur: Vec::new(), pos: 0, done: false, early })
+}
+
+/// The producing half of a [`chunk_channel`].
+pub struct ChunkSender {
+    full: mpsc::SyncSender<io::Result<Vec<u8>>>,
+    empty: mpsc::Receiver<Vec<u8>>,
+}
+
+impl ChunkSender {
+    /// The next chunk of `src`, in a buffer the reader gave back where there is one: `CHUNK` bytes,
+    /// fewer only at its end (empty: the end).
+    pub fn next_chunk(&self, src: &mut impl Read) -> io::Result<Vec<u8>> {
+        let mut buf = self.empty.try_recv().unwrap_or_default();
+        buf.resize(CHUNK, 0);
+        let mut filled = 0;
+        while filled < buf.len() {
+            match src.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    /// Hand a chunk (an empty one ends the stream) or an error to the reader; false if it is gone.
+    pub fn send(&self, msg: io::Result<Vec<u8>>) -> bool {
+        self.full.send(msg).is_ok()
+    }
+}
+
+/// The reading half of a [`chunk_channel`]: hands on the chunks sent. Dropping it stops a producer that
+/// is still sending.
 pub struct ChunkReader {
     rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    back: mpsc::Sender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
     done: bool,
-    /// The error when the producer went away before the end.
     early: fn() -> io::Error,
-}
-
-impl ChunkReader {
-    pub fn new(rx: mpsc::Receiver<io::Result<Vec<u8>>>, early: fn() -> io::Error) -> Self {
-        ChunkReader { rx, cur: Vec::new(), pos: 0, done: false, early }
-    }
 }
 
 impl Read for ChunkReader {
@@ -233,7 +269,8 @@ impl Read for ChunkReader {
             match self.rx.recv() {
                 Ok(Ok(chunk)) if chunk.is_empty() => self.done = true,
                 Ok(Ok(chunk)) => {
-                    self.cur = chunk;
+                    // The producer may be gone already: then nobody needs the buffer back.
+                    let _ = self.back.send(std::mem::replace(&mut self.cur, chunk));
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
@@ -245,22 +282,6 @@ impl Read for ChunkReader {
         self.pos += n;
         Ok(n)
     }
-}
-
-/// The next chunk of `src` for a [`ChunkReader`]: `CHUNK` bytes, fewer only at the end (empty: the end).
-pub fn next_chunk(src: &mut impl Read) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match src.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::compress;
 use crate::digest::Hasher;
 use crate::error::{Error, Result};
 use crate::layer::extract::extract;
-use crate::overlap::{next_chunk, ChunkReader};
+use crate::overlap::{chunk_channel, ChunkSender};
 use crate::sys;
 use crate::union::Lower;
 
@@ -71,22 +71,22 @@ impl<R: Read> Read for Counting<'_, R> {
 
 /// The reading half of an import, on its own thread: decompress, hash, enforce the size limit, and hand
 /// the plain bytes over in chunks. Extraction (system calls) and hashing (CPU) then overlap.
-fn produce(mut plain: impl Read, limit: Option<u64>, tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) -> Hasher {
+fn produce(mut plain: impl Read, limit: Option<u64>, tx: ChunkSender) -> Hasher {
     let mut hasher = Hasher::default();
     loop {
-        let msg = next_chunk(&mut plain);
+        let msg = tx.next_chunk(&mut plain);
         if let Ok(buf) = &msg {
             hasher.update(buf);
         }
         if let Some(limit) = limit {
             if hasher.count > limit {
                 let e = Error::archive(format!("uncompressed size exceeds the limit of {limit} bytes"));
-                let _ = tx.send(Err(io::Error::other(e)));
+                tx.send(Err(io::Error::other(e)));
                 return hasher;
             }
         }
         let stop = msg.as_ref().map_or(true, |b| b.is_empty());
-        if tx.send(msg).is_err() || stop {
+        if !tx.send(msg) || stop {
             return hasher;
         }
     }
@@ -96,21 +96,20 @@ fn produce(mut plain: impl Read, limit: Option<u64>, tx: std::sync::mpsc::SyncSe
 /// With `split`, the tar-split records for byte-identical re-export are written there.
 pub fn import_layer(input: impl Read + Send, dest: &Path, split: Option<File>, opts: ImportOptions<'_>) -> Result<ImportReport> {
     let counting = Counting { inner: input, count: 0, reported: 0, progress: opts.progress };
-    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    let (tx, chunks) = chunk_channel(4, || io::Error::other(Error::archive("the layer stream ended early")));
     let limit = opts.max_size;
     let extracting = Flag::default();
     std::thread::scope(|scope| {
         let producer = scope.spawn(move || match compress::decompressed(counting) {
             Ok(plain) => produce(plain, limit, tx),
             Err(e) => {
-                let _ = tx.send(Err(io::Error::other(e)));
+                tx.send(Err(io::Error::other(e)));
                 Hasher::default()
             }
         });
         // The layer must be on disk before it is published: flush it while it is being written, so the
         // final sync only waits for the tail (as a background writeback of the whole tree would).
         scope.spawn(|| flush_while(dest, &extracting));
-        let chunks = ChunkReader::new(rx, || io::Error::other(Error::archive("the layer stream ended early")));
         let extracted = extract(chunks, dest, split, opts.privilege, opts.lower);
         extracting.lower();
         let hasher = producer.join().expect("the reading thread panicked");

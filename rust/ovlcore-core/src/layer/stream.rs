@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::sync::{Arc, Mutex};
 
-use crate::compress::{Compression, Compressor};
+use crate::compress::{self, Compression, Compressor};
 use crate::digest::{BackgroundHasher, Hasher};
 use crate::error::Result;
 use crate::layer::LayerTar;
@@ -31,13 +31,19 @@ impl LayerStream {
     /// `tar` as it is (`Compression::None`) or compressed. Unless `tar` was made without a digest, its
     /// sha256 is computed on a helper thread.
     pub fn new(tar: LayerTar, compression: Compression) -> Result<LayerStream> {
+        Self::one_of(tar, compression, 1)
+    }
+
+    /// As [`LayerStream::new`], for one of `streams` layers compressed at the same time (a push): it
+    /// compresses on its share of the cores, in its share of the memory.
+    pub fn one_of(tar: LayerTar, compression: Compression, streams: usize) -> Result<LayerStream> {
         let diff_id = Arc::new(Mutex::new(None));
         let hasher = if tar.has_digest() { BackgroundHasher::start() } else { None };
         let tar = if hasher.is_some() { tar.without_digest() } else { tar };
         let plain = DigestOnEnd { tar, slot: diff_id.clone(), hasher };
         let out = match compression {
             Compression::None => Out::Plain(Box::new(plain)),
-            c => Out::Compressed(Box::new(Compressor::new(plain, c)?)),
+            c => Out::Compressed(Box::new(Compressor::with_threads(plain, c, compress::threads_per_stream(streams))?)),
         };
         Ok(LayerStream { out, blob: Hasher::default(), compressed: compression != Compression::None, diff_id, ended: false })
     }

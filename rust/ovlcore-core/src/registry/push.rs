@@ -17,7 +17,7 @@ use crate::compress::Compression;
 use crate::digest::sha256;
 use crate::error::{Error, Result};
 use crate::layer::{LayerStream, LayerTar};
-use crate::overlap::{next_chunk, ChunkReader};
+use crate::overlap::{chunk_channel, ChunkReader};
 use crate::union::Lower;
 
 /// A blob known (from a pull or an earlier push) to hold a layer, in the same compression, in
@@ -64,6 +64,8 @@ struct Pusher<'a> {
     dest: &'a Reference,
     privilege: Privilege,
     compression: Compression,
+    /// How many layers are pushed at once (each compresses on its share of the cores).
+    streams: usize,
     progress: TransferProgress<'a>,
     stop: &'a AtomicBool,
 }
@@ -97,18 +99,19 @@ impl<R: Read> Read for Counting<'_, R> {
 /// Read `src` to its end on a helper thread, `f` consuming the bytes meanwhile (the layer is compressed
 /// while the previous bytes are sent); returns `f`'s result.
 fn read_ahead<R: Read + Send, T>(src: &mut R, f: impl FnOnce(&mut ChunkReader) -> T) -> T {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(2);
+    let (tx, mut ahead) = chunk_channel(2, || io::Error::other("the layer producer stopped"));
     std::thread::scope(|s| {
         s.spawn(move || loop {
-            let msg = next_chunk(src);
+            let msg = tx.next_chunk(src);
             let stop = msg.as_ref().map_or(true, |b| b.is_empty());
-            if tx.send(msg).is_err() || stop {
+            if !tx.send(msg) || stop {
                 return;
             }
         });
-        let mut ahead = ChunkReader::new(rx, || io::Error::other("the layer producer stopped"));
-        f(&mut ahead)
+        let out = f(&mut ahead);
         // Dropping `ahead` stops the producer if `f` gave up early.
+        drop(ahead);
+        out
     })
 }
 
@@ -180,7 +183,7 @@ impl Pusher<'_> {
                 LayerTar::walk(&layer.dir, self.privilege, lower)?
             }
         };
-        LayerStream::new(tar, self.compression)
+        LayerStream::one_of(tar, self.compression, self.streams)
     }
 
     fn check_diff_id(&self, layer: &PushLayer, stream: &LayerStream) -> Result<String> {
@@ -323,8 +326,9 @@ pub fn push_image(
     // Learn how the registry authenticates first, as Docker does: no request then needs a 401 round trip.
     client.ping(&dest.registry)?;
     let stop = AtomicBool::new(false);
-    let p = Pusher { client, dest, privilege, compression, progress, stop: &stop };
-    let pushed = run_all(layers.len(), client.config().max_parallel.clamp(1, 16), &stop, |i| p.layer(&layers[i], oci))?;
+    let parallel = client.config().max_parallel.clamp(1, 16);
+    let p = Pusher { client, dest, privilege, compression, streams: parallel.min(layers.len()), progress, stop: &stop };
+    let pushed = run_all(layers.len(), parallel, &stop, |i| p.layer(&layers[i], oci))?;
     let mut cfg = p.config(config)?;
     cfg.media_type = if oci { manifest::OCI_CONFIG } else { manifest::DOCKER_CONFIG }.to_string();
     let descs: Vec<Descriptor> = pushed
