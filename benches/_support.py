@@ -102,6 +102,13 @@ def guest_memory_held(small: bool) -> Iterator[str]:
         PAGE_REPORTING_ORDER.write_text(old)
 
 
+def sha256_of(path: Path) -> str:
+    """The hex sha256 of a file's bytes (OpenSSL's, through hashlib): the floor of anything that checks
+    those bytes against their digest."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 class FreshDirs:
     """A fresh empty directory for every benchmark round, under ``base``.
 

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 import ovlcore
-from _support import ContainerWorkload, apply_container_workload, docker_load, docker_running, rotated_runs, sh, small_mode
+from _support import ContainerWorkload, apply_container_workload, docker_load, docker_running, rotated_runs, sh, sha256_of, small_mode
 from support.kernel import MountRefused, mount_overlay, unmount
 
 MB = 1 << 20
@@ -82,17 +82,19 @@ def docker_twin(workload: ContainerWorkload, module_dir: Path) -> Iterator[Docke
         subprocess.run(["docker", "rmi", "-f", *twin.committed, tag], capture_output=True)
 
 
-#: the contenders of the alternated diff and commit items
+#: the contenders of the alternated diff and commit items; commit's also shows its floor for information:
+#: the sha256 of the new layer's tar alone, which any commit pays (the diff_id), Docker's too
 AGAINST_DOCKER = ("ovlcore", "docker")
+COMMITTERS = (*AGAINST_DOCKER, "sha256")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Against Docker: one test item per (round, contender), rotated (``compare.py`` merges each
     contender's items by ``extra_info["series"]``)."""
     n = 1 if small_mode(metafunc.config) else 5
-    for arg in ("diff_run", "commit_run"):
+    for arg, contenders in (("diff_run", AGAINST_DOCKER), ("commit_run", COMMITTERS)):
         if arg in metafunc.fixturenames:
-            runs = rotated_runs(AGAINST_DOCKER, n)
+            runs = rotated_runs(contenders, n)
             metafunc.parametrize(arg, runs, ids=[f"{who}-r{r}" for r, who in runs])
 
 
@@ -243,11 +245,29 @@ def test_commit_python(benchmark: Any, workload: ContainerWorkload, module_dir: 
     shutil.rmtree(out)
 
 
+@pytest.fixture(scope="module")
+def commit_tar(workload: ContainerWorkload, module_dir: Path) -> tuple[Path, str]:
+    """The tar of the layer a commit of the container makes, written once (untimed), and its diff_id. The
+    image stays, as the rounds' do (deleting its files would slow the next round's file creations)."""
+    image = workload.container.commit()
+    path = module_dir / "commit-layer.tar"
+    with image.layers[-1].tar() as t, open(path, "wb") as f:
+        shutil.copyfileobj(t, f, 8 * MB)
+    return path, image.layers[-1].diff_id
+
+
 @pytest.mark.benchmark(group="commit-docker")
-def test_commit_against_docker(benchmark: Any, workload: ContainerWorkload, docker_twin: DockerTwin, commit_run: tuple[int, str]) -> None:
+def test_commit_against_docker(benchmark: Any, workload: ContainerWorkload, docker_twin: DockerTwin, commit_run: tuple[int, str],
+                               request: pytest.FixtureRequest) -> None:
     """Committed images stay until the module ends: deleting thousands of files right before a round
     would make ext4's inode allocator scan them in that round (see the README's method notes)."""
     rnd, who = commit_run
+    if who == "sha256":
+        path, diff_id = request.getfixturevalue("commit_tar")
+        benchmark.extra_info.update(role="info", what="sha256 of the new layer's tar alone", series="test_commit_sha256", round=rnd)
+        got = benchmark.pedantic(sha256_of, args=(path,), setup=os.sync, rounds=1, iterations=1)
+        assert "sha256:" + got == diff_id
+        return
     docker_twin.need()
     benchmark.extra_info.update(role="ours" if who == "ovlcore" else "baseline", what="container.commit()" if who == "ovlcore" else "docker commit",
                                 series=f"test_commit_{who}_vs_docker", round=rnd)

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 import ovlcore
-from _support import apply_container_workload, docker_load, docker_running, rotated_runs, sh, small_mode
+from _support import apply_container_workload, docker_load, docker_running, rotated_runs, sh, sha256_of, small_mode
 
 MB = 1 << 20
 
@@ -142,11 +142,6 @@ def timed_once(benchmark: Any, call: Any, setup: Any) -> Any:
     out: list[Any] = []
     benchmark.pedantic(lambda *a: out.append(call(*a)), setup=setup, rounds=1, iterations=1)
     return out[-1]
-
-
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 SAVE: dict[str, tuple[str, str, Any]] = {
