@@ -4,6 +4,7 @@
 use std::io::{self, BufReader, Read, Write};
 
 use crate::error::{Error, Result};
+use crate::overlap::fill;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
@@ -218,22 +219,6 @@ fn gzip_members(chunk: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
         *out = e.finish()?;
     }
     Ok(())
-}
-
-/// Fill `buf` with up to `len` bytes of `r` (less only at its end), reusing its allocation.
-fn fill<R: Read>(r: &mut R, buf: &mut Vec<u8>, len: usize) -> io::Result<usize> {
-    buf.resize(len, 0);
-    let mut filled = 0;
-    while filled < len {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    Ok(filled)
 }
 
 impl<R: Read> Compressor<R> {

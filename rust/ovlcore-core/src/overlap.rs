@@ -229,17 +229,7 @@ impl ChunkSender {
     /// fewer only at its end (empty: the end).
     pub fn next_chunk(&self, src: &mut impl Read) -> io::Result<Vec<u8>> {
         let mut buf = self.empty.try_recv().unwrap_or_default();
-        buf.resize(CHUNK, 0);
-        let mut filled = 0;
-        while filled < buf.len() {
-            match src.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        buf.truncate(filled);
+        fill(src, &mut buf, CHUNK)?;
         Ok(buf)
     }
 
@@ -282,6 +272,22 @@ impl Read for ChunkReader {
         self.pos += n;
         Ok(n)
     }
+}
+
+/// Fill `buf` with up to `len` bytes of `r` (less only at its end), reusing its allocation.
+pub fn fill<R: Read>(r: &mut R, buf: &mut Vec<u8>, len: usize) -> io::Result<usize> {
+    buf.resize(len, 0);
+    let mut filled = 0;
+    while filled < len {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(filled)
 }
 
 #[cfg(test)]
