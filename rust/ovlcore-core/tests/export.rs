@@ -471,3 +471,33 @@ fn a_walk_read_ahead_is_the_same_tar() {
         assert_eq!(helpers(), 0, "the helper of a dropped stream goes on");
     }
 }
+
+#[test]
+fn a_compressed_stream_has_the_digest_of_its_bytes() {
+    // The blob digest (hashed on a helper thread) is the sha256 of exactly the bytes handed out, read in
+    // pieces of any size, and the diff_id that of the plain tar.
+    each_container(|_, c| {
+        let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        c.write("/big", big).unwrap();
+        let plain = read_all(LayerTar::merged(c.view.clone()).unwrap());
+        for compression in [Compression::Gzip, Compression::Zstd] {
+            let mut stream = LayerStream::new(LayerTar::merged(c.view.clone()).unwrap(), compression).unwrap();
+            let (mut out, mut turn) = (Vec::new(), 0usize);
+            loop {
+                turn += 1;
+                let mut buf = vec![0u8; 1 + turn * 7919 % 300_001];
+                let n = stream.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                assert_eq!(stream.digest(), None, "no digest before the end");
+                out.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(stream.digest(), Some(sha256(&out)), "{compression:?}");
+            assert_eq!(stream.read(&mut [0u8; 64]).unwrap(), 0);
+            assert_eq!(stream.digest(), Some(sha256(&out)), "{compression:?}: a read after the end keeps it");
+            assert_eq!(stream.diff_id(), Some(sha256(&plain)), "{compression:?}");
+            assert_eq!(stream.bytes_out(), out.len() as u64);
+        }
+    });
+}
