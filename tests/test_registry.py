@@ -116,9 +116,8 @@ print([l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split(
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_push_of_many_layers_at_once_in_bounded_memory(registry: Registry, tmp_path: Path, compression: str) -> None:
     # Four layers are compressed and sent at once (max_parallel's default), each with its read-ahead
-    # buffers and, for zstd, its worker's jobs: the cores are shared out between the layers, not given to
-    # each (zstd with every core per layer peaked at 140-170 MB here), and buffers are reused, not
-    # reallocated per megabyte.
+    # buffers and, for zstd, its workers' jobs: zstd's workers are shared out between the layers, not all
+    # given to each (that peaked at 140-170 MB here), and buffers are reused, not reallocated per megabyte.
     src, dst = stores(tmp_path, registry)
     image = None
     for i in range(8):

@@ -36,8 +36,8 @@ class RegistryConfig:
     HTTP when they do not speak TLS (loopback always may); ``ca_dirs``: more ``certs.d`` directories
     (``DIR/HOST[:PORT]/*.crt``, or ``DIR/*.crt`` for every host); ``auth_file``: read first, and written
     by ``login``/``logout`` (else Docker's ``config.json``); layers moved ``max_parallel`` at a time (each one
-    in flight holds some 15-25 MB of buffers; a push shares the cores out between them); each request tried
-    ``retries`` more times on connection errors, 408, 429 and 5xx."""
+    in flight holds some 15-25 MB of buffers); each request tried ``retries`` more times on connection
+    errors, 408, 429 and 5xx."""
 
     insecure: tuple[str, ...] = ()
     ca_dirs: tuple[str | os.PathLike[str], ...] = ()
