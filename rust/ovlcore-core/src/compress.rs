@@ -195,29 +195,78 @@ const GZIP_SAMPLE: usize = 16 << 10;
 const ZSTD_INPUT: usize = 1 << 20;
 const ZSTD_JOB: u32 = 1 << 20;
 
-/// The level for one member: stored when a sample of it does not compress (random or already
-/// compressed data, where deflate spends its time for nothing), else fast. Depends only on the bytes.
-fn gzip_level(piece: &[u8]) -> flate2::Compression {
+/// Whether a member is made at the fast level rather than stored: not when a sample of it does not
+/// compress (random or already compressed data, where deflate spends its time for nothing). Depends
+/// only on the bytes. `fast` is a fast deflate state, reset here.
+fn worth_deflating(fast: &mut flate2::Compress, scratch: &mut Vec<u8>, piece: &[u8]) -> bool {
     let sample = &piece[..piece.len().min(GZIP_SAMPLE)];
-    let mut c = flate2::Compress::new(flate2::Compression::fast(), false);
-    let mut out = Vec::with_capacity(sample.len() + 64);
-    let packed = c.compress_vec(sample, &mut out, flate2::FlushCompress::Finish).is_ok() && (out.len() as f64) < sample.len() as f64 * 0.97;
-    if packed {
-        flate2::Compression::fast()
-    } else {
-        flate2::Compression::none()
+    scratch.clear();
+    scratch.reserve(sample.len() + 64);
+    fast.reset();
+    fast.compress_vec(sample, scratch, flate2::FlushCompress::Finish).is_ok()
+        && (scratch.len() as f64) < sample.len() as f64 * 0.97
+}
+
+/// The header flate2's `GzEncoder` writes at levels 0 and 1: no name, mtime 0, XFL 4 (fastest), OS
+/// unknown; with its trailer the member is byte for byte the one `GzEncoder` makes.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255];
+
+/// Output space deflate is given per call, as flate2's `GzEncoder` gives it: stored blocks are cut to
+/// the space there is, so members made with the same space are the bytes earlier releases pushed.
+const DEFLATE_WINDOW: usize = 32 << 10;
+
+/// One gzip member of `piece` made by `deflate` (reset here), appended to `out`, called as `GzEncoder`
+/// calls deflate: all the input without flushing, then an (empty) final block.
+fn gzip_member(deflate: &mut flate2::Compress, piece: &[u8], window: &mut Vec<u8>, out: &mut Vec<u8>) -> io::Result<()> {
+    out.extend_from_slice(&GZIP_HEADER);
+    deflate.reset();
+    let mut rest = piece;
+    let mut finished = false;
+    while !finished {
+        window.resize(DEFLATE_WINDOW, 0);
+        let (before_in, before_out) = (deflate.total_in(), deflate.total_out());
+        let flush = if rest.is_empty() { flate2::FlushCompress::Finish } else { flate2::FlushCompress::None };
+        let status = deflate.compress(rest, window, flush)?;
+        out.extend_from_slice(&window[..(deflate.total_out() - before_out) as usize]);
+        rest = &rest[(deflate.total_in() - before_in) as usize..];
+        finished = status == flate2::Status::StreamEnd;
     }
+    let mut crc = flate2::Crc::new();
+    crc.update(piece);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(piece.len() as u32).to_le_bytes());
+    Ok(())
+}
+
+/// A thread's deflate states (one per level, so that neither ever changes level) and buffers, kept
+/// from member to member: a new state per 128 KiB member (two, with the sample's) cost its allocation
+/// and the clearing of all its tables.
+struct MemberMaker {
+    fast: flate2::Compress,
+    stored: flate2::Compress,
+    sample: Vec<u8>,
+    window: Vec<u8>,
+}
+
+thread_local! {
+    static MEMBER_MAKER: std::cell::RefCell<MemberMaker> = std::cell::RefCell::new(MemberMaker {
+        fast: flate2::Compress::new(flate2::Compression::fast(), false),
+        stored: flate2::Compress::new(flate2::Compression::none(), false),
+        sample: Vec::new(),
+        window: Vec::new(),
+    });
 }
 
 /// gzip members of `chunk`, one per `GZIP_PIECE`, into `out` (cleared first).
 fn gzip_members(chunk: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     out.clear();
-    for piece in chunk.chunks(GZIP_PIECE) {
-        let mut e = flate2::write::GzEncoder::new(std::mem::take(out), gzip_level(piece));
-        e.write_all(piece)?;
-        *out = e.finish()?;
-    }
-    Ok(())
+    MEMBER_MAKER.with_borrow_mut(|m| {
+        for piece in chunk.chunks(GZIP_PIECE) {
+            let deflate = if worth_deflating(&mut m.fast, &mut m.sample, piece) { &mut m.fast } else { &mut m.stored };
+            gzip_member(deflate, piece, &mut m.window, out)?;
+        }
+        Ok(())
+    })
 }
 
 impl<R: Read> Compressor<R> {
@@ -364,6 +413,42 @@ mod tests {
         let mut back = Vec::new();
         decompressed(&one[..]).unwrap().read_to_end(&mut back).unwrap();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn a_gzip_member_is_what_gzencoder_makes_whatever_the_state_did_before() {
+        // The bytes of pushed blobs stay those of earlier releases (a second push finds them): one
+        // deflate state, reused across members and levels, makes what a new GzEncoder does.
+        let text: Vec<u8> = (0..GZIP_PIECE as u32 * 3).map(|i| b"layer tar bytes "[(i % 16) as usize] ^ (i >> 13) as u8).collect();
+        // Many incompressible pieces: each sample leaves the fast state mid-stream before its reset.
+        let mut random = vec![0u8; GZIP_PIECE * 64 + 1000];
+        let mut x = 0x9e3779b97f4a7c15u64;
+        for b in random.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let zeros = vec![0u8; GZIP_PIECE + 5];
+        let chunk: Vec<u8> = [&text[..], &random[..], &zeros[..], &text[..1000], b""].concat();
+        for chunk in [&chunk[..], &random[..GZIP_PIECE - 1], &text[..17], b""] {
+            let mut ours = Vec::new();
+            gzip_members(chunk, &mut ours).unwrap();
+            let mut theirs = Vec::new();
+            for piece in chunk.chunks(GZIP_PIECE) {
+                let level = {
+                    let mut c = flate2::Compress::new(flate2::Compression::fast(), false);
+                    let mut out = Vec::with_capacity(piece.len().min(GZIP_SAMPLE) + 64);
+                    let packed = c.compress_vec(&piece[..piece.len().min(GZIP_SAMPLE)], &mut out, flate2::FlushCompress::Finish).is_ok()
+                        && (out.len() as f64) < piece.len().min(GZIP_SAMPLE) as f64 * 0.97;
+                    if packed { flate2::Compression::fast() } else { flate2::Compression::none() }
+                };
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), level);
+                e.write_all(piece).unwrap();
+                theirs.extend(e.finish().unwrap());
+            }
+            assert_eq!(ours, theirs, "{} bytes", chunk.len());
+        }
     }
 
     #[test]
