@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -166,6 +168,27 @@ def test_out_reads_container_changes(env: Env) -> None:
 def test_out_relative_container_path(env: Env) -> None:
     env.store.cp("my_container:etc/passwd", str(env.host / "pw"))
     assert (env.host / "pw").read_text() == PASSWD
+
+
+def test_out_and_in_across_file_systems(env: Env) -> None:
+    # The host side on tmpfs: copy_file_range refuses other file systems (EXDEV), and the content is
+    # read and written, whatever each file's size against the copy buffer.
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(env.host).st_dev or not os.access(shm, os.W_OK):
+        pytest.skip("needs a writable /dev/shm on another file system than the test's")
+    sizes = {"empty": 0, "small": 5000, "big": (3 << 20) + 7}
+    blobs = {name: os.urandom(n) for name, n in sizes.items()}
+    env.c.fs.makedirs("/srv/x")
+    for name, data in blobs.items():
+        env.c.fs.write_bytes(f"/srv/x/{name}", data)
+    out = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        env.store.cp("my_container:/srv/x", str(out / "x"))
+        assert {p.name: p.read_bytes() for p in (out / "x").iterdir()} == blobs
+        env.store.cp(str(out / "x"), "my_container:/srv/back")
+        assert {name: env.c.fs.read_bytes(f"/srv/back/{name}") for name in blobs} == blobs
+    finally:
+        shutil.rmtree(out)
 
 
 # ==================================================================================================

@@ -39,13 +39,15 @@ pub fn copy_data_with(src: &File, dst: &File, len: u64, clone: bool) -> Result<b
     }
     // A file that shrinks meanwhile (someone else is writing it) is copied as far as it goes, as cp does.
     if sys::copy_range(src.as_fd(), dst.as_fd(), len)?.is_none() {
-        copy_by_reading(src, dst)?;
+        copy_by_reading(src, dst, len)?;
     }
     Ok(cloning)
 }
 
-fn copy_by_reading(mut src: &File, mut dst: &File) -> Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
+/// Copy `src` (`len` bytes expected, more or fewer taken as they come) by reading and writing.
+fn copy_by_reading(mut src: &File, mut dst: &File, len: u64) -> Result<()> {
+    // Sized to the file: a cleared megabyte for each small file cost more than copying it.
+    let mut buf = vec![0u8; len.clamp(4 << 10, 1 << 20) as usize];
     loop {
         let n = match src.read(&mut buf) {
             Ok(0) => return Ok(()),
