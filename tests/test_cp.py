@@ -594,6 +594,41 @@ def test_cp_progress_reports_bytes(env: Env, tmp_path: Path) -> None:
     assert env.c.fs.read_bytes("/tmp/big") == big.read_bytes()
 
 
+def test_out_of_a_big_directory(env: Env) -> None:
+    # Plain files go out in parallel batches between the entries copied in order (a subdirectory, a
+    # symlink, hard links): the tree, modes and times are exact, progress only grows, and an entry
+    # the host has taken fails with the first such file's error.
+    fs = env.c.fs
+    fs.makedirs("/big/sub")
+    names = [f"f{i:04d}" for i in range(700)]
+    for i, n in enumerate(names):
+        fs.write_bytes(f"/big/{n}", n.encode() * (i % 7))
+        fs.chmod(f"/big/{n}", 0o600 | (i % 2) * 0o044)
+        fs.utime(f"/big/{n}", (1_600_000_000 + i, 1_600_000_000 + i))
+    fs.symlink("f0001", "/big/f0300-link")
+    fs.link("/big/f0002", "/big/f0500-hard")
+    fs.write_text("/big/sub/inner", "inner\n")
+    seen: list[int] = []
+    env.store.cp("my_container:/big", str(env.host / "big"), progress=seen.append)
+    got = snapshot(env.host / "big")
+    assert sorted(got) == sorted(["."] + names + ["f0300-link", "f0500-hard", "sub", "sub/inner"])
+    for i, n in enumerate(names):
+        st = os.lstat(env.host / "big" / n)
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime, (env.host / "big" / n).read_bytes()) == \
+            (0o600 | (i % 2) * 0o044, 1_600_000_000 + i, n.encode() * (i % 7)), n
+    assert os.readlink(env.host / "big" / "f0300-link") == "f0001"
+    assert os.stat(env.host / "big" / "f0500-hard").st_ino == os.stat(env.host / "big" / "f0002").st_ino
+    total = sum(len(n) * (i % 7) for i, n in enumerate(names)) + len("inner\n")
+    assert seen == sorted(seen) and seen[-1] == total
+    again = env.host / "again"
+    again.mkdir()
+    (again / "big").mkdir()
+    for taken in ("f0400", "f0600"):
+        (again / "big" / taken).mkdir()
+    e = _err(lambda: env.store.cp("my_container:/big", str(again)), errno.EISDIR)
+    assert "/big/f0400" in str(e)
+
+
 def test_cp_host_path_with_colon(env: Env, tmp_path: Path) -> None:
     d = tmp_path / "with:colon"
     d.mkdir()

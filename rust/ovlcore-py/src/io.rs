@@ -189,11 +189,21 @@ impl ArchiveInput {
 pub struct Progress {
     callback: Option<Py<PyAny>>,
     last: std::sync::Mutex<Option<std::time::Instant>>,
+    last_done: std::sync::atomic::AtomicU64,
 }
 
 impl Progress {
     pub fn new(callback: Option<Py<PyAny>>) -> Self {
-        Progress { callback, last: std::sync::Mutex::new(None) }
+        Progress { callback, last: std::sync::Mutex::new(None), last_done: std::sync::atomic::AtomicU64::new(u64::MAX) }
+    }
+
+    /// The final count, reported unless it was the last one reported (the rate limit may have
+    /// dropped it).
+    pub fn finish(&self, done: u64) -> ovlcore_core::Result<()> {
+        if self.last_done.load(std::sync::atomic::Ordering::Relaxed) == done {
+            return Ok(());
+        }
+        self.report_now(done)
     }
 
     pub fn report(&self, done: u64) -> ovlcore_core::Result<()> {
@@ -210,6 +220,7 @@ impl Progress {
 
     /// Report `done` however recent the last report was (for reports that come at a bounded rate).
     pub fn report_now(&self, done: u64) -> ovlcore_core::Result<()> {
+        self.last_done.store(done, std::sync::atomic::Ordering::Relaxed);
         Python::attach(|py| {
             py.check_signals()?;
             if let Some(cb) = &self.callback {

@@ -408,7 +408,9 @@ impl View {
         py.detach(|| {
             let mut report = |n: u64| progress.report(n);
             let opts = CopyOptions { follow: follow_symlinks, owner, contents, progress: Some(&mut report) };
-            copy_out(&self.inner, &src, &dst_dir, &name, opts)
+            let copied = copy_out(&self.inner, &src, &dst_dir, &name, opts)?;
+            progress.finish(copied)?;
+            Ok(copied)
         })
         .py()
     }
@@ -432,7 +434,9 @@ impl View {
         py.detach(|| {
             let mut report = |n: u64| progress.report(n);
             let opts = CopyOptions { follow: follow_symlinks, owner, contents, progress: Some(&mut report) };
-            copy_in(&self.inner, &src_dir, &name, &dst, opts)
+            let copied = copy_in(&self.inner, &src_dir, &name, &dst, opts)?;
+            progress.finish(copied)?;
+            Ok(copied)
         })
         .py()
     }
