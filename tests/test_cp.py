@@ -627,6 +627,12 @@ def test_out_of_a_big_directory(env: Env) -> None:
         (again / "big" / taken).mkdir()
     e = _err(lambda: env.store.cp("my_container:/big", str(again)), errno.EISDIR)
     assert "/big/f0400" in str(e)
+    # After a commit the files share their inodes with the new layer (two links each, one name here).
+    env.c.commit("big:1")
+    env.store.cp("my_container:/big", str(env.host / "committed"))
+    assert {n: (env.host / "committed" / n).read_bytes() for n in names} == {n: n.encode() * (i % 7) for i, n in enumerate(names)}
+    assert os.stat(env.host / "committed" / "f0500-hard").st_ino == os.stat(env.host / "committed" / "f0002").st_ino
+    assert os.stat(env.host / "committed" / "f0003").st_nlink == 1
 
 
 def test_cp_host_path_with_colon(env: Env, tmp_path: Path) -> None:
