@@ -18,6 +18,11 @@ symlink                     anywhere                  copied as a link (``follow
 Beyond Docker, a glob in the source's last component (``ctr:/shared/*.png``, ``/host/*.png``) copies every
 match into an existing destination directory. The container side is only reached through the container's
 merged view (see :mod:`ovlcore.fs`), so nothing outside its root and mounts is ever read or written.
+
+``progress`` is called with the bytes of file content copied so far (at most every 20 ms, and once
+with the total at the end). Out of a container, a directory's regular files are copied several at a
+time: should one fail, others of its batch may already be there (as after any failed copy, what was
+copied before stays).
 """
 
 from __future__ import annotations
