@@ -579,3 +579,15 @@ def test_export_holds_the_merged_tree(sample: SampleImages, c: ovlcore.Container
     buf0 = io.BytesIO()
     c0.export(buf0)
     assert strip_links(tar_model([buf0.getvalue()])) == model_of_fs(sample.child.fs)
+
+
+def test_commit_progress_ends_at_the_layer_tar_size(c: ovlcore.Container) -> None:
+    # Reports come at most every 20 ms; the last, whenever it comes, is the new layer tar's size.
+    c.fs.mkdir("/many")
+    for i in range(300):
+        c.fs.write_bytes(f"/many/f{i:03d}", os.urandom(i * 37))
+    seen: list[int] = []
+    img = c.commit("progress:1", progress=seen.append)
+    top = img.top_layer
+    assert top is not None and top.tar_size
+    assert seen == sorted(seen) and seen[-1] == top.tar_size

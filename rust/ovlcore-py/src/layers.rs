@@ -110,7 +110,7 @@ impl TarStream {
                 Sink::File(f) => st.copy_to_file(f, &mut report)?,
                 Sink::Python(w) => ovlcore_core::copy(&mut *st, w, &mut report)?.0,
             };
-            progress.report_now(n)?;
+            progress.finish(n)?;
             Ok(n)
         });
         out.done(py);

@@ -350,7 +350,13 @@ impl View {
     #[pyo3(signature = (dest, *, progress=None))]
     fn commit(&self, py: Python<'_>, dest: PathBuf, progress: Option<Py<PyAny>>) -> PyResult<(String, u64, u64)> {
         let progress = Progress::new(progress);
-        let report = py.detach(|| self.inner.commit(&dest, Some(&|n| progress.report(n)))).py()?;
+        let report = py
+            .detach(|| {
+                let report = self.inner.commit(&dest, Some(&|n| progress.report(n)))?;
+                progress.finish(report.tar_size)?;
+                Ok(report)
+            })
+            .py()?;
         Ok((report.diff_id, report.tar_size, report.size))
     }
 
