@@ -12,7 +12,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -97,11 +97,11 @@ pub fn copy_out(view: &View, src: &Path, dst_dir: &Path, name: &OsStr, opts: Cop
     Ok(c.done)
 }
 
-/// Copying single regular files out of the container.
+/// Copying single regular files out of the container (several at a time: see [`FilesOut::copy_all`]).
 struct FilesOut {
     owner: Owner,
     /// Devices of source files whose file system refused `FICLONE` (not tried again for them).
-    no_clone: HashSet<u64>,
+    no_clone: Mutex<HashSet<u64>>,
 }
 
 /// Regular files of a directory copied at once, on rayon's pool: copying small files is
@@ -112,33 +112,15 @@ const FILES_AT_ONCE: usize = 256;
 impl FilesOut {
     /// Copy the regular files `files` (resolved, with their metadata) into the host directory `dir`,
     /// under their own names, in parallel. On failure, the error of the first of them that failed.
-    fn copy_all(&mut self, view: &View, files: &[(Resolved, Meta)], dir: BorrowedFd<'_>) -> Result<()> {
+    fn copy_all(&self, view: &View, files: &[(Resolved, Meta)], dir: BorrowedFd<'_>) -> Result<()> {
         use rayon::prelude::*;
-        let this = &*self;
-        let cloning: Vec<Result<bool>> = files
-            .par_iter()
-            .map(|(r, meta)| this.copy(view, r, meta, dir, &r.name, !this.no_clone.contains(&meta.dev)))
-            .collect();
-        for ((_, meta), still) in files.iter().zip(cloning) {
-            if !still? {
-                self.no_clone.insert(meta.dev);
-            }
-        }
-        Ok(())
-    }
-
-    /// [`FilesOut::copy`], trying `FICLONE` unless this file system refused it before.
-    fn copy_one(&mut self, view: &View, r: &Resolved, meta: &Meta, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-        if !self.copy(view, r, meta, dir, name, !self.no_clone.contains(&meta.dev))? {
-            self.no_clone.insert(meta.dev);
-        }
-        Ok(())
+        let copied: Vec<Result<()>> = files.par_iter().map(|(r, meta)| self.copy(view, r, meta, dir, &r.name)).collect();
+        copied.into_iter().collect()
     }
 
     /// Copy the regular file `r` (metadata `meta`) to `name` in the host directory `dir`, replacing a
-    /// non-directory there, trying `FICLONE` when `clone`. Returns whether `FICLONE` is still worth
-    /// trying for files of that file system.
-    fn copy(&self, view: &View, r: &Resolved, meta: &Meta, dir: BorrowedFd<'_>, name: &OsStr, clone: bool) -> Result<bool> {
+    /// non-directory there.
+    fn copy(&self, view: &View, r: &Resolved, meta: &Meta, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
         let at = |e: Error| e.at(r.path.as_os_str());
         let src = File::from(view.open_found(r, OFlags::RDONLY)?);
         let create = || {
@@ -158,10 +140,13 @@ impl FilesOut {
         }
         .map_err(|e| at(e.into()))?;
         let out = File::from(fd);
-        let still = copy_data_with(&src, &out, meta.size, clone).map_err(at)?;
+        // A file system that refused FICLONE once is not asked again for every file.
+        let clone = !self.no_clone.lock().unwrap().contains(&meta.dev);
+        if !copy_data_with(&src, &out, meta.size, clone).map_err(at)? && clone {
+            self.no_clone.lock().unwrap().insert(meta.dev);
+        }
         finish(self.owner, dir, name, Some(out.as_fd()), meta).map_err(at)?;
-        rustix::fs::futimens(&out, &times(meta)).map_err(|e| at(e.into()))?;
-        Ok(still || !clone)
+        rustix::fs::futimens(&out, &times(meta)).map_err(|e| at(e.into()))
     }
 }
 
@@ -169,7 +154,7 @@ impl<'a> Copier<'a> {
     fn new(opts: CopyOptions<'a>) -> Self {
         Copier {
             owner: opts.owner,
-            files: FilesOut { owner: opts.owner, no_clone: HashSet::new() },
+            files: FilesOut { owner: opts.owner, no_clone: Mutex::new(HashSet::new()) },
             progress: opts.progress,
             done: 0,
             links_out: HashMap::new(),
@@ -222,7 +207,7 @@ impl Copier<'_> {
             } else {
                 // A hard link's first name is there before it is linked to.
                 self.files_out(view, &mut files, dir)?;
-                self.out_entry(view, &child, dir, &child.name)?;
+                self.out_entry_as(view, &child, &meta, dir, &child.name)?;
             }
         }
         self.files_out(view, &mut files, dir)
@@ -245,17 +230,25 @@ impl Copier<'_> {
 
     /// Copy the regular files of `files` (emptied) and report their bytes.
     fn files_out(&mut self, view: &View, files: &mut Vec<(Resolved, Meta)>, dir: &Arc<OwnedFd>) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
         self.files.copy_all(view, files, dir.as_fd())?;
         let bytes = files.drain(..).map(|(_, m)| m.size).sum();
         self.tick(bytes)
     }
 
     fn out_entry(&mut self, view: &View, r: &Resolved, dir: &Arc<OwnedFd>, name: &OsStr) -> Result<()> {
-        let at = |e: Error| e.at(r.path.as_os_str());
         let meta = view.meta(r)?;
+        self.out_entry_as(view, r, &meta, dir, name)
+    }
+
+    /// [`Copier::out_entry`] of an entry whose metadata is `meta`.
+    fn out_entry_as(&mut self, view: &View, r: &Resolved, meta: &Meta, dir: &Arc<OwnedFd>, name: &OsStr) -> Result<()> {
+        let at = |e: Error| e.at(r.path.as_os_str());
         if meta.kind() == Kind::File && meta.nlink <= 1 {
             // The common case, in the fewest calls: no look at the destination unless it is taken.
-            self.files.copy_one(view, r, &meta, dir.as_fd(), name)?;
+            self.files.copy(view, r, meta, dir.as_fd(), name)?;
             return self.tick(meta.size);
         }
         let existing = sys::lstat_at(dir.as_fd(), name).ok().map(|s| Meta::from_stat(&s));
@@ -268,8 +261,8 @@ impl Copier<'_> {
                 }
                 let sub = Arc::new(open_host_dir(dir.as_fd(), name).map_err(at)?);
                 self.out_children(view, r, &sub)?;
-                finish(self.owner, dir.as_fd(), name, None, &meta).map_err(at)?;
-                return rustix::fs::utimensat(dir.as_fd(), name, &times(&meta), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| at(e.into()));
+                finish(self.owner, dir.as_fd(), name, None, meta).map_err(at)?;
+                return rustix::fs::utimensat(dir.as_fd(), name, &times(meta), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| at(e.into()));
             }
             _ => {
                 if let Some(e) = existing {
@@ -291,7 +284,7 @@ impl Copier<'_> {
                     }
                     self.links_out.insert((meta.dev, meta.ino), (dir.clone(), name.to_os_string()));
                 }
-                self.files.copy_one(view, r, &meta, dir.as_fd(), name)?;
+                self.files.copy(view, r, meta, dir.as_fd(), name)?;
                 self.tick(meta.size)?;
             }
             Kind::Symlink => {
@@ -300,7 +293,7 @@ impl Copier<'_> {
                 if self.owner.chowns() {
                     let _ = sys::chown_at(dir.as_fd(), name, Some(meta.uid), Some(meta.gid));
                 }
-                rustix::fs::utimensat(dir.as_fd(), name, &times(&meta), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| at(e.into()))?;
+                rustix::fs::utimensat(dir.as_fd(), name, &times(meta), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| at(e.into()))?;
             }
             Kind::Fifo | Kind::Char | Kind::Block => {
                 let ft = match meta.kind() {
@@ -310,12 +303,12 @@ impl Copier<'_> {
                 };
                 if ft == FileType::Fifo || rustix::process::geteuid().is_root() {
                     rustix::fs::mknodat(dir.as_fd(), name, ft, Mode::from_raw_mode(0o600), meta.rdev).map_err(|e| at(e.into()))?;
-                    self.finish_path(dir.as_fd(), name, &meta).map_err(at)?;
+                    self.finish_path(dir.as_fd(), name, meta).map_err(at)?;
                 } else if let Owner::Keep(Privilege::Rootless) = self.owner {
                     // A device in a rootless store: an empty file with its override.
                     rustix::fs::openat(dir.as_fd(), name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
                         .map_err(|e| at(e.into()))?;
-                    finish(self.owner, dir.as_fd(), name, None, &meta).map_err(at)?;
+                    finish(self.owner, dir.as_fd(), name, None, meta).map_err(at)?;
                 } else {
                     return Err(Error::os(libc::EPERM, r.path.as_os_str()));
                 }
